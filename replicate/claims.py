@@ -1,0 +1,113 @@
+"""Claims and the rules that turn numbers into verdicts (shared by all papers).
+
+A verdict is computed from numbers, never typed in:
+- ``reproduced``: the paper's direction holds and the effect is larger than the seed-to-seed (or bootstrap)
+  spread, i.e. the confidence interval of the effect excludes zero on the paper's side;
+- ``not_reproduced``: the interval excludes zero on the other side (a clear effect the other way), or a
+  threshold claim fails outside its interval;
+- ``inconclusive``: the interval straddles zero, or there are too few seeds to have an interval;
+- ``not_run``: the claim needs a larger scale than the one that ran.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+VERDICTS = ("reproduced", "not_reproduced", "inconclusive", "not_run")
+COLUMNS = ("claim_id", "claim", "metric", "paper_value", "ours_value", "ours_ci", "verdict", "evidence")
+
+
+@dataclass(frozen=True)
+class Claim:
+    claim_id: str
+    claim: str  # the paper's claim, in our words
+    metric: str  # what was measured, with its unit
+    paper_value: float | str | None  # the paper's number; None where the spec gives none (never invented)
+    ours_value: float | None
+    ours_ci: str  # "[lo, hi] (95% bootstrap over ...)" or "seeds: a / b / c"
+    verdict: str
+    evidence: str  # where to look (table/figure ids) and, when not reproduced, why
+
+    def __post_init__(self):
+        if self.verdict not in VERDICTS:
+            raise ValueError(f"verdict: must be one of {', '.join(VERDICTS)}, got {self.verdict!r}")
+
+    def row(self) -> dict:
+        d = asdict(self)
+        d["paper_value"] = "" if self.paper_value is None else self.paper_value
+        d["ours_value"] = "" if self.ours_value is None else round(float(self.ours_value), 6)
+        return d
+
+
+def bootstrap_ci(samples, stat=np.mean, n_boot: int = 2000, level: float = 0.95, seed: int = 0):
+    """Percentile bootstrap interval of ``stat`` over ``samples`` (1-D)."""
+    x = np.asarray(samples, dtype=float)
+    rng = np.random.default_rng(seed)
+    boots = np.array([stat(x[rng.integers(0, len(x), len(x))]) for _ in range(n_boot)])
+    a = (1 - level) / 2
+    return float(np.quantile(boots, a)), float(np.quantile(boots, 1 - a))
+
+
+def t_interval(samples, level: float = 0.95):
+    """Student-t interval of the mean (for a handful of seeds). None with fewer than 2 samples."""
+    from scipy import stats
+
+    x = np.asarray(samples, dtype=float)
+    if len(x) < 2:
+        return None
+    m, se = x.mean(), x.std(ddof=1) / np.sqrt(len(x))
+    if se == 0:
+        return float(m), float(m)
+    h = se * stats.t.ppf(0.5 + level / 2, len(x) - 1)
+    return float(m - h), float(m + h)
+
+
+def verdict_from_interval(ci: tuple[float, float] | None, *, paper_direction: str) -> str:
+    """Verdict for an effect whose paper direction is ``"positive"`` (effect > 0) or ``"negative"`` (< 0)."""
+    if ci is None:
+        return "inconclusive"
+    lo, hi = ci
+    if paper_direction == "positive":
+        return "reproduced" if lo > 0 else "not_reproduced" if hi < 0 else "inconclusive"
+    if paper_direction == "negative":
+        return "reproduced" if hi < 0 else "not_reproduced" if lo > 0 else "inconclusive"
+    raise ValueError(f"paper_direction: must be 'positive' or 'negative', got {paper_direction!r}")
+
+
+def verdict_threshold(value: float | None, ci: tuple[float, float] | None, *, at_least: float | None = None,
+                      at_most: float | None = None) -> str:
+    """Verdict for a claim "metric >= at_least" (or "<= at_most"): reproduced when the whole interval (or the
+    value, when there is no interval) is on the right side, not_reproduced when it is wholly on the wrong side."""
+    if value is None:
+        return "inconclusive"
+    lo, hi = ci if ci is not None else (value, value)
+    if at_least is not None:
+        return "reproduced" if lo >= at_least else "not_reproduced" if hi < at_least else "inconclusive"
+    if at_most is not None:
+        return "reproduced" if hi <= at_most else "not_reproduced" if lo > at_most else "inconclusive"
+    raise ValueError("verdict_threshold needs at_least or at_most")
+
+
+def fmt_ci(ci, what: str, digits: int = 4) -> str:
+    if ci is None:
+        return f"n/a ({what})"
+    return f"[{ci[0]:.{digits}g}, {ci[1]:.{digits}g}] ({what})"
+
+
+def not_run(claim_id: str, claim: str, metric: str, paper_value=None, needs: str = "paper") -> Claim:
+    return Claim(claim_id, claim, metric, paper_value, None, "", "not_run", f"needs the `{needs}` scale")
+
+
+def verdict_equivalence(ci: tuple[float, float] | None, *, margin: float) -> str:
+    """Verdict for a "no effect" claim: reproduced when the effect's interval lies inside ``[-margin, margin]``,
+    not_reproduced when it lies wholly outside, inconclusive otherwise (equivalence test, margin stated by caller)."""
+    if ci is None:
+        return "inconclusive"
+    lo, hi = ci
+    if -margin <= lo and hi <= margin:
+        return "reproduced"
+    if lo > margin or hi < -margin:
+        return "not_reproduced"
+    return "inconclusive"

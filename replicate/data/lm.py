@@ -1,0 +1,111 @@
+"""Packed language-modelling data whose batches are a pure function of (seed, step).
+
+Training draws each sequence from a random offset of a token stream (documents joined by EOS), with the offsets
+drawn from ``numpy.random.default_rng([seed, step])``. So step 123 of seed 0 is the same batch whether the run
+started at step 0 or resumed from a checkpoint at step 100: resuming never replays or skips data, and a resumed
+run ends with the same numbers as an uninterrupted one.
+
+Evaluation uses fixed windows: contiguous ``seq_len + 1`` token chunks from *inside* single held-out documents
+(never across a document boundary), so position ``i`` of a window always has ``i`` tokens of real context.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+
+def join(docs_ids: list[np.ndarray], eos_id: int = 0) -> np.ndarray:
+    """Documents' ids concatenated, each followed by EOS."""
+    eos = np.asarray([eos_id], dtype=docs_ids[0].dtype)
+    return np.concatenate([x for d in docs_ids for x in (d, eos)])
+
+
+@dataclass(frozen=True)
+class Stream:
+    """A token stream to sample training sequences from."""
+
+    tokens: np.ndarray
+
+    def sample(self, rng: np.random.Generator, n: int, seq_len: int) -> np.ndarray:
+        if len(self.tokens) < seq_len + 2:
+            raise ValueError(f"seq_len: {seq_len} is too long for a stream of {len(self.tokens)} tokens")
+        starts = rng.integers(0, len(self.tokens) - seq_len - 1, size=n)
+        return np.stack([self.tokens[s : s + seq_len + 1] for s in starts]).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class Batches:
+    """Training batches over one or more streams mixed with fixed weights (``weights`` sum to 1).
+
+    ``batch(step)`` is (B, T+1) int64: inputs are ``[:, :-1]``, targets ``[:, 1:]``. With several streams, each
+    row picks its stream independently with probability ``weights`` (a data mixture at row granularity).
+    """
+
+    streams: tuple[Stream, ...]
+    weights: tuple[float, ...]
+    batch_size: int
+    seq_len: int
+    seed: int
+
+    def batch(self, step: int) -> torch.Tensor:
+        rng = np.random.default_rng([self.seed, step])
+        if len(self.streams) == 1:
+            return torch.from_numpy(self.streams[0].sample(rng, self.batch_size, self.seq_len))
+        which = rng.choice(len(self.streams), size=self.batch_size, p=np.asarray(self.weights))
+        rows = np.empty((self.batch_size, self.seq_len + 1), dtype=np.int64)
+        for k, stream in enumerate(self.streams):
+            idx = np.flatnonzero(which == k)
+            if len(idx):
+                rows[idx] = stream.sample(rng, len(idx), self.seq_len)
+        return torch.from_numpy(rows)
+
+
+def eval_windows(docs_ids: list[np.ndarray], n_windows: int, seq_len: int) -> torch.Tensor:
+    """``n_windows`` fixed (seq_len + 1)-token windows from inside documents, spread evenly over the documents
+    long enough to hold one, and evenly within each. Deterministic: the same windows at every checkpoint."""
+    need = seq_len + 1
+    slots = [(i, len(d) // need) for i, d in enumerate(docs_ids) if len(d) >= need]
+    total = sum(k for _, k in slots)
+    if total < n_windows:
+        raise ValueError(f"eval_windows: only {total} windows of {need} tokens fit in the held-out documents, "
+                         f"{n_windows} were asked for")
+    # all non-overlapping window positions, in document order; take n_windows of them evenly spaced
+    positions = [(i, j * need) for i, k in slots for j in range(k)]
+    pick = np.linspace(0, len(positions) - 1, n_windows).round().astype(int)
+    rows = [docs_ids[positions[p][0]][positions[p][1] : positions[p][1] + need] for p in pick]
+    return torch.from_numpy(np.stack(rows).astype(np.int64))
+
+
+class _StepDataset(Dataset):
+    """Item ``k`` is the batch of global step ``start + k``."""
+
+    def __init__(self, batches: Batches, start: int, stop: int):
+        self.batches, self.start, self.stop = batches, start, stop
+
+    def __len__(self):
+        return max(0, self.stop - self.start)
+
+    def __getitem__(self, k):
+        return self.batches.batch(self.start + k)
+
+
+class LMDataModule(L.LightningDataModule):
+    """Training batches by step, and named fixed evaluation sets.
+
+    ``train_dataloader`` is built after Lightning restores a checkpoint, so it starts at the restored global
+    step: the batches after a resume are exactly those an uninterrupted run would have seen.
+    """
+
+    def __init__(self, batches: Batches, max_steps: int, eval_sets: dict[str, torch.Tensor] | None = None):
+        super().__init__()
+        self.batches, self.max_steps = batches, max_steps
+        self.eval_sets = eval_sets or {}
+
+    def train_dataloader(self):
+        start = self.trainer.global_step if self.trainer is not None else 0
+        return DataLoader(_StepDataset(self.batches, start, self.max_steps), batch_size=None, shuffle=False)

@@ -1,0 +1,93 @@
+"""The causal-LM LightningModule: next-token loss, AdamW, warm-up + cosine schedule, per-position evaluation.
+
+Loss:  L = mean_{b,i} -log p(x_{b,i+1} | x_{b,<=i})  +  sum_k w_k * aux_k   (aux: the FFN parts' auxiliary losses)
+Schedule (per optimizer step s, peak lr η):  η_s = η * s / W  for s < W;  then cosine from η down to
+``min_lr_ratio * η`` at ``max_steps``. :func:`lr_at` is the same schedule as a plain function, for laws that
+need the learning-rate history (Temporal Scaling Law's schedule-aware terms).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from replicate.models.decoder import Decoder, DecoderConfig
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 3e-3
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    warmup_steps: int = 20
+    max_steps: int = 400
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    aux_weights: tuple = ()  # (("load_balance", 0.01), ...); aux losses not listed are logged, not trained on
+
+
+def lr_at(step: int | float, opt: OptimConfig) -> float:
+    """Learning rate in effect for optimizer step ``step`` (0-based)."""
+    if step < opt.warmup_steps:
+        return opt.lr * (step + 1) / opt.warmup_steps
+    progress = min(1.0, (step - opt.warmup_steps) / max(1, opt.max_steps - opt.warmup_steps))
+    return opt.lr * (opt.min_lr_ratio + (1 - opt.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def per_token_nll(logits_BTV: torch.Tensor, targets_BT: torch.Tensor) -> torch.Tensor:
+    """-log p(target) per token, in fp32: (B, T)."""
+    return F.cross_entropy(logits_BTV.float().flatten(0, 1), targets_BT.flatten(), reduction="none").view_as(targets_BT)
+
+
+class CausalLM(L.LightningModule):
+    def __init__(self, model: DecoderConfig | dict, optim: OptimConfig | dict):
+        super().__init__()
+        model = DecoderConfig(**model) if isinstance(model, dict) else model
+        optim = OptimConfig(**optim) if isinstance(optim, dict) else optim
+        self.save_hyperparameters({"model": asdict(model), "optim": asdict(optim)})
+        self.model_cfg, self.optim_cfg = model, optim
+        self.model = Decoder(model)
+        self.aux_weights = dict(optim.aux_weights)
+
+    def forward(self, input_ids_BT):
+        return self.model(input_ids_BT)
+
+    def training_step(self, batch_BT1, batch_idx):
+        x, y = batch_BT1[:, :-1], batch_BT1[:, 1:]
+        out = self.model(x)
+        lm_loss = F.cross_entropy(out.logits.flatten(0, 1).float(), y.flatten())
+        loss = lm_loss + sum(self.aux_weights.get(k, 0.0) * v for k, v in out.aux.items())
+        self.log("train_loss", lm_loss, prog_bar=True)
+        for k, v in out.aux.items():
+            self.log(f"aux_{k}", v)
+        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"] if self._trainer else 0.0)
+        return loss
+
+    @torch.no_grad()
+    def per_token_loss(self, windows_BT1: torch.Tensor, chunk: int = 16) -> torch.Tensor:
+        """-log p per predicted token on fixed windows: (W, T), fp32. Column i predicts token i+1 from i+1
+        tokens of context (positions are counted 1..T in the Temporal Scaling Law's notation)."""
+        was_training = self.training
+        self.eval()
+        out = []
+        for s in range(0, len(windows_BT1), chunk):
+            w = windows_BT1[s : s + chunk].to(self.device)
+            out.append(per_token_nll(self.model(w[:, :-1]).logits, w[:, 1:]).cpu())
+        self.train(was_training)
+        return torch.cat(out)
+
+    def configure_optimizers(self):
+        decay = [p for n, p in self.named_parameters() if p.dim() >= 2 and "embed" not in n]
+        no_decay = [p for n, p in self.named_parameters() if not (p.dim() >= 2 and "embed" not in n)]
+        o = self.optim_cfg
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=o.lr, betas=(o.beta1, o.beta2), foreach=True,
+        )
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, o) / o.lr)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

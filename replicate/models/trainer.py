@@ -1,0 +1,159 @@
+"""The one trainer factory and the run cache every paper trains through.
+
+``train(paper_id, spec, ...)`` keys a training run by the hash of its :class:`TrainSpec` (model, optimiser,
+data, evaluation schedule, seed) and the package version, and keeps it under ``runs/<paper_id>/<hash>/``:
+- a finished run (``result.pt`` present and loadable) is reused, not retrained;
+- an interrupted run resumes from ``ckpt/last.ckpt`` (Lightning ``ckpt_path``), and because batches are a pure
+  function of (seed, step) and the evaluation records live in the checkpoint, it ends with the same numbers as a
+  run never interrupted (tests/reliability checks this with SIGKILL);
+- a corrupt checkpoint or result is reported in one line and rebuilt, never used.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+from replicate.config import config_hash
+from replicate.data.lm import Batches, LMDataModule
+from replicate.io import torch_load, torch_save
+from replicate.models.decoder import DecoderConfig
+from replicate.models.lm import CausalLM, OptimConfig
+from replicate.paths import runs_dir
+
+log = logging.getLogger("replicate")
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """Everything that determines a training run's numbers (its hash is the run's cache key)."""
+
+    model: DecoderConfig
+    optim: OptimConfig
+    data: str  # a description of the data that fixes it: corpora, tokenizer, mixture weights, splits
+    batch_size: int
+    seq_len: int
+    seed: int
+    eval_steps: tuple = ()  # steps after which the per-position evaluation runs
+    ckpt_every: int = 50
+
+    @property
+    def key(self) -> str:
+        return config_hash(self)
+
+
+def progress_bar_enabled() -> bool:
+    """Progress bars in JupyterLab (a kernel whose parent is the Jupyter server), off under Papermill, nbval,
+    pytest and scripts. ``REPLICATE_PROGRESS=0|1`` overrides."""
+    env = os.environ.get("REPLICATE_PROGRESS")
+    if env is not None:
+        return env == "1"
+    try:
+        parent = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return False
+    return "jupyter-lab" in parent or "jupyter_server" in parent or "jupyter-notebook" in parent
+
+
+def make_trainer(run_dir: Path, max_steps: int, *, accelerator="cpu", devices=1, num_nodes=1, strategy="auto",
+                 precision="32-true", ckpt_every=50, callbacks=(), log_every=10, grad_clip=1.0) -> L.Trainer:
+    """A Lightning Trainer with CSV logs and a resumable ``last.ckpt`` under ``run_dir``. Multi-GPU and multi-node
+    runs only change ``accelerator`` / ``devices`` / ``num_nodes`` / ``strategy`` (``ddp``, ``fsdp``)."""
+    ckpt = ModelCheckpoint(dirpath=run_dir / "ckpt", save_last=True, save_top_k=0, every_n_train_steps=ckpt_every)
+    return L.Trainer(
+        max_steps=max_steps,
+        accelerator=accelerator,
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy=strategy,
+        precision=precision,
+        logger=CSVLogger(run_dir, name="", version=""),
+        callbacks=[*callbacks, ckpt],
+        deterministic=True if accelerator == "cpu" else "warn",
+        enable_progress_bar=progress_bar_enabled(),
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        log_every_n_steps=log_every,
+        gradient_clip_val=grad_clip or None,
+        max_epochs=-1,
+    )
+
+
+class PositionEval(Callback):
+    """After each step in ``steps``, the per-token loss on every fixed evaluation set: records[(set, step)] =
+    (W, T) fp32. The records are part of the checkpoint (``state_dict``), so a resumed run keeps them."""
+
+    def __init__(self, eval_sets: dict[str, torch.Tensor], steps: tuple[int, ...]):
+        self.eval_sets, self.steps = eval_sets, set(steps)
+        self.records: dict[str, torch.Tensor] = {}
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        if step in self.steps:
+            for name, windows in self.eval_sets.items():
+                self.records[f"{name}@{step}"] = module.per_token_loss(windows)
+
+    def state_dict(self):
+        return {"records": dict(self.records)}
+
+    def load_state_dict(self, state):
+        self.records = dict(state["records"])
+
+
+def _valid_checkpoint(path: Path) -> bool:
+    """A checkpoint that loads with ``weights_only=True``; a corrupt one is reported, removed, and not used."""
+    return path.exists() and torch_load(path) is not None
+
+
+def train(paper_id: str, spec: TrainSpec, batches: Batches, eval_sets: dict[str, torch.Tensor], *,
+          accelerator="cpu", devices=1, num_nodes=1, strategy="auto", precision="32-true",
+          module: CausalLM | None = None) -> dict:
+    """Train (or reuse, or resume) the run ``spec``. Returns ``{"evals": {set: {step: (W,T)}}, "final": {...},
+    "wall_s": float, "key": str, "n_params": int}``. ``module`` lets a paper pass a CausalLM subclass."""
+    run_dir = runs_dir() / paper_id / spec.key
+    result_path = run_dir / "result.pt"
+    done = torch_load(result_path)
+    if done is not None:
+        return done
+    L.seed_everything(spec.seed, workers=True, verbose=False)
+    lm = module if module is not None else CausalLM(spec.model, spec.optim)
+    ev = PositionEval(eval_sets, spec.eval_steps)
+    trainer = make_trainer(run_dir, spec.optim.max_steps, accelerator=accelerator, devices=devices,
+                           num_nodes=num_nodes, strategy=strategy, precision=precision, ckpt_every=spec.ckpt_every,
+                           callbacks=[ev], grad_clip=spec.optim.grad_clip)
+    last = run_dir / "ckpt" / "last.ckpt"
+    resume = _valid_checkpoint(last)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        warnings.filterwarnings("ignore", ".*Checkpoint directory.*exists and is not empty.*")
+        trainer.fit(lm, datamodule=LMDataModule(batches, spec.optim.max_steps), ckpt_path=str(last) if resume else None)
+    wall = time.perf_counter() - t0
+    evals: dict[str, dict[int, torch.Tensor]] = {}
+    for k, v in ev.records.items():
+        name, step = k.rsplit("@", 1)
+        evals.setdefault(name, {})[int(step)] = v
+    result = {
+        "key": spec.key,
+        "evals": evals,
+        "final": {name: lm.per_token_loss(w) for name, w in eval_sets.items()},
+        "wall_s": wall,
+        "resumed": bool(resume),
+        "n_params": lm.model.num_params(),
+        "tokens_per_step": spec.batch_size * spec.seq_len,
+    }
+    if trainer.is_global_zero:
+        torch_save(result_path, result)
+        shutil.rmtree(run_dir / "ckpt", ignore_errors=True)  # a finished run needs only its result
+    return result

@@ -1,0 +1,73 @@
+"""Helpers for the notebooks' first cells: validate parameters, set up display.
+
+Papermill only warns about a parameter the notebook does not declare, and nbval injects nothing, so the cell
+after ``parameters`` calls :func:`resolve` with the notebook's globals: it takes every user-level name defined
+so far (the declared parameters and anything Papermill injected), passes them to
+:func:`replicate.config.resolve_config`, and so rejects an unknown name, a wrong type or an out-of-range value
+with one clear line, whichever way the notebook was started.
+"""
+
+from __future__ import annotations
+
+import types
+
+from replicate.config import ConfigError, resolve_config
+
+_IPYTHON_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
+
+
+class ParameterError(ConfigError):
+    pass
+
+
+def resolve(paper_id: str, namespace: dict):
+    """The validated config from the notebook's parameters (and any injected ones) in ``namespace``."""
+    _exit_with_parent()
+    params = {
+        k: v
+        for k, v in namespace.items()
+        if not k.startswith("_")
+        and k not in _IPYTHON_NAMES
+        and not isinstance(v, (types.ModuleType, types.FunctionType, type))
+        and not callable(v)
+    }
+    scale = params.pop("scale", "small")
+    try:
+        return resolve_config(paper_id, scale, **params)
+    except ConfigError as e:
+        # Re-raised without the chain so the notebook shows the one line that matters.
+        raise ParameterError(str(e)) from None
+
+
+def setup_display():
+    """Matplotlib inline with a fixed style, pandas display widths; quiet Lightning's info logs."""
+    import logging
+
+    import pandas as pd
+
+    pd.set_option("display.width", 160)
+    pd.set_option("display.max_columns", 30)
+    pd.set_option("display.precision", 4)
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _exit_with_parent():
+    """End this kernel when the process that started it dies (a SIGKILLed ``replicate run`` or Papermill), so an
+    orphaned kernel never keeps training next to the rerun that resumes its work."""
+    import os
+    import threading
+    import time
+
+    if getattr(_exit_with_parent, "started", False):
+        return
+    parent = os.getppid()
+
+    def watch():
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="replicate-parent-watch").start()
+    _exit_with_parent.started = True
