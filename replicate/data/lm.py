@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, IterableDataset
 
 
 def join(docs_ids: list[np.ndarray], eos_id: int = 0) -> np.ndarray:
@@ -81,17 +81,16 @@ def eval_windows(docs_ids: list[np.ndarray], n_windows: int, seq_len: int) -> to
     return torch.from_numpy(np.stack(rows).astype(np.int64))
 
 
-class _StepDataset(Dataset):
-    """Item ``k`` is the batch of global step ``start + k``."""
+class _StepBatches(IterableDataset):
+    """Yields the batches of global steps ``start, start + 1, ..., stop - 1``. Iterable, so Lightning has no epoch
+    length to reconcile with the progress it restores from a checkpoint: the stream simply continues."""
 
     def __init__(self, batches: Batches, start: int, stop: int):
         self.batches, self.start, self.stop = batches, start, stop
 
-    def __len__(self):
-        return max(0, self.stop - self.start)
-
-    def __getitem__(self, k):
-        return self.batches.batch(self.start + k)
+    def __iter__(self):
+        for step in range(self.start, self.stop):
+            yield self.batches.batch(step)
 
 
 class LMDataModule(L.LightningDataModule):
@@ -108,4 +107,4 @@ class LMDataModule(L.LightningDataModule):
 
     def train_dataloader(self):
         start = self.trainer.global_step if self.trainer is not None else 0
-        return DataLoader(_StepDataset(self.batches, start, self.max_steps), batch_size=None, shuffle=False)
+        return DataLoader(_StepBatches(self.batches, start, self.max_steps), batch_size=None)

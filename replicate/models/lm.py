@@ -89,5 +89,11 @@ class CausalLM(L.LightningModule):
             [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=o.lr, betas=(o.beta1, o.beta2), foreach=True,
         )
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, o) / o.lr)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return opt
+
+    def on_train_batch_start(self, batch, batch_idx):
+        # The learning rate is a pure function of the global step (no scheduler state to save and restore), so a
+        # run resumed from a checkpoint takes exactly the steps an uninterrupted run takes.
+        for opt in self.trainer.optimizers:
+            for group in opt.param_groups:
+                group["lr"] = lr_at(self.global_step, self.optim_cfg)

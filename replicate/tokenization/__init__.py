@@ -1,0 +1,33 @@
+"""Tokenization beyond HF ``tokenizers``: LBPE (arXiv 2411.05504) and its analyses.
+
+- ``replicate.tokenization.lbpe``: reference and word-cached encoders (rank BPE, LBPE scan, LBPE merge loop)
+  over the vocabulary of a trained byte-level HF BPE.
+- ``replicate.tokenization.hf``: ``LBPETokenizer``, a ``transformers`` tokenizer backed by those encoders.
+- ``replicate.tokenization.analysis``: token-frequency, compression, loss-by-length and speed tables and plots.
+"""
+
+from replicate.tokenization.lbpe import (
+    MODES,
+    TIE_BREAKS,
+    BPEEncoder,
+    LBPEEncoder,
+    WordEncoder,
+    bpe_encode_word,
+    bytes_to_unicode,
+    lbpe_encode_word,
+    lbpe_merge_encode_word,
+    make_encoder,
+)
+
+__all__ = [
+    "MODES",
+    "TIE_BREAKS",
+    "BPEEncoder",
+    "LBPEEncoder",
+    "WordEncoder",
+    "bpe_encode_word",
+    "bytes_to_unicode",
+    "lbpe_encode_word",
+    "lbpe_merge_encode_word",
+    "make_encoder",
+]

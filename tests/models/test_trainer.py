@@ -1,0 +1,92 @@
+"""The run cache: finished runs are reused, killed runs resume to the same numbers, corrupt files are rebuilt."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from replicate.models.lm import OptimConfig, lr_at
+from replicate.models.trainer import train
+
+sys.path.insert(0, str(Path(__file__).parent))
+import tiny_run  # noqa: E402
+
+SCRIPT = Path(__file__).parent / "tiny_run.py"
+
+
+def _same(a, b):
+    assert a["evals"].keys() == b["evals"].keys()
+    for name in a["evals"]:
+        assert a["evals"][name].keys() == b["evals"][name].keys()
+        for step in a["evals"][name]:
+            assert torch.equal(a["evals"][name][step], b["evals"][name][step]), (name, step)
+    for name in a["final"]:
+        assert torch.equal(a["final"][name], b["final"][name])
+
+
+@pytest.fixture
+def runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("REPLICATE_RUNS", str(tmp_path / "runs"))
+    return tmp_path / "runs"
+
+
+def test_lr_schedule():
+    o = OptimConfig(lr=1.0, warmup_steps=10, max_steps=110, min_lr_ratio=0.1)
+    assert lr_at(0, o) == pytest.approx(0.1)
+    assert lr_at(9, o) == pytest.approx(1.0)
+    assert lr_at(10, o) == pytest.approx(1.0)
+    assert lr_at(60, o) == pytest.approx(0.55)
+    assert lr_at(110, o) == pytest.approx(0.1)
+
+
+def test_a_finished_run_is_reused(runs):
+    b, ev = tiny_run.data()
+    first = train("tiny", tiny_run.spec(20), b, ev)
+    assert first["final"]["val"].shape == (8, 32)
+    assert sorted(first["evals"]["val"]) == [5, 15, 20]
+    t = time.perf_counter()
+    again = train("tiny", tiny_run.spec(20), b, ev)
+    assert time.perf_counter() - t < 1.0  # loaded, not retrained
+    _same(first, again)
+    assert not (runs / "tiny" / tiny_run.spec(20).key / "ckpt").exists()
+
+
+def test_sigkill_then_rerun_gives_the_uninterrupted_numbers(tmp_path):
+    env = {**os.environ, "REPLICATE_RUNS": str(tmp_path / "a")}
+    subprocess.run([sys.executable, SCRIPT, tmp_path / "ref.pt"], env=env, check=True, capture_output=True)
+    ref = torch.load(tmp_path / "ref.pt", weights_only=True)
+
+    env = {**os.environ, "REPLICATE_RUNS": str(tmp_path / "b")}
+    ckpt = tmp_path / "b" / "tiny" / tiny_run.spec().key / "ckpt" / "last.ckpt"
+    proc = subprocess.Popen([sys.executable, SCRIPT, tmp_path / "out.pt"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "out.pt").exists(), "the run finished before it could be killed"
+    subprocess.run([sys.executable, SCRIPT, tmp_path / "out.pt"], env=env, check=True, capture_output=True)
+    out = torch.load(tmp_path / "out.pt", weights_only=True)
+    assert out["resumed"]
+    _same(ref, out)
+
+
+def test_corrupt_checkpoint_and_result_are_rebuilt(runs, caplog):
+    b, ev = tiny_run.data()
+    ref = train("tiny", tiny_run.spec(20), b, ev)
+    run_dir = runs / "tiny" / tiny_run.spec(20).key
+    (run_dir / "result.pt").write_bytes(b"\x00garbage")
+    (run_dir / "ckpt").mkdir()
+    (run_dir / "ckpt" / "last.ckpt").write_bytes(b"PK\x03\x04truncated")
+    with caplog.at_level("WARNING", logger="replicate"):
+        again = train("tiny", tiny_run.spec(20), b, ev)
+    assert not again["resumed"]
+    assert sum("corrupt file" in r.message for r in caplog.records) == 2
+    _same(ref, again)

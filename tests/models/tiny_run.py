@@ -1,0 +1,31 @@
+"""A tiny training run used by the resume tests (run as a script so it can be SIGKILLed):
+python tests/models/tiny_run.py OUT.pt [steps]  — writes the run's result to OUT.pt."""
+
+import sys
+
+import numpy as np
+import torch
+
+from replicate.data import lm
+from replicate.models.decoder import DecoderConfig
+from replicate.models.lm import OptimConfig
+from replicate.models.trainer import TrainSpec, train
+
+
+def spec(steps: int = 60) -> TrainSpec:
+    return TrainSpec(DecoderConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=2, d_ff=64, max_seq_len=32),
+                     OptimConfig(lr=3e-3, warmup_steps=5, max_steps=steps), "tiny", batch_size=4, seq_len=32, seed=0,
+                     eval_steps=(5, 15, 30, 45, steps), ckpt_every=10)
+
+
+def data():
+    rng = np.random.default_rng(0)
+    tokens = (np.cumsum(rng.integers(0, 3, 20_000)) % 64).astype(np.uint16)  # a learnable stream
+    batches = lm.Batches((lm.Stream(tokens),), (1.0,), 4, 32, seed=0)
+    return batches, {"val": lm.eval_windows([tokens[:4000]], 8, 32)}
+
+
+if __name__ == "__main__":
+    steps = int(sys.argv[2]) if len(sys.argv) > 2 else 60
+    b, ev = data()
+    torch.save(train("tiny", spec(steps), b, ev), sys.argv[1])

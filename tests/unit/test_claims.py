@@ -1,0 +1,39 @@
+import numpy as np
+import pytest
+
+from replicate import claims as C
+
+
+def test_interval_verdicts():
+    assert C.verdict_from_interval((0.1, 0.3), paper_direction="positive") == "reproduced"
+    assert C.verdict_from_interval((-0.1, 0.3), paper_direction="positive") == "inconclusive"
+    assert C.verdict_from_interval((-0.3, -0.1), paper_direction="positive") == "not_reproduced"
+    assert C.verdict_from_interval((-0.3, -0.1), paper_direction="negative") == "reproduced"
+    assert C.verdict_from_interval(None, paper_direction="positive") == "inconclusive"
+
+
+def test_threshold_and_equivalence_verdicts():
+    assert C.verdict_threshold(0.95, (0.92, 0.97), at_least=0.9) == "reproduced"
+    assert C.verdict_threshold(0.95, (0.85, 0.97), at_least=0.9) == "inconclusive"
+    assert C.verdict_threshold(0.5, (0.4, 0.6), at_least=0.9) == "not_reproduced"
+    assert C.verdict_threshold(0.004, None, at_most=0.005) == "reproduced"
+    assert C.verdict_threshold(float("nan"), None, at_most=0.005) == "inconclusive"
+    assert C.verdict_equivalence((-0.1, 0.2), margin=0.25) == "reproduced"
+    assert C.verdict_equivalence((0.3, 0.5), margin=0.25) == "not_reproduced"
+    assert C.verdict_equivalence((0.1, 0.5), margin=0.25) == "inconclusive"
+
+
+def test_intervals_cover_the_mean():
+    rng = np.random.default_rng(0)
+    x = rng.normal(1.0, 0.1, 200)
+    lo, hi = C.bootstrap_ci(x)
+    assert lo < x.mean() < hi and hi - lo < 0.05
+    lo, hi = C.t_interval([1.0, 1.1, 0.9])
+    assert lo < 1.0 < hi
+    assert C.t_interval([1.0]) is None
+
+
+def test_claim_rejects_unknown_verdict_and_keeps_unknown_paper_value_empty():
+    with pytest.raises(ValueError, match="verdict"):
+        C.Claim("c", "x", "m", None, 1.0, "", "probably", "")
+    assert C.Claim("c", "x", "m", None, 1.0, "", "inconclusive", "").row()["paper_value"] == ""
