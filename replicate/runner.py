@@ -30,7 +30,8 @@ def notebook_path(paper_id: str) -> Path:
 
 
 def run_paper(paper_id: str, scale: str = "small", seed: int | None = None, overrides: dict | None = None,
-              *, out=sys.stderr) -> int:
+              *, out=None) -> int:
+    out = out or sys.stderr
     overrides = dict(overrides or {})
     if seed is not None:
         overrides["seed"] = seed

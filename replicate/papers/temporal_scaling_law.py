@@ -341,13 +341,15 @@ def fit_form(name: str, u, y, uw: float, linear: bool = False):
 
 def lr_areas(steps: np.ndarray, opt: OptimConfig, lam: float) -> tuple[np.ndarray, np.ndarray]:
     """Tissue et al. (2024): S1(s) = Σ_{τ≤s} η_τ (forward area) and S2(s) = Σ_{τ≤s} m_τ with
-    m_τ = λ m_{τ−1} + (η_{τ−1} − η_τ) (annealing area), in units of the peak learning rate."""
+    m_τ = λ m_{τ−1} + (η_{τ−1} − η_τ) (annealing area), in units of the peak learning rate. Warm-up is not
+    annealing: for S2 the warm-up steps count at the peak rate, so S2 starts growing when the decay starts."""
     total = int(max(steps))
     eta = np.array([lr_at(s, opt) for s in range(total + 1)]) / opt.lr
     s1 = np.cumsum(eta)
+    eta_anneal = np.where(np.arange(total + 1) < opt.warmup_steps, 1.0, eta)
     m = np.zeros_like(eta)
     for t in range(1, len(eta)):
-        m[t] = lam * m[t - 1] + (eta[t - 1] - eta[t])
+        m[t] = lam * m[t - 1] + (eta_anneal[t - 1] - eta_anneal[t])
     s2 = np.cumsum(m)
     idx = np.asarray(steps, dtype=int) - 1
     return s1[idx], s2[idx]
