@@ -73,7 +73,7 @@ class PaperConfig:
     accelerator: str = param("cpu", help="Lightning accelerator", choices=("cpu", "gpu", "cuda", "auto"))
     devices: int = param(1, help="devices per node (GPUs, or CPU processes)", min=1, max=1024)
     num_nodes: int = param(1, help="nodes for multi-node training", min=1, max=1024)
-    strategy: str = param("auto", help="Lightning strategy", choices=("auto", "ddp", "fsdp", "ddp_spawn"))
+    strategy: str = param("auto", help="Lightning strategy", choices=("auto", "ddp", "ddp_notebook", "fsdp", "ddp_spawn"))
     precision: str = param("32-true", help="Lightning precision", choices=("32-true", "bf16-mixed", "16-mixed"))
 
 

@@ -1,6 +1,8 @@
 """The causal-LM LightningModule: next-token loss, AdamW, warm-up + cosine schedule, per-position evaluation.
 
-Loss:  L = mean_{b,i} -log p(x_{b,i+1} | x_{b,<=i})  +  sum_k w_k * aux_k   (aux: the FFN parts' auxiliary losses)
+Loss:  L = mean_{b,i} -log p(x_{b,i+1} | x_{b,<=i})  +  sum_k w_k * aux_k
+(aux: the FFN parts' auxiliary losses, which the MoE layers already scale by their own coefficients, so w_k = 1
+unless ``OptimConfig.aux_weights`` says otherwise; w_k = 0 logs an aux loss without training on it).
 Schedule (per optimizer step s, peak lr η):  η_s = η * s / W  for s < W;  then cosine from η down to
 ``min_lr_ratio * η`` at ``max_steps``. :func:`lr_at` is the same schedule as a plain function, for laws that
 need the learning-rate history (Temporal Scaling Law's schedule-aware terms).
@@ -28,7 +30,7 @@ class OptimConfig:
     max_steps: int = 400
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
-    aux_weights: tuple = ()  # (("load_balance", 0.01), ...); aux losses not listed are logged, not trained on
+    aux_weights: tuple = ()  # (("load_balance", 0.0), ...): extra factors on the layers' aux losses (default 1)
 
 
 def lr_at(step: int | float, opt: OptimConfig) -> float:
@@ -61,7 +63,7 @@ class CausalLM(L.LightningModule):
         x, y = batch_BT1[:, :-1], batch_BT1[:, 1:]
         out = self.model(x)
         lm_loss = F.cross_entropy(out.logits.flatten(0, 1).float(), y.flatten())
-        loss = lm_loss + sum(self.aux_weights.get(k, 0.0) * v for k, v in out.aux.items())
+        loss = lm_loss + sum(self.aux_weights.get(k, 1.0) * v for k, v in out.aux.items())
         self.log("train_loss", lm_loss, prog_bar=True)
         for k, v in out.aux.items():
             self.log(f"aux_{k}", v)

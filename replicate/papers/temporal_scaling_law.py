@@ -52,6 +52,8 @@ FORMS = ("log", "hyperbolic", "piecewise_cosine", "power")
 @dataclass(frozen=True, kw_only=True)
 class TSLConfig(PaperConfig):
     # --- data (ours: offline stand-ins for the Pile and the paper's OOD sets) ---
+    id_corpus: str = param("shakespeare", help="in-distribution corpus: shakespeare, or hf:<dataset> (needs network)",
+                           source="ours (the paper: the Pile)")
     vocab_size: int = param(2048, help="byte-level BPE vocabulary", source="spec §6: 2,048-4,096", min=257, max=65536)
     code_max_bytes: int = param(4_000_000, help="bytes of stdlib source used as the code corpus", min=100_000,
                                 max=100_000_000)
@@ -109,6 +111,8 @@ class TSLConfig(PaperConfig):
                                       min=0.0, max=10.0)
 
     def validate(self):
+        if self.id_corpus != "shakespeare" and not self.id_corpus.startswith("hf:"):
+            raise ConfigError(f"parameter 'id_corpus': must be 'shakespeare' or 'hf:<dataset>', got {self.id_corpus!r}")
         if self.d_model % self.n_heads:
             raise ConfigError(f"parameter 'n_heads': must divide d_model={self.d_model}, got {self.n_heads}")
         if self.mix_d_model % self.mix_n_heads:
@@ -155,7 +159,7 @@ class Data:
 
 def prepare_data(cfg: TSLConfig, seq_len: int, n_windows: int) -> Data:
     """Tokenizer trained on the training split of both corpora; streams; fixed ID/OOD evaluation windows."""
-    sh_tr, sh_ho = corpora.split(corpora.shakespeare())
+    sh_tr, sh_ho = corpora.split(corpora.load(cfg.id_corpus))
     py_tr, py_ho = corpora.split(corpora.python_stdlib(cfg.code_max_bytes))
     tok = tokenizer.train_bpe(sh_tr + py_tr, cfg.vocab_size, name="shakespeare+python")
     enc = lambda docs: tokenizer.encode_documents(tok, docs)

@@ -129,3 +129,16 @@ def test_uniformity_slope_is_zero_for_proportional_improvement(cfg):
     assert abs(slope) < 1e-6
     raw["e1"]["evals"]["id"][100] = torch.tensor(windows - 0.5)  # equal absolute, unequal relative improvement
     assert tsl.uniformity(raw)[1] > 0.05
+
+
+def test_hub_corpus_fails_with_one_clear_line_offline(monkeypatch, tmp_path):
+    from replicate.data.corpora import DataUnavailable
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("REPLICATE_RUNS", str(tmp_path))
+    c = resolve_config("temporal_scaling_law", "smoke", id_corpus="hf:monology/pile-uncopyrighted")
+    with pytest.raises(DataUnavailable, match=r"^corpus 'hf:monology/pile-uncopyrighted': .*offline") as e:
+        tsl.prepare_data(c, c.seq_len, c.eval_windows)
+    assert "\n" not in str(e.value)
+    with pytest.raises(Exception, match="parameter 'id_corpus'"):
+        resolve_config("temporal_scaling_law", "smoke", id_corpus="pile")
