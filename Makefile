@@ -39,8 +39,10 @@ smoke: venv
 lab: venv
 	$(BIN)/jupyter lab --no-browser --ip 127.0.0.1 $(ROOT_FLAG) --notebook-dir .
 
+## CPU benchmarks, tables under results/benchmarks/ (the GPU kernel check: python -m replicate.bench kernels --device cuda)
 bench: venv
-	$(BIN)/python -m replicate.bench all
+	$(BIN)/python -m replicate.bench dense
+	$(BIN)/python -m replicate.bench moe
 
 report: venv
 	$(BIN)/python -m replicate report

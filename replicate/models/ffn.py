@@ -31,6 +31,8 @@ def register_ffn(name: str):
 
 def build_ffn(name: str, *, d_model: int, d_ff: int, **kwargs) -> nn.Module:
     if name not in FFN_REGISTRY:
+        import replicate.moe  # noqa: F401  (registers the MoE family: "moe", "sigmoid_moe")
+    if name not in FFN_REGISTRY:
         raise ValueError(f"ffn: unknown feed-forward part {name!r}; allowed: {', '.join(sorted(FFN_REGISTRY))}")
     return FFN_REGISTRY[name](d_model=d_model, d_ff=d_ff, **kwargs)
 

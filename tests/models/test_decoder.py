@@ -64,3 +64,20 @@ def test_unknown_parts_are_clear_errors():
         Decoder(DecoderConfig(vocab_size=10, d_model=8, n_layers=1, n_heads=2, d_ff=8, attention="nope"))
     with pytest.raises(ValueError, match="not divisible"):
         DecoderConfig(d_model=10, n_heads=3)
+
+
+def test_moe_decoder_trains_with_its_aux_loss():
+    from replicate.models import CausalLM, OptimConfig
+
+    torch.manual_seed(0)
+    cfg = DecoderConfig(vocab_size=50, d_model=32, n_layers=2, n_heads=2, d_ff=64, max_seq_len=16, ffn="moe",
+                        ffn_kwargs=(("n_experts", 4), ("k", 2)))
+    lm = CausalLM(cfg, OptimConfig())
+    lm.log = lambda *a, **k: None
+    batch = torch.randint(0, 50, (2, 9))
+    out = lm.model(batch[:, :-1])
+    assert set(out.aux) == {"load_balance"} and out.aux["load_balance"] > 0
+    lm_loss = torch.nn.functional.cross_entropy(out.logits.flatten(0, 1), batch[:, 1:].flatten())
+    lm._trainer = None
+    assert lm.training_step(batch, 0).item() == pytest.approx((lm_loss + out.aux["load_balance"]).item(), rel=1e-5)
+    assert lm.model.layers[0].ffn.last_stats["load_E"].shape == (4,)
