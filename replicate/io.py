@@ -43,6 +43,12 @@ def write_json(path: str | Path, obj) -> Path:
     return write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def discard_corrupt(path: str | Path, err: BaseException) -> None:
+    """Report a corrupt checkpoint or cache file in one line and remove it, so the caller rebuilds it."""
+    log.warning("corrupt file %s (%s): removed, it will be rebuilt", path, type(err).__name__)
+    Path(path).unlink(missing_ok=True)
+
+
 def read_json(path: str | Path):
     """The JSON in ``path``, or None when it is missing or corrupt (a corrupt file is reported and removed)."""
     path = Path(path)
@@ -51,8 +57,7 @@ def read_json(path: str | Path):
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
-        log.warning("corrupt file %s (%s): removed, it will be rebuilt", path, type(e).__name__)
-        path.unlink(missing_ok=True)
+        discard_corrupt(path, e)
         return None
 
 
@@ -72,6 +77,5 @@ def torch_load(path: str | Path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated zip, a pickle error, a bad magic number: all mean "rebuild"
-        log.warning("corrupt file %s (%s): removed, it will be rebuilt", path, type(e).__name__)
-        path.unlink(missing_ok=True)
+        discard_corrupt(path, e)
         return None

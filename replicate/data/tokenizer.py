@@ -24,8 +24,10 @@ def train_bpe(docs: tuple[Document, ...], vocab_size: int, *, name: str = "corpu
     if path.exists():
         try:
             return Tokenizer.from_file(str(path))
-        except Exception:  # a corrupt cache file is rebuilt
-            path.unlink(missing_ok=True)
+        except Exception as e:  # a corrupt cache file is reported in one line and rebuilt
+            from replicate.io import discard_corrupt
+
+            discard_corrupt(path, e)
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -65,8 +67,10 @@ def encode_documents(tok: Tokenizer, docs: tuple[Document, ...], encoder=None, e
         try:
             with np.load(path) as z:
                 return [z[f"d{i}"] for i in range(len(docs))]
-        except Exception:
-            path.unlink(missing_ok=True)
+        except Exception as e:  # a corrupt cache file is reported in one line and rebuilt
+            from replicate.io import discard_corrupt
+
+            discard_corrupt(path, e)
     dtype = np.uint16 if tok.get_vocab_size() <= 65536 else np.int32
     texts = [d.text for d in docs]
     ids = encoder(texts) if encoder is not None else [e.ids for e in tok.encode_batch(texts)]

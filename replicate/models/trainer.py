@@ -18,6 +18,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import lightning as L
 import torch
@@ -118,15 +119,23 @@ def _valid_checkpoint(path: Path) -> bool:
 
 def train(paper_id: str, spec: TrainSpec, batches: Batches, eval_sets: dict[str, torch.Tensor], *,
           accelerator="cpu", devices=1, num_nodes=1, strategy="auto", precision="32-true",
-          module: CausalLM | None = None) -> dict:
+          module: CausalLM | Callable[[], CausalLM] | None = None, keep_weights: bool = False) -> dict:
     """Train (or reuse, or resume) the run ``spec``. Returns ``{"evals": {set: {step: (W,T)}}, "final": {...},
-    "wall_s": float, "key": str, "n_params": int}``. ``module`` lets a paper pass a CausalLM subclass."""
+    "wall_s": float, "key": str, "n_params": int}``. ``module`` lets a paper pass a CausalLM subclass: preferably a zero-argument factory
+    (``module=lambda: MyLM(...)``), called after the run's seed is set, because a module built by the caller has
+    initial weights that depend on the caller's random state (which differs between a fresh run and one whose
+    earlier training runs came from the cache); an instance is right when its weights are loaded anyway (e.g. one
+    initialised from another run's weights; the spec's ``data`` must then name that run so the key differs).
+    ``keep_weights``: also store the final ``state_dict`` (CPU tensors) in the result, for runs that others
+    continue from (a cached result without weights is then retrained)."""
     run_dir = runs_dir() / paper_id / spec.key
     result_path = run_dir / "result.pt"
     done = torch_load(result_path)
-    if done is not None:
+    if done is not None and (not keep_weights or "state_dict" in done):
         return done
     L.seed_everything(spec.seed, workers=True, verbose=False)
+    if module is not None and not isinstance(module, torch.nn.Module):
+        module = module()  # a factory: built after seeding, so its initial weights are the run's, whatever ran before
     lm = module if module is not None else CausalLM(spec.model, spec.optim)
     ev = PositionEval(eval_sets, spec.eval_steps)
     trainer = make_trainer(run_dir, spec.optim.max_steps, accelerator=accelerator, devices=devices,
@@ -138,7 +147,8 @@ def train(paper_id: str, spec: TrainSpec, batches: Batches, eval_sets: dict[str,
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*Checkpoint directory.*exists and is not empty.*")
-        trainer.fit(lm, datamodule=LMDataModule(batches, spec.optim.max_steps), ckpt_path=str(last) if resume else None)
+        trainer.fit(lm, datamodule=LMDataModule(batches, spec.optim.max_steps), ckpt_path=str(last) if resume else None,
+                    weights_only=True)
     wall = time.perf_counter() - t0
     evals: dict[str, dict[int, torch.Tensor]] = {}
     for k, v in ev.records.items():
@@ -153,6 +163,8 @@ def train(paper_id: str, spec: TrainSpec, batches: Batches, eval_sets: dict[str,
         "n_params": lm.model.num_params(),
         "tokens_per_step": spec.batch_size * spec.seq_len,
     }
+    if keep_weights:
+        result["state_dict"] = {k: v.detach().cpu().clone() for k, v in lm.state_dict().items()}
     if trainer.is_global_zero:
         torch_save(result_path, result)
         shutil.rmtree(run_dir / "ckpt", ignore_errors=True)  # a finished run needs only its result

@@ -255,7 +255,8 @@ def train_reweighted(cfg: TSLConfig, data: Data, e1: dict) -> dict[float, dict]:
     for g in cfg.reweight_gammas:
         spec = dataclasses.replace(e1_spec(cfg, data, gamma=g), eval_steps=())
         out[g] = train(PAPER_ID, spec, batches, {"id": data.eval_sets["id"]},
-                       module=PositionWeightedLM(spec.model, spec.optim, gamma=g), **_trainer_kwargs(cfg))
+                       module=lambda spec=spec, g=g: PositionWeightedLM(spec.model, spec.optim, gamma=g),
+                       **_trainer_kwargs(cfg))
     return out
 
 

@@ -1,0 +1,303 @@
+"""LBPE replication (replicate/papers/lbpe.py): bits per byte, equal-byte budgeting, continual pre-training,
+frequency tables and claims. Uses the `smoke` configuration's data (38 plays cut to 8 KB each, vocab 512)."""
+
+import dataclasses
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from replicate.config import ConfigError, resolve_config
+from replicate.data import lm
+from replicate.models.lm import CausalLM, OptimConfig, lr_at
+from replicate.papers import lbpe
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("REPLICATE_RUNS", str(tmp_path_factory.mktemp("runs")))
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return resolve_config("lbpe", "smoke")
+
+
+@pytest.fixture(scope="module")
+def data(env, cfg):
+    return lbpe.prepare_data(cfg)
+
+
+# ------------------------------------------------------------------------------------------------- config
+
+
+def test_scales_resolve_and_unconfirmed_choices_switch(cfg):
+    assert resolve_config("lbpe", "small").n_seeds == 3
+    assert resolve_config("lbpe", "small").run_cpt is False  # continual pre-training is paper scale
+    assert resolve_config("lbpe", "paper").run_cpt and cfg.run_cpt  # ... and its path runs at smoke
+    assert (cfg.lbpe_mode, cfg.tie_break) == ("scan", "leftmost")
+    merge = resolve_config("lbpe", "smoke", lbpe_mode="merge", tie_break="rank")
+    assert lbpe.lbpe_name(merge) != lbpe.lbpe_name(cfg)  # a different encoding is a different token cache / run
+    with pytest.raises(ConfigError, match="lbpe_mode"):
+        resolve_config("lbpe", "smoke", lbpe_mode="greedy")
+    with pytest.raises(ConfigError, match="corpus"):
+        resolve_config("lbpe", "smoke", corpus="wikipedia")
+
+
+# ------------------------------------------------------------------------------------------ bits per byte
+
+
+def test_both_encodings_cover_the_same_text(data):
+    for e in lbpe.ENCODINGS:
+        enc = data.encoders[e]
+        for ids, doc in zip(data.train_ids[e][:5], data.train_docs[:5]):
+            assert enc.decode(ids.tolist()) == doc.text
+    assert not np.array_equal(data.streams["bpe"], data.streams["lbpe"])  # LBPE really segments differently
+    assert data.byte_len[data.eos_id] == 0 and data.byte_len[data.encoders["bpe"].vocab["a"]] == 1
+
+
+def test_eval_windows_predict_every_token_exactly_once(data, cfg):
+    for e in lbpe.ENCODINGS:
+        ev = data.eval_sets[e]
+        assert ev.windows.shape[1] == cfg.seq_len + 1 and ev.mask.shape == (len(ev.windows), cfg.seq_len)
+        targets = ev.targets[ev.mask].numpy()
+        assert np.array_equal(targets, np.concatenate([np.asarray(x, dtype=np.int64) for x in data.eval_ids[e]]))
+        assert ev.n_bytes == sum(len(d.text.encode("utf-8")) for d in data.eval_docs)  # the same bytes, both
+        assert data.encoders[e].decode(targets.tolist()) == "".join(d.text for d in data.eval_docs)
+        # every document's first prediction is made from the EOS that precedes it in the training stream
+        assert int(ev.windows[0, 0]) == data.eos_id
+
+
+def test_eval_set_padding_and_window_overlap():
+    byte_len = np.array([0, 1, 2, 3])
+    ev = lbpe.eval_set([np.array([1, 2, 3, 1, 2]), np.array([3])], seq_len=3, eos_id=0, byte_len=byte_len)
+    assert ev.windows.tolist() == [[0, 1, 2, 3], [3, 1, 2, 0], [0, 3, 0, 0]]
+    assert ev.mask.tolist() == [[True] * 3, [True, True, False], [True, False, False]]
+    assert ev.n_bytes == 1 + 2 + 3 + 1 + 2 + 3
+
+
+def test_bits_per_byte_is_summed_nats_over_the_exact_byte_count(data):
+    ev = data.eval_sets["lbpe"]
+    g = torch.Generator().manual_seed(0)
+    loss = torch.rand(ev.mask.shape, generator=g) * 5
+    loss[~ev.mask] = 1e6  # padding must not count
+    want = float(loss[ev.mask].double().sum()) / math.log(2) / sum(len(d.text.encode()) for d in data.eval_docs)
+    assert lbpe.bits_per_byte(loss, ev, data.byte_len) == pytest.approx(want, rel=1e-12)
+    # a uniform model over V: bpb = log2|V| · tokens / bytes, so the encoding with more bytes per token scores
+    # lower although its per-token loss is identical (why per-token loss is not comparable)
+    V = data.tok.get_vocab_size()
+    for e in lbpe.ENCODINGS:
+        ev = data.eval_sets[e]
+        uni = torch.full(ev.mask.shape, math.log(V))
+        assert lbpe.bits_per_byte(uni, ev, data.byte_len) == pytest.approx(
+            math.log2(V) * int(ev.mask.sum()) / ev.n_bytes)
+        assert lbpe.nats_per_token(uni, ev) == pytest.approx(math.log(V))
+
+
+# ------------------------------------------------------------------------------------ equal training bytes
+
+
+def test_steps_for_bytes_counts_target_bytes_exactly():
+    byte_len = np.array([0, 1, 2, 4])
+    tokens = np.tile(np.array([1, 2, 3, 0], dtype=np.uint16), 500)
+    b = lm.Batches((lm.Stream(tokens),), (1.0,), 4, 8, seed=3)
+    cum = lbpe.steps_for_bytes(b, byte_len, 1000)
+    by_hand = np.cumsum([byte_len[b.batch(s)[:, 1:].numpy()].sum() for s in range(len(cum))])
+    assert np.array_equal(cum, by_hand)
+    assert cum[-1] >= 1000 and (len(cum) == 1 or cum[-2] < 1000)  # the smallest step count reaching the budget
+
+
+def test_equal_training_bytes_for_both_encodings(data, cfg):
+    big = dataclasses.replace(cfg, train_bytes=60_000)
+    per_step = {}
+    for e in lbpe.ENCODINGS:
+        b = lbpe._batches(big, data, e, seed=0)
+        cum = lbpe.steps_for_bytes(b, data.byte_len, big.train_bytes)
+        one_batch = big.batch_size * big.seq_len * data.byte_len.max()
+        assert big.train_bytes <= cum[-1] < big.train_bytes + one_batch
+        per_step[e] = cum[-1] / len(cum)
+        steps = lbpe.eval_steps_at(cum, 3)
+        assert len(steps) == 3 and all(1 <= s < len(cum) for s in steps)
+    stream_bpt = {e: data.byte_len[data.streams[e].astype(np.int64)].sum() / len(data.streams[e])
+                  for e in lbpe.ENCODINGS}
+    # bytes per step follow the stream's bytes per token, so the steps differ and the bytes do not
+    for e in lbpe.ENCODINGS:
+        assert per_step[e] / (big.batch_size * big.seq_len) == pytest.approx(stream_bpt[e], rel=0.05)
+
+
+def test_run_lm_trains_both_encodings_on_the_same_bytes(data, cfg):
+    one = dataclasses.replace(cfg, n_seeds=1)
+    runs = lbpe.run_lm(one, data)
+    frame = lbpe.lm_frame(runs, data)
+    t1 = lbpe.table1(frame, data)
+    assert list(t1["encoding"]) == ["bpe", "lbpe"]
+    assert (t1["train_bytes"] >= one.train_bytes).all()
+    assert (t1["eval_bytes"] == t1["eval_bytes"].iloc[0]).all()
+    final = frame[frame["final"]]
+    assert np.isfinite(final["bpb"]).all() and (final["bpb"] > 0).all()
+    # untrained, a model would be at about log2|V| bits per token; training must have moved it well below
+    for _, r in final.iterrows():
+        bpt = data.eval_sets[r["encoding"]].n_bytes / int(data.eval_sets[r["encoding"]].mask.sum())
+        assert r["bpb"] < math.log2(data.tok.get_vocab_size()) / bpt
+
+
+# -------------------------------------------------------------------------------- continual pre-training
+
+
+def test_trainer_keeps_weights_that_reproduce_the_final_loss(env):
+    from replicate.models.decoder import DecoderConfig
+    from replicate.models.trainer import TrainSpec, train
+
+    rng = np.random.default_rng(0)
+    tokens = (np.cumsum(rng.integers(0, 3, 5000)) % 32).astype(np.uint16)
+    spec = TrainSpec(DecoderConfig(vocab_size=32, d_model=16, n_layers=1, n_heads=2, d_ff=32, max_seq_len=16),
+                     OptimConfig(lr=3e-3, warmup_steps=2, max_steps=8), "lbpe-test-keep", 4, 16, 0, ckpt_every=10)
+    ev = {"val": lm.eval_windows([tokens[:1000]], 4, 16)}
+    b = lm.Batches((lm.Stream(tokens),), (1.0,), 4, 16, 0)
+    no_w = train("lbpe-test", spec, b, ev)
+    assert "state_dict" not in no_w
+    res = train("lbpe-test", spec, b, ev, keep_weights=True)  # cached without weights: retrained, with them
+    m = CausalLM(spec.model, spec.optim)
+    m.load_state_dict(res["state_dict"])
+    assert torch.allclose(m.per_token_loss(ev["val"]), res["final"]["val"], atol=1e-6)
+    assert torch.equal(res["final"]["val"], no_w["final"]["val"])
+
+
+def test_continued_lm_keeps_weights_and_continues_the_schedule():
+    from replicate.models.decoder import DecoderConfig
+
+    model = DecoderConfig(vocab_size=32, d_model=16, n_layers=1, n_heads=2, d_ff=32, max_seq_len=16)
+    sched = OptimConfig(lr=1.0, warmup_steps=2, max_steps=100, min_lr_ratio=0.1)
+    src = CausalLM(model, sched)
+    cont = lbpe.ContinuedLM(model, dataclasses.replace(sched, max_steps=10), sched, offset=80, stretch=2.0,
+                            state_dict=src.state_dict())
+    for k, v in src.state_dict().items():
+        assert torch.equal(cont.state_dict()[k], v)
+
+    class T:  # the two attributes on_train_batch_start reads
+        optimizers = [torch.optim.SGD(cont.parameters(), lr=0.0)]
+        global_step = 0
+
+    cont._trainer = T()
+    for step, want in ((0, lr_at(80, sched)), (5, lr_at(90, sched)), (10, lr_at(100, sched))):
+        T.global_step = step
+        cont.on_train_batch_start(None, 0)
+        assert T.optimizers[0].param_groups[0]["lr"] == pytest.approx(want)
+
+
+def test_cpt_switches_encoding_and_keeps_the_phase1_weights(data, cfg, monkeypatch):
+    calls = []
+
+    def fake_train(paper_id, spec, batches, eval_sets, *, module=None, keep_weights=False, **kw):
+        factory = module is not None and not isinstance(module, torch.nn.Module)
+        if factory:
+            module = module()  # built after seeding, as trainer.train does
+        calls.append({"spec": spec, "batches": batches, "module": module, "keep": keep_weights, "factory": factory})
+        W, T1 = next(iter(eval_sets.values())).shape
+        out = {"key": spec.key, "final": {"heldout": torch.full((W, T1 - 1), 2.0)}, "evals": {}, "wall_s": 0.0,
+               "n_params": 1}
+        if keep_weights:
+            out["state_dict"] = {k: torch.full_like(v, 0.5) for k, v in module.state_dict().items()}
+        return out
+
+    monkeypatch.setattr(lbpe, "train", fake_train)
+    c = dataclasses.replace(cfg, cpt_n_seeds=1, train_bytes=20_000)
+    runs = lbpe.run_cpt(c, data)
+    phase1, arms = calls[0], calls[1:]
+    assert phase1["keep"] and phase1["batches"].streams[0].tokens is data.streams["bpe"]
+    assert phase1["factory"]  # phase 1's initial weights come from the run's seed, not the caller's RNG state
+    assert [r["encoding"] for r in runs] == ["bpe", "lbpe"]
+    s1 = runs[0]["phase1_steps"]
+    full = lbpe.steps_for_bytes(lbpe._batches(c, data, "bpe", c.seed), data.byte_len, c.train_bytes)
+    assert full[s1 - 1] >= c.cpt_switch_frac * full[-1] > (full[s1 - 2] if s1 > 1 else 0)
+    for e, call, r in zip(lbpe.ENCODINGS, arms, runs):
+        assert call["batches"].streams[0].tokens is data.streams[e]  # the encoder switches ...
+        for v in call["module"].state_dict().values():  # ... and the phase-1 weights are kept
+            assert torch.all(v == 0.5)
+        assert call["module"].model_cfg.vocab_size == phase1["module"].model_cfg.vocab_size
+        assert r["phase1_bytes"] + r["phase2_bytes"] >= c.train_bytes
+        assert f"from={calls[0]['spec'].key}" in call["spec"].data
+    # the BPE arm continues phase 1's data order exactly
+    base = lbpe._batches(c, data, "bpe", c.seed)
+    assert torch.equal(arms[0]["batches"].batch(0), base.batch(s1))
+    frame = lbpe.cpt_frame(runs, data)
+    assert list(frame["arm"]) == ["BPE → BPE", "BPE → LBPE"] and lbpe.paired_gap(frame).shape == (1,)
+
+
+# ------------------------------------------------------------------------------------ frequency analyses
+
+
+def test_frequency_tables_totals(data, cfg):
+    f = lbpe.frequency_frames(cfg, data)
+    ids = lbpe.freq_ids(cfg, data)
+    for e in lbpe.ENCODINGS:
+        n = sum(len(x) for x in ids[e])
+        occ = f["occurrence"][f["occurrence"]["encoding"] == e]
+        assert occ["occurrences"].sum() == n  # every token counted once, under its length
+        assert occ["share"].sum() == pytest.approx(1.0)
+        assert occ["n_vocab"].sum() == len(data.encoders["bpe"].vocab)
+        comp = f["compression"].set_index("encoding").loc[e]
+        assert comp["n_tokens"] == n
+        assert comp["n_bytes"] == sum(len(d.text.encode()) for d in (*data.train_docs, *data.heldout_docs))
+    blocks = lbpe.block_counts(ids["lbpe"], data.encoders["bpe"].vocab_size, n_blocks=7)
+    assert blocks.shape[0] == 7 and blocks.sum() == sum(len(x) for x in ids["lbpe"])
+
+
+def test_frequency_stats_known_answer():
+    lengths = [1, 1, 2, 3, 4, 5]  # ids 0-5
+    groups = lbpe.length_groups(lengths, range(6), long_min=4)
+    assert [g.tolist() for g in groups.values()] == [[0, 1], [2, 3], [4, 5]]
+    counts = {"bpe": np.array([10, 10, 8, 4, 1, 1]), "lbpe": np.array([12, 10, 4, 2, 3, 3])}
+    st = lbpe.frequency_stats(counts, groups)
+    assert st["c1_ratio"] == pytest.approx((32 / 4) / (2 / 2))
+    assert st["ratio_long"] == pytest.approx(6 / 2)
+    assert st["ratio_short"] == pytest.approx(6 / 12)
+    assert st["ratio_single"] == pytest.approx(22 / 20)
+
+
+def test_frequency_bootstrap_brackets_the_point(data, cfg):
+    point, boot = lbpe.frequency_bootstrap(dataclasses.replace(cfg, n_boot=40), data)
+    assert len(boot) == 40
+    for k in ("c1_ratio", "ratio_long", "ratio_short", "ratio_single", "gini_delta"):
+        assert boot[k].min() <= point[k] <= boot[k].max()
+
+
+# ----------------------------------------------------------------------------------------------- claims
+
+
+def _frame(bpe, lb):
+    rows = [{"encoding": e, "seed": s, "bpb": v, "final": True} for e, vals in (("bpe", bpe), ("lbpe", lb))
+            for s, v in enumerate(vals)]
+    return pd.DataFrame(rows)
+
+
+def test_lm_verdict_needs_the_gap_to_exceed_the_seed_spread():
+    win = _frame([1.50, 1.52, 1.51], [1.40, 1.42, 1.41])
+    assert lbpe.seed_gap_claim("x", "c", lbpe.paired_gap(win), win, "", "").verdict == "reproduced"
+    lose = _frame([1.40, 1.42, 1.41], [1.50, 1.52, 1.51])
+    assert lbpe.seed_gap_claim("x", "c", lbpe.paired_gap(lose), lose, "", "").verdict == "not_reproduced"
+    noisy = _frame([1.50, 1.40, 1.45], [1.41, 1.50, 1.44])
+    assert lbpe.seed_gap_claim("x", "c", lbpe.paired_gap(noisy), noisy, "", "").verdict == "inconclusive"
+    one = _frame([1.5], [1.0])
+    assert lbpe.seed_gap_claim("x", "c", lbpe.paired_gap(one), one, "", "").verdict == "inconclusive"
+
+
+def test_complexity_slope_known_answer():
+    n = np.array([100, 200, 400, 800])
+    frame = pd.DataFrame({"encoder": ["lbpe"] * 4 + ["bpe"] * 4, "length": np.r_[n, n],
+                          "seconds": np.r_[1e-6 * n * (1 + 0.01 * np.arange(4)), 1e-9 * n ** 2]})
+    s, ci = lbpe.loglog_slope(frame, "lbpe")
+    assert s == pytest.approx(1.0, abs=0.02) and ci[1] < 1.5
+    assert lbpe.loglog_slope(frame, "bpe")[0] == pytest.approx(2.0)
+
+
+def test_segmentation_example_is_the_spec_worked_example(data, cfg):
+    seg = lbpe.segmentation_table(cfg, data, n=3)
+    assert (seg.loc[0, "bpe"], seg.loc[0, "lbpe"]) == ("ab | c | d", "a | bcd")
+    for _, r in seg.iloc[1:].iterrows():
+        assert r["bpe"] != r["lbpe"] and r["bpe"].replace(" | ", "") == r["lbpe"].replace(" | ", "")
