@@ -5,6 +5,9 @@
   emphasis and the two-space line breaks are removed; the words are untouched.
 - ``python``: the Python standard library's own ``.py`` sources (top level of the stdlib folder, sorted), a
   code corpus for out-of-distribution evaluation and data mixtures.
+- ``python_docs``: the Python language reference as plain English prose, one document per topic, as the standard
+  library ships it for ``help()`` (``pydoc_data.topics``): modern technical English, a different domain from
+  Early Modern drama with a shared vocabulary, for out-of-distribution evaluation of English models.
 - ``hf:<name>``: a Hugging Face dataset through ``datasets``, for ``paper`` scale on a machine with network. It
   fails with one clear line when offline.
 
@@ -74,6 +77,14 @@ def python_stdlib(max_bytes: int = 6_000_000) -> tuple[Document, ...]:
     return tuple(docs)
 
 
+@lru_cache(maxsize=None)
+def python_docs() -> tuple[Document, ...]:
+    """The ~80 topics of the Python reference that ``help()`` shows (about 0.47 MB), sorted by topic name."""
+    from pydoc_data.topics import topics
+
+    return tuple(Document(name, topics[name]) for name in sorted(topics))
+
+
 def huggingface(name: str, split: str = "train", text_field: str = "text", limit: int = 10_000):
     """A hub data set, for ``paper`` scale only. Offline (no network, or HF_DATASETS_OFFLINE=1) it fails clearly."""
     if os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1":
@@ -91,7 +102,7 @@ def huggingface(name: str, split: str = "train", text_field: str = "text", limit
     return tuple(Document(f"{name}-{i}", t) for i, t in enumerate(rows))
 
 
-CORPORA = ("shakespeare", "python")
+CORPORA = ("shakespeare", "python", "python_docs")
 
 
 def load(name: str) -> tuple[Document, ...]:
@@ -100,6 +111,8 @@ def load(name: str) -> tuple[Document, ...]:
         return shakespeare()
     if name == "python":
         return python_stdlib()
+    if name == "python_docs":
+        return python_docs()
     if name.startswith("hf:"):
         return huggingface(name[3:])
     raise ValueError(f"corpus: unknown corpus {name!r}; allowed: {', '.join(CORPORA)}, hf:<dataset>")

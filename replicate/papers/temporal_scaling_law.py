@@ -57,7 +57,9 @@ class TSLConfig(PaperConfig):
     vocab_size: int = param(2048, help="byte-level BPE vocabulary", source="spec §6: 2,048-4,096", min=257, max=65536)
     code_max_bytes: int = param(4_000_000, help="bytes of stdlib source used as the code corpus", min=100_000,
                                 max=100_000_000)
-    eval_windows: int = param(64, help="fixed validation windows per evaluation set", source="spec §6", min=4, max=4096)
+    eval_windows: int = param(128, help="fixed validation windows per evaluation set",
+                              source="spec §6 says 64; ours: 128, per-position losses are too noisy at 64", min=4,
+                              max=4096)
     # --- E1: the model whose checkpoints are studied ---
     d_model: int = param(192, help="E1 model width", source="spec §6 small", min=16, max=8192)
     n_layers: int = param(3, help="E1 layers", source="spec §6 small", min=1, max=128)
@@ -153,24 +155,31 @@ class Data:
     tok: object
     shakespeare_train: np.ndarray
     code_train: np.ndarray
-    eval_sets: dict  # name -> (W, n+1) windows: "id" (held-out plays), "ood" (held-out stdlib modules)
+    eval_sets: dict  # E1, (W, n+1) windows: "id" (held-out plays), "ood" (the Python reference, English prose)
+    mix_eval: dict  # E3, (W, n_mix+1) windows: "blend", half held-out plays and half held-out stdlib modules
     description: str
 
 
-def prepare_data(cfg: TSLConfig, seq_len: int, n_windows: int) -> Data:
-    """Tokenizer trained on the training split of both corpora; streams; fixed ID/OOD evaluation windows."""
+def prepare_data(cfg: TSLConfig) -> Data:
+    """Tokenizer trained on the training split of both corpora (plays and stdlib code); token streams; fixed
+    evaluation windows. E1's OOD set is English of another domain (the Python language reference), so it shares the
+    vocabulary E1 trains on; code, whose tokens E1 never sees, is the second domain of E3's mixtures instead."""
     sh_tr, sh_ho = corpora.split(corpora.load(cfg.id_corpus))
     py_tr, py_ho = corpora.split(corpora.python_stdlib(cfg.code_max_bytes))
+    docs = corpora.python_docs()
     tok = tokenizer.train_bpe(sh_tr + py_tr, cfg.vocab_size, name="shakespeare+python")
-    enc = lambda docs: tokenizer.encode_documents(tok, docs)
+    enc = lambda d: tokenizer.encode_documents(tok, d)
+    half = cfg.eval_windows // 2
+    blend = torch.cat([lm.eval_windows(enc(sh_ho), half, cfg.mix_seq_len), lm.eval_windows(enc(py_ho), half, cfg.mix_seq_len)])
     return Data(
         tok=tok,
         shakespeare_train=lm.join(enc(sh_tr)),
         code_train=lm.join(enc(py_tr)),
-        eval_sets={"id": lm.eval_windows(enc(sh_ho), n_windows, seq_len),
-                   "ood": lm.eval_windows(enc(py_ho), n_windows, seq_len)},
+        eval_sets={"id": lm.eval_windows(enc(sh_ho), cfg.eval_windows, cfg.seq_len),
+                   "ood": lm.eval_windows(enc(docs), cfg.eval_windows, cfg.seq_len)},
+        mix_eval={"blend": blend},
         description=f"tok=bpe{cfg.vocab_size}:{tokenizer.tokenizer_fingerprint(tok)};"
-                    f"id={corpora.fingerprint(sh_tr)};code={corpora.fingerprint(py_tr)}",
+                    f"id={corpora.fingerprint(sh_tr)};code={corpora.fingerprint(py_tr)};ood={corpora.fingerprint(docs)}",
     )
 
 
@@ -231,9 +240,7 @@ def run_e1(cfg: TSLConfig, data: Data) -> dict:
 
 
 def run_mixtures(cfg: TSLConfig, data: Data) -> dict[float, dict]:
-    """E3: one short run per code fraction r; evaluation on the 50/50 blend of ID and OOD windows."""
-    half = cfg.eval_windows // 2
-    blend = {"blend": torch.cat([data.eval_sets["id"][:half], data.eval_sets["ood"][:half]])}
+    """E3: one short run per code fraction r; evaluation on the 50/50 blend of held-out plays and code."""
     out = {}
     for r in cfg.mixture_code_fractions:
         model = DecoderConfig(vocab_size=cfg.vocab_size, d_model=cfg.mix_d_model, n_layers=cfg.mix_n_layers,
@@ -244,7 +251,7 @@ def run_mixtures(cfg: TSLConfig, data: Data) -> dict[float, dict]:
                          ckpt_every=max(10, cfg.mix_steps // 10))
         batches = lm.Batches((lm.Stream(data.shakespeare_train), lm.Stream(data.code_train)), (1 - r, r),
                              cfg.batch_size, cfg.mix_seq_len, cfg.seed)
-        out[r] = train(PAPER_ID, spec, batches, blend, **_trainer_kwargs(cfg))
+        out[r] = train(PAPER_ID, spec, batches, data.mix_eval, **_trainer_kwargs(cfg))
     return out
 
 
@@ -329,16 +336,26 @@ def temporal_form(name: str, uw: float, linear: bool = False):
 
 
 def fit_form(name: str, u, y, uw: float, linear: bool = False):
-    """Least-squares fit of a temporal form; returns a callable predictor (NaN everywhere if the fit fails)."""
+    """Least-squares fit of a temporal form; returns a callable predictor (NaN everywhere if every start fails).
+    Nonlinear forms are fitted from several starting points (the last constant on a log grid) and the best kept."""
     f, p0, bounds = temporal_form(name, uw, linear)
-    p0 = (float(np.mean(y)), *p0[1:])
+    starts = [(float(np.mean(y)), *p0[1:])]
+    if name in ("hyperbolic", "power"):
+        starts = [(float(np.mean(y)), *p0[1:-1], g) for g in (0.01, 0.1, 0.5, 2.0)]
+    best, best_sse = None, np.inf
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        try:
-            popt, _ = optimize.curve_fit(f, u, y, p0=p0, bounds=bounds, method="trf", max_nfev=5000)
-        except (RuntimeError, ValueError, TypeError):
-            return lambda x: np.full(np.shape(x), np.nan)
-    return lambda x: f(np.asarray(x, dtype=float), *popt)
+        for start in starts:
+            try:
+                popt, _ = optimize.curve_fit(f, u, y, p0=start, bounds=bounds, method="trf", max_nfev=5000)
+            except (RuntimeError, ValueError, TypeError):
+                continue
+            sse = float(np.sum((f(u, *popt) - y) ** 2))
+            if sse < best_sse:
+                best, best_sse = popt, sse
+    if best is None:
+        return lambda x: np.full(np.shape(x), np.nan)
+    return lambda x: f(np.asarray(x, dtype=float), *best)
 
 
 # ---------------------------------------------------------------------------------------- whole-loss baselines
@@ -441,6 +458,14 @@ def predict(cfg: TSLConfig, s1df: pd.DataFrame, horizon: Horizon, fit_frac: floa
              for k in ("a0", "a1", "a2")}
         a1 = np.clip(a["a1"], 1e-8, None)
         out[method] = mean_hyperbolic(n_positions, a["a0"], a1, a["a2"], start=cfg.position_start)
+    # Ours: the same law in its identifiable parametrisation L_i = c / (b + i) + a2, c = a0/a1, b = 1/a1 (spec §8:
+    # a0 and a1 are individually ill-determined when a1·i >> 1; c and b are not). Same forms, applied to (c, b, a2).
+    cb = {"c": s1df["a0"].to_numpy() / s1df["a1"].to_numpy(), "b": 1.0 / s1df["a1"].to_numpy(), "a2": s1df["a2"].to_numpy()}
+    fits = {k: fit_form(fm, u[obs], cb[k][obs], horizon.uw, cfg.cosine_linear_term)(u)
+            for k, fm in zip(("c", "b", "a2"), (forms["a0"], forms["a1"], forms["a2"]))}
+    b = np.clip(fits["b"], 1e-8, None)
+    out["TSL, c=a0/a1 & b=1/a1 (ours)"] = mean_hyperbolic(n_positions, fits["c"] / b, 1.0 / b, fits["a2"],
+                                                          start=cfg.position_start)
     s1, s2 = lr_areas(steps, horizon.opt, cfg.tissue_lambda)
     for name, label in (("power_irreducible", "E + A·N^-α"), ("power_pure", "(N_c/N)^α"),
                         ("lr_annealing", "LR-annealing law (Tissue et al.)")):
@@ -479,7 +504,7 @@ def collect(cfg: TSLConfig, e1: dict, mix: dict, reweighting: dict) -> dict:
 
 def run_experiments(cfg: TSLConfig) -> dict:
     """All experiments in one call (the notebook makes these calls one by one)."""
-    data = prepare_data(cfg, cfg.seq_len, cfg.eval_windows)
+    data = prepare_data(cfg)
     e1 = run_e1(cfg, data)
     return collect(cfg, e1, run_mixtures(cfg, data), train_reweighted(cfg, data, e1) if cfg.run_reweighting else {})
 
@@ -729,6 +754,13 @@ def _ci(x):
     return (float(np.quantile(x, 0.025)), float(np.quantile(x, 0.975))) if len(x) >= 2 else None
 
 
+VARIANT = "TSL, c=a0/a1 & b=1/a1 (ours)"
+
+
+def _mape(t1, s, frac, method):
+    return float(t1[(t1["set"] == s) & (t1["fit_fraction"] == frac) & (t1["method"] == method)]["mape"].iloc[0])
+
+
 def claims(raw: dict, fits: pd.DataFrame, forms: pd.DataFrame, t1: pd.DataFrame, boot: pd.DataFrame,
            mix: pd.DataFrame) -> list[C.Claim]:
     cfg, h = raw["cfg"], raw["e1_horizon"]
@@ -769,7 +801,8 @@ def claims(raw: dict, fits: pd.DataFrame, forms: pd.DataFrame, t1: pd.DataFrame,
             "rule: whole interval ≤ 0.5 %",
             "< 0.5 % (third-party summary, low confidence)", float(v),
             C.fmt_ci(ci, f"95% paired bootstrap over {cfg.eval_windows} eval windows, {cfg.n_boot} resamples"),
-            C.verdict_threshold(float(v), ci, at_most=0.005), "table1, fig3"))
+            C.verdict_threshold(float(v), ci, at_most=0.005),
+            f"table1, fig3; the identifiable parametrisation (ours) reaches {_mape(t1, s, frac, VARIANT):.2%}"))
     # C4: more precise than whole-loss baselines: ΔMSE = MSE(baseline) − MSE(TSL) > 0.
     for s in ("id", "ood"):
         for base, tag in (("E + A·N^-α", "power"), ("LR-annealing law (Tissue et al.)", "annealing")):

@@ -138,7 +138,7 @@ def test_hub_corpus_fails_with_one_clear_line_offline(monkeypatch, tmp_path):
     monkeypatch.setenv("REPLICATE_RUNS", str(tmp_path))
     c = resolve_config("temporal_scaling_law", "smoke", id_corpus="hf:monology/pile-uncopyrighted")
     with pytest.raises(DataUnavailable, match=r"^corpus 'hf:monology/pile-uncopyrighted': .*offline") as e:
-        tsl.prepare_data(c, c.seq_len, c.eval_windows)
+        tsl.prepare_data(c)
     assert "\n" not in str(e.value)
     with pytest.raises(Exception, match="parameter 'id_corpus'"):
         resolve_config("temporal_scaling_law", "smoke", id_corpus="pile")

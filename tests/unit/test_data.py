@@ -33,6 +33,12 @@ def test_python_corpus_is_the_stdlib():
     assert [d.name for d in docs] == sorted(d.name for d in docs)
 
 
+def test_python_docs_are_english_prose():
+    docs = corpora.python_docs()
+    assert len(docs) > 50 and 300_000 < sum(len(d.text) for d in docs) < 1_000_000
+    assert "identifier" in corpora.load("python_docs")[0].text.lower() or any("identifier" in d.text for d in docs)
+
+
 def test_split_is_by_document_deterministic_and_disjoint():
     docs = corpora.shakespeare()
     tr, ho = corpora.split(docs)
