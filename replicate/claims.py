@@ -50,6 +50,17 @@ def bootstrap_ci(samples, stat=np.mean, n_boot: int = 2000, level: float = 0.95,
     return float(np.quantile(boots, a)), float(np.quantile(boots, 1 - a))
 
 
+def percentile_interval(samples, level: float = 0.95):
+    """The central ``level`` interval of already-drawn samples (bootstrap replicates), ignoring NaNs; None with
+    fewer than two finite samples."""
+    x = np.asarray(samples, dtype=float)
+    x = x[np.isfinite(x)]
+    if len(x) < 2:
+        return None
+    a = (1 - level) / 2
+    return float(np.quantile(x, a)), float(np.quantile(x, 1 - a))
+
+
 def t_interval(samples, level: float = 0.95):
     """Student-t interval of the mean (for a handful of seeds). None with fewer than 2 samples."""
     from scipy import stats

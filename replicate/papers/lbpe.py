@@ -794,12 +794,6 @@ def fig_complexity(frame: pd.DataFrame):
 # ===================================================================================================== claims
 
 
-def _ci(x):
-    x = np.asarray(x, dtype=float)
-    x = x[np.isfinite(x)]
-    return (float(np.quantile(x, 0.025)), float(np.quantile(x, 0.975))) if len(x) >= 2 else None
-
-
 def _log_ci(ci):
     return None if ci is None else (math.log(max(ci[0], 1e-300)), math.log(max(ci[1], 1e-300)))
 
@@ -826,7 +820,7 @@ def claims(cfg: LBPEConfig, data: Data, freq_point: dict, freq_boot: pd.DataFram
     nb = f"95% bootstrap over documents ({cfg.n_boot} resamples)"
     L = cfg.long_min_len
     # C1: under BPE long tokens occur far less often than short ones (per vocabulary entry).
-    v, ci = freq_point["c1_ratio"], _ci(freq_boot["c1_ratio"])
+    v, ci = freq_point["c1_ratio"], C.percentile_interval(freq_boot["c1_ratio"])
     out.append(C.Claim(
         "C1", "Under BPE, long tokens occur far less often than short tokens",
         f"BPE occurrences per vocabulary entry, tokens < {L} bytes over tokens ≥ {L} bytes; rule: interval > 1",
@@ -846,11 +840,11 @@ def claims(cfg: LBPEConfig, data: Data, freq_point: dict, freq_boot: pd.DataFram
             ("ratio_short", "C3-short", f"LBPE makes short multi-byte tokens (2-{L - 1} bytes) less frequent",
              "negative"),
             ("ratio_single", "C3-single", "LBPE makes the shortest tokens (single bytes) less frequent", "negative")):
-        v, ci = freq_point[key], _ci(freq_boot[key])
+        v, ci = freq_point[key], C.percentile_interval(freq_boot[key])
         out.append(C.Claim(cid, text, "total occurrences LBPE / BPE in the corpus; rule: interval "
                            + ("> 1" if direction == "positive" else "< 1"), None, v, C.fmt_ci(ci, nb),
                            C.verdict_from_interval(_log_ci(ci), paper_direction=direction), "fig3, extra_occurrence"))
-    v, ci = freq_point["gini_delta"], _ci(freq_boot["gini_delta"])
+    v, ci = freq_point["gini_delta"], C.percentile_interval(freq_boot["gini_delta"])
     s = summary.set_index("encoding")
     out.append(C.Claim(
         "C3-flat", "LBPE smooths (flattens) the token-frequency distribution",

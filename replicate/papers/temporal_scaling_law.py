@@ -748,12 +748,6 @@ def fig_uniformity(frame: pd.DataFrame):
 # ===================================================================================================== claims
 
 
-def _ci(x):
-    x = np.asarray(x, dtype=float)
-    x = x[np.isfinite(x)]
-    return (float(np.quantile(x, 0.025)), float(np.quantile(x, 0.975))) if len(x) >= 2 else None
-
-
 VARIANT = "TSL, c=a0/a1 & b=1/a1 (ours)"
 
 
@@ -794,7 +788,7 @@ def claims(raw: dict, fits: pd.DataFrame, forms: pd.DataFrame, t1: pd.DataFrame,
     for s in ("id", "ood"):
         b = boot[(boot["set"] == s) & (boot["method"] == "TSL")]["mape"]
         v = t1[(t1["set"] == s) & (t1["fit_fraction"] == frac) & (t1["method"] == "TSL")]["mape"].iloc[0]
-        ci = _ci(b)
+        ci = C.percentile_interval(b)
         out.append(C.Claim(
             f"C3-{s}", f"The temporal law predicts future test loss accurately ({s.upper()})",
             f"mean relative error of predicted L(N) at future checkpoints, fitted on the first {frac:.0%}; "
@@ -810,7 +804,7 @@ def claims(raw: dict, fits: pd.DataFrame, forms: pd.DataFrame, t1: pd.DataFrame,
             delta = (bt[base] - bt["TSL"]).to_numpy()
             pt = t1[(t1["set"] == s) & (t1["fit_fraction"] == frac)].set_index("method")["mse"]
             point = float(pt[base] - pt["TSL"])
-            ci = _ci(delta)
+            ci = C.percentile_interval(delta)
             out.append(C.Claim(
                 f"C4-{s}-{tag}", f"TSL predicts future loss more precisely than the whole-loss {base} ({s.upper()})"
                 + (" [extra: the paper may not compare with this law]" if tag == "annealing" else ""),
@@ -839,7 +833,7 @@ def claims(raw: dict, fits: pd.DataFrame, forms: pd.DataFrame, t1: pd.DataFrame,
     W = raw["e1"]["evals"]["id"][next(iter(raw["e1"]["evals"]["id"]))].shape[0]
     rng = np.random.default_rng(cfg.seed + 1)
     boots = [uniformity(raw, rng.integers(0, W, W))[1] for _ in range(cfg.n_boot)]
-    ci = _ci(boots)
+    ci = C.percentile_interval(boots)
     out.append(C.Claim(
         "C6", "The model improves at the same relative rate at every token position (v1 insight)",
         "relative change of r_i across positions: slope of r_i on ln i × ln n / mean r (0 = uniform); "
@@ -857,7 +851,7 @@ def claims(raw: dict, fits: pd.DataFrame, forms: pd.DataFrame, t1: pd.DataFrame,
         rng = np.random.default_rng(cfg.seed + 2)
         best_g = max(gains, key=lambda g: gains[g].mean())
         gb = gains[best_g]
-        ci = _ci([gb[rng.integers(0, len(gb), len(gb))].mean() for _ in range(max(cfg.n_boot, 200))])
+        ci = C.percentile_interval([gb[rng.integers(0, len(gb), len(gb))].mean() for _ in range(max(cfg.n_boot, 200))])
         out.append(C.Claim(
             "C7", "Re-weighting the loss by position (w_i ∝ L_i^γ) gives no gain over uniform",
             f"final ID loss gain of the best γ ({best_g}) over uniform (nats); rule: interval ≤ 0.01",

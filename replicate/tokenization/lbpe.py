@@ -175,6 +175,19 @@ def lbpe_encode_word(
     return [start_of[j] for j in sorted(start_of)]
 
 
+def merge_occurrences(s: list[str], best: str) -> list[str]:
+    """Merge every non-overlapping adjacent pair whose concatenation is ``best``, left to right."""
+    merged, j, n = [], 0, len(s)
+    while j < n:
+        if j + 1 < n and s[j] + s[j + 1] == best:
+            merged.append(best)
+            j += 2
+        else:
+            merged.append(s[j])
+            j += 1
+    return merged
+
+
 def lbpe_merge_encode_word(units: Sequence[str], vocab_rank: Mapping[str, int]) -> list[str]:
     """LBPE variant B (ablation): the BPE merge loop of Sec. 3.3 with key (-len(c), rank(c)) instead of rank(c).
 
@@ -192,15 +205,7 @@ def lbpe_merge_encode_word(units: Sequence[str], vocab_rank: Mapping[str, int]) 
                     best, best_key = c, key
         if best is None:
             break
-        merged, j = [], 0
-        while j < len(s):  # merge every non-overlapping occurrence of c, left to right
-            if j + 1 < len(s) and s[j] + s[j + 1] == best:
-                merged.append(best)
-                j += 2
-            else:
-                merged.append(s[j])
-                j += 1
-        s = merged
+        s = merge_occurrences(s, best)
     return s
 
 
@@ -587,15 +592,7 @@ class LBPEEncoder(WordEncoder):
                     best, best_key = a + b, k
             if best is None:
                 break
-            merged, j, n = [], 0, len(s)
-            while j < n:
-                if j + 1 < n and s[j] + s[j + 1] == best:
-                    merged.append(best)
-                    j += 2
-                else:
-                    merged.append(s[j])
-                    j += 1
-            s = merged
+            s = merge_occurrences(s, best)
         return s
 
 
