@@ -13,6 +13,7 @@ SUBCOMMANDS = {
     "moe": ("replicate.bench.moe", "MoE layer on the CPU vs a naive expert loop and a dense FFN; profiler split"),
     "kernels": ("replicate.bench.kernels", "Triton routing kernels vs the PyTorch path: correctness and speed (GPU)"),
     "dense": ("replicate.bench.dense", "dense decoder vs transformers' Llama, and MFU"),
+    "notebooks": ("replicate.bench.notebooks", "wall time and peak memory of every notebook, cold cache"),
 }
 
 
