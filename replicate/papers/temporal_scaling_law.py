@@ -44,6 +44,8 @@ from replicate.models.trainer import TrainSpec, train
 PAPER_ID = "temporal_scaling_law"
 FORMS = ("log", "hyperbolic", "piecewise_cosine", "power")
 VARIANT = "TSL, c=a0/a1 & b=1/a1 (ours)"
+MAX_NFEV = 300  # function evaluations per temporal / whole-loss fit: converged fits need far fewer; fits of
+#                 degenerate (smoke-sized) data stop here instead of spending seconds on a hopeless search
 
 
 # ================================================================================================== config
@@ -348,7 +350,7 @@ def fit_form(name: str, u, y, uw: float, linear: bool = False):
         warnings.simplefilter("ignore")
         for start in starts:
             try:
-                popt, _ = optimize.curve_fit(f, u, y, p0=start, bounds=bounds, method="trf", max_nfev=5000)
+                popt, _ = optimize.curve_fit(f, u, y, p0=start, bounds=bounds, method="trf", max_nfev=MAX_NFEV)
             except (RuntimeError, ValueError, TypeError):
                 continue
             sse = float(np.sum((f(u, *popt) - y) ** 2))
@@ -387,7 +389,7 @@ def fit_baseline(name: str, u, L, s1=None, s2=None):
             if name == "power_irreducible":  # L = E + A u^-α
                 f = lambda x, e, a, al: e + a * x ** (-al)
                 p, _ = optimize.curve_fit(f, u, L, p0=(L.min() * 0.9, 0.1, 0.5), bounds=([0, 0, 0], [np.inf, np.inf, 5]),
-                                          method="trf", max_nfev=5000)
+                                          method="trf", max_nfev=MAX_NFEV)
                 return lambda x, *_: f(np.asarray(x), *p)
             if name == "power_pure":  # L = (u_c / u)^α  ⇔  ln L = α ln u_c − α ln u
                 slope, icpt = np.polyfit(np.log(u), np.log(L), 1)
@@ -396,7 +398,7 @@ def fit_baseline(name: str, u, L, s1=None, s2=None):
                 f = lambda X, l0, a, al, c: l0 + a * X[0] ** (-al) - c * X[1]
                 p, _ = optimize.curve_fit(f, np.vstack([s1, s2]), L, p0=(L.min() * 0.9, 1.0, 0.5, 0.01),
                                           bounds=([0, 0, 0, 0], [np.inf, np.inf, 5, np.inf]), method="trf",
-                                          max_nfev=5000)
+                                          max_nfev=MAX_NFEV)
                 return lambda x, S1, S2: f(np.vstack([S1, S2]), *p)
         except (RuntimeError, ValueError, TypeError):
             pass
