@@ -15,3 +15,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+# Property tests draw the same examples on every run, so CI cannot pass or fail by luck; `HYPOTHESIS_PROFILE=explore`
+# draws fresh ones when hunting for bugs locally.
+from hypothesis import settings as _hyp_settings
+
+_hyp_settings.register_profile("ci", derandomize=True, database=None)
+_hyp_settings.register_profile("explore", derandomize=False)
+_hyp_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

@@ -11,7 +11,7 @@ import string
 from collections import Counter
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
@@ -170,7 +170,9 @@ def test_round_trip_and_membership_arbitrary_unicode(all_encoders, text):
 @SETTINGS
 @given(st.text())
 def test_prefix_space_tokenizer_units_preserved(bpe_tok_prefix, text):
-    """With add_prefix_space the decoded text gains HF's leading space, and nothing else changes."""
+    """With add_prefix_space the decoded text gains HF's leading space, and nothing else changes. (Text holding a
+    special token's string is split there first, as HF does, so the prefix-space rule does not apply to it.)"""
+    assume("<|endoftext|>" not in text)
     enc = LBPEEncoder(bpe_tok_prefix)
     out = enc.decode(enc.encode(text))
     assert out == (text if (not text or text.startswith(" ")) else " " + text)
