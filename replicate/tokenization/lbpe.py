@@ -115,15 +115,7 @@ def bpe_encode_word(units: Sequence[str], merge_ranks: Mapping[tuple[str, str], 
                 best, best_rank = (s[j], s[j + 1]), r
         if best is None:  # no pair qualifies: stop
             break
-        merged, j = [], 0
-        while j < len(s):  # merge all occurrences of that pair, left to right
-            if j + 1 < len(s) and s[j] == best[0] and s[j + 1] == best[1]:
-                merged.append(s[j] + s[j + 1])
-                j += 2
-            else:
-                merged.append(s[j])
-                j += 1
-        s = merged
+        s = merge_pair(s, *best)  # merge all occurrences of that pair, left to right
     return s
 
 
@@ -173,6 +165,19 @@ def lbpe_encode_word(
         if not taken[j]:
             start_of[j] = units[j]
     return [start_of[j] for j in sorted(start_of)]
+
+
+def merge_pair(s: list[str], a: str, b: str) -> list[str]:
+    """Merge every non-overlapping adjacent occurrence of the pair (a, b), left to right (rank-BPE's step)."""
+    merged, j, n = [], 0, len(s)
+    while j < n:
+        if j + 1 < n and s[j] == a and s[j + 1] == b:
+            merged.append(a + b)
+            j += 2
+        else:
+            merged.append(s[j])
+            j += 1
+    return merged
 
 
 def merge_occurrences(s: list[str], best: str) -> list[str]:
@@ -492,16 +497,7 @@ class BPEEncoder(WordEncoder):
                     best, best_rank = pair, r
             if best is None:
                 break
-            a, b = best
-            merged, j, n = [], 0, len(s)
-            while j < n:
-                if j + 1 < n and s[j] == a and s[j + 1] == b:
-                    merged.append(a + b)
-                    j += 2
-                else:
-                    merged.append(s[j])
-                    j += 1
-            s = merged
+            s = merge_pair(s, *best)
         return s
 
 

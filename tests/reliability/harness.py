@@ -116,11 +116,7 @@ def kill_tree(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-    for pid in family:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    kill_pids(family)
     proc.wait(timeout=30)
     gone_by = time.time() + 30
     while time.time() < gone_by and any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
@@ -157,3 +153,12 @@ def run_until(sandbox: Sandbox, args: list[str], pattern: str, log: Path, *, del
 def stderr_lines(text: str) -> list[str]:
     """Non-empty lines, without the kernel's unrelated start-up warning lines."""
     return [l for l in text.splitlines() if l.strip() and "Kernel is running over TCP without encryption" not in l]
+
+
+def kill_pids(pids) -> None:
+    """SIGKILL every pid in ``pids`` that still exists."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -29,7 +29,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from harness import REPO, REPRESENTATIVE, Sandbox
+from harness import REPO, REPRESENTATIVE, Sandbox, kill_pids
 
 CHROMIUM = "/usr/bin/chromium"
 NOTEBOOK = REPRESENTATIVE
@@ -82,11 +82,7 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         pass
-    for pid in family:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    kill_pids(family)
     proc.wait(timeout=10)
 
 
