@@ -61,6 +61,8 @@ def run_paper(paper_id: str, scale: str = "small", seed: int | None = None, over
     os.environ["REPLICATE_DEFER_PUBLISH"] = str(handoff)
     os.environ.setdefault("REPLICATE_PROGRESS", "0")
     logging.getLogger("papermill").setLevel(logging.ERROR)  # "Passed unknown parameter": validated above
+    paper_runs = runs_dir() / paper_id
+    cache = "warm" if paper_runs.is_dir() and any(paper_runs.iterdir()) else "cold"  # cached training runs or none
     t0, memory = time.perf_counter(), _PeakChildMemory()
     try:
         pm.execute_notebook(str(nb), str(executed), parameters={"scale": scale, **overrides}, kernel_name="python3",
@@ -86,7 +88,7 @@ def run_paper(paper_id: str, scale: str = "small", seed: int | None = None, over
 
     publish(staging, results_dir() / paper_id / scale)
     write_report()
-    record_run(paper_id, scale, time.perf_counter() - t0, memory.peak_mb())
+    record_run(paper_id, scale, time.perf_counter() - t0, memory.peak_mb(), cache)
     print(f"{paper_id} ({scale}): results in {results_dir() / paper_id / scale}", file=out)
     return EXIT_OK
 
@@ -132,20 +134,25 @@ class _PeakChildMemory:
         return round(kb / 1024, 1) if kb else None
 
 
-def record_run(paper_id: str, scale: str, wall_s: float, peak_rss_mb: float | None) -> None:
-    """Append one row to ``results/benchmarks/notebooks.csv`` (atomically: read, append, replace)."""
+def record_run(paper_id: str, scale: str, wall_s: float, peak_rss_mb: float | None, cache: str) -> None:
+    """Append one row to ``results/benchmarks/notebooks.csv`` (atomically: read, append, replace). ``cache``:
+    "cold" when no training run of the paper was cached before this one started, "warm" otherwise."""
+    row = {"paper_id": paper_id, "scale": scale, "wall_s": round(wall_s, 1), "peak_rss_mb": peak_rss_mb,
+           "cpu_count": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
+           "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "cache": cache}
+    append_rows(results_dir() / "benchmarks" / "notebooks.csv", [row])
+
+
+def append_rows(path: Path, rows: list[dict]) -> None:
+    """Append rows to a CSV log (atomically: read, append, replace); a corrupt log is reported and started afresh."""
     import pandas as pd
 
     from replicate.io import atomic_write
 
-    row = {"paper_id": paper_id, "scale": scale, "wall_s": round(wall_s, 1), "peak_rss_mb": peak_rss_mb,
-           "cpu_count": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
-           "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-    path = results_dir() / "benchmarks" / "notebooks.csv"
     try:
         old = pd.read_csv(path) if path.exists() else None
     except (ValueError, OSError) as e:  # a corrupt log is reported and started afresh; it never fails a run
         logging.getLogger("replicate").warning("corrupt file %s (%s): started afresh", path, type(e).__name__)
         old = None
-    df = pd.DataFrame([row]) if old is None else pd.concat([old, pd.DataFrame([row])], ignore_index=True)
+    df = pd.DataFrame(rows) if old is None else pd.concat([old, pd.DataFrame(rows)], ignore_index=True)
     atomic_write(path, lambda p: df.to_csv(p, index=False))

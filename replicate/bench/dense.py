@@ -5,7 +5,8 @@
 1. Speed. The same configuration (the project's ``small`` decoder, the E1 model of Temporal Scaling Law at
    ``small``: d 192, 3 layers, 3 heads, SwiGLU 512, vocabulary 2,048, batch 8 x 256 tokens), fp32, the machine's
    threads, identical weights. One training step is forward, next-token cross-entropy, backward, gradient clipping
-   and AdamW (``foreach``), exactly what ``replicate.models.lm.CausalLM`` runs under Lightning. The two models are
+   and AdamW (``foreach``), exactly what ``replicate.models.lm.CausalLM`` runs under Lightning (ours: the LM head
+   fused with the loss, ``Decoder.loss``; transformers: logits, then ``F.cross_entropy``). The two models are
    timed side by side in one process, alternating ``K`` steps of one with ``K`` steps of the other for ``R``
    rounds, so a noisy neighbour on the machine slows both; tokens/s are medians over rounds, the speed ratio is
    the median of the per-round ratios (each round's pair measured back to back). The 1-minute load average is
@@ -64,19 +65,21 @@ def model_flops_per_token(cfg: DecoderConfig, seq_len: int) -> float:
 class _Step:
     """One training step of ``model`` (ours or HF): forward, CE loss, backward, clip, AdamW."""
 
-    def __init__(self, model, logits_of):
-        self.model, self.logits_of = model, logits_of
+    def __init__(self, model, loss_of):
+        self.model, self.loss_of = model, loss_of
         self.opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1, foreach=True)
 
     def __call__(self, batch_BT1):
-        x, y = batch_BT1[:, :-1], batch_BT1[:, 1:]
-        logits = self.logits_of(self.model, x)
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+        loss = self.loss_of(self.model, batch_BT1[:, :-1], batch_BT1[:, 1:])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0, foreach=True)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         return loss.detach()
+
+
+def _hf_loss(model, x, y):
+    return F.cross_entropy(model(input_ids=x, use_cache=False).logits.flatten(0, 1).float(), y.flatten())
 
 
 def matmul_flops(n: int = 2048, reps: int = 3) -> float:
@@ -107,8 +110,8 @@ def run(cfg: DecoderConfig = SMALL, batch: int = BATCH, seq_len: int = SEQ_LEN, 
     from_llama_state_dict(ours, hf.state_dict())  # identical weights
     ours.train(), hf.train()
     impls = {
-        "ours": _Step(ours, lambda m, x: m(x).logits),
-        "transformers_llama": _Step(hf, lambda m, x: m(input_ids=x, use_cache=False).logits),
+        "ours": _Step(ours, lambda m, x, y: m.loss(x, y)[0]),  # what CausalLM.training_step runs
+        "transformers_llama": _Step(hf, _hf_loss),
     }
     g = torch.Generator().manual_seed(0)
     batches = [torch.randint(0, cfg.vocab_size, (batch, seq_len + 1), generator=g) for _ in range(4)]

@@ -1,15 +1,16 @@
 """Wall time and peak memory of every notebook, from real ``python -m replicate run`` invocations.
 
-``python -m replicate.bench notebooks [--scale smoke small] [--paper ID ...] [--out results/benchmarks/notebooks_cpu.csv]``
+``python -m replicate.bench notebooks [--scale smoke small] [--paper ID ...] [--out results/benchmarks/notebooks.csv]``
 
 Each (notebook, scale) runs as ``python -m replicate run <id> --scale <scale>`` in a fresh, empty ``runs/`` folder (no
 cached training run, tokenizer or encoded corpus: the time a first run takes) and a scratch ``results/`` folder (a
 benchmark publishes nothing). The runner measures it (``replicate.runner.record_run``: wall time of the Papermill
 execution and publish, and the kernel's peak resident memory) into the scratch ``benchmarks/notebooks.csv``; this
-command collects those rows into one table, replacing earlier rows of the same (paper, scale).
+command appends those rows (``cache`` = cold) to the project's ``results/benchmarks/notebooks.csv``.
 
-Every real run also appends its row to ``results/benchmarks/notebooks.csv`` (cached or not), so the ``small``
-numbers of ``make replicate`` are recorded without running anything twice.
+That is the one notebook log: every real run appends its row there too, marked ``cold`` (no training run of the
+paper was cached) or ``warm``, so the ``small`` numbers of ``make replicate`` are recorded without running anything
+twice.
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ def measure(paper_id: str, scale: str, *, timeout: float | None = None, log=prin
             raise RuntimeError(f"{paper_id} ({scale}) failed with exit {r.returncode}: {tail[0]}")
         rows = pd.read_csv(Path(tmp) / "results" / "benchmarks" / "notebooks.csv")
         row = rows.iloc[-1].to_dict()
-    row["cache"] = "cold"
     log(f"{paper_id} ({scale}): {row['wall_s']:.0f} s, peak {row['peak_rss_mb']:.0f} MiB")
     return row
 
@@ -47,29 +47,25 @@ def measure(paper_id: str, scale: str, *, timeout: float | None = None, log=prin
 def main(argv: list[str] | None = None) -> int:
     import pandas as pd
 
-    from replicate.io import atomic_write
     from replicate.paths import notebooks_dir, results_dir
+    from replicate.runner import append_rows
     from replicate.papers import implemented
 
     available = [p for p in implemented() if (notebooks_dir() / f"{p}.ipynb").exists()]
     p = argparse.ArgumentParser(prog="python -m replicate.bench notebooks", description=__doc__.split("\n\n")[0])
     p.add_argument("--scale", nargs="+", default=["smoke"], choices=["smoke", "small", "paper"])
     p.add_argument("--paper", nargs="+", default=available, help="paper ids (default: every notebook)")
-    p.add_argument("--out", type=Path, default=None, help="CSV (default results/benchmarks/notebooks_cpu.csv)")
+    p.add_argument("--out", type=Path, default=None, help="CSV log appended to (default results/benchmarks/notebooks.csv)")
     args = p.parse_args(argv)
     unknown = [x for x in args.paper if x not in available]
     if unknown:
         print(f"error: --paper: no notebook for {', '.join(unknown)}; available: {', '.join(available)}",
               file=sys.stderr)
         return 2
-    out = args.out or results_dir() / "benchmarks" / "notebooks_cpu.csv"
+    out = args.out or results_dir() / "benchmarks" / "notebooks.csv"
     rows = [measure(pid, s, log=lambda m: print(m, file=sys.stderr)) for s in args.scale for pid in args.paper]
     new = pd.DataFrame(rows)[COLUMNS]
-    if out.exists():
-        old = pd.read_csv(out)
-        keep = ~old.set_index(["paper_id", "scale"]).index.isin(new.set_index(["paper_id", "scale"]).index)
-        new = pd.concat([old[keep], new], ignore_index=True).sort_values(["scale", "paper_id"], kind="stable")
-    atomic_write(out, lambda path: new.to_csv(path, index=False))
+    append_rows(out, new.to_dict("records"))
     print(new.to_string(index=False))
     print(f"wrote {out}")
     return 0

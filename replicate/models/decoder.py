@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from replicate.models.ffn import build_ffn
+from replicate.models.loss import linear_cross_entropy
 
 ATTENTION: dict[str, Callable[..., nn.Module]] = {}
 POSITION: dict[str, Callable[..., nn.Module]] = {}
@@ -210,7 +211,8 @@ class Decoder(nn.Module):
             if getattr(m, "bias", None) is not None:
                 nn.init.zeros_(m.bias)
 
-    def forward(self, input_ids_BT: torch.Tensor) -> DecoderOutput:
+    def hidden(self, input_ids_BT: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Final normed hidden states (B, T, D), the LM head's input, and the summed aux losses."""
         if input_ids_BT.shape[1] > self.cfg.max_seq_len:
             raise ValueError(f"sequence length {input_ids_BT.shape[1]} exceeds max_seq_len={self.cfg.max_seq_len}")
         x = self.embed(input_ids_BT)
@@ -219,7 +221,17 @@ class Decoder(nn.Module):
             x, aux = layer(x, self.pos, input_ids_BT)
             for k, v in aux.items():
                 aux_total[k] = aux_total[k] + v if k in aux_total else v
-        return DecoderOutput(self.lm_head(self.norm(x)), aux_total)
+        return self.norm(x), aux_total
+
+    def forward(self, input_ids_BT: torch.Tensor) -> DecoderOutput:
+        h, aux = self.hidden(input_ids_BT)
+        return DecoderOutput(self.lm_head(h), aux)
+
+    def loss(self, input_ids_BT: torch.Tensor, targets_BT: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Mean next-token cross-entropy (fp32) and the aux losses, the head fused with the loss
+        (:func:`replicate.models.loss.linear_cross_entropy`: the (B, T, V) logits are never materialised)."""
+        h, aux = self.hidden(input_ids_BT)
+        return linear_cross_entropy(h.flatten(0, 1), self.lm_head.weight, targets_BT.flatten()), aux
 
     def num_params(self, non_embedding: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())

@@ -61,11 +61,10 @@ class CausalLM(L.LightningModule):
 
     def training_step(self, batch_BT1, batch_idx):
         x, y = batch_BT1[:, :-1], batch_BT1[:, 1:]
-        out = self.model(x)
-        lm_loss = F.cross_entropy(out.logits.flatten(0, 1).float(), y.flatten())
-        loss = lm_loss + sum(self.aux_weights.get(k, 1.0) * v for k, v in out.aux.items())
+        lm_loss, aux = self.model.loss(x, y)  # head + cross-entropy fused (replicate.models.loss)
+        loss = lm_loss + sum(self.aux_weights.get(k, 1.0) * v for k, v in aux.items())
         self.log("train_loss", lm_loss, prog_bar=True)
-        for k, v in out.aux.items():
+        for k, v in aux.items():
             self.log(f"aux_{k}", v)
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"] if self._trainer else 0.0)
         return loss

@@ -11,6 +11,7 @@ data, evaluation schedule, seed) and the package version, and keeps it under ``r
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -35,6 +36,11 @@ from replicate.paths import runs_dir
 log = logging.getLogger("replicate")
 
 
+# Part of every run's cache key: bump it when the training step's arithmetic changes, so cached runs of the old
+# code are retrained instead of reused. 2: the LM head fused with the cross-entropy (replicate.models.loss).
+TRAINING_REVISION = 2
+
+
 @dataclass(frozen=True)
 class TrainSpec:
     """Everything that determines a training run's numbers (its hash is the run's cache key)."""
@@ -50,7 +56,7 @@ class TrainSpec:
 
     @property
     def key(self) -> str:
-        return config_hash(self)
+        return config_hash(self, TRAINING_REVISION)
 
 
 def progress_bar_enabled() -> bool:
@@ -119,7 +125,8 @@ def _valid_checkpoint(path: Path) -> bool:
 
 def train(paper_id: str, spec: TrainSpec, batches: Batches, eval_sets: dict[str, torch.Tensor], *,
           accelerator="cpu", devices=1, num_nodes=1, strategy="auto", precision="32-true",
-          module: CausalLM | Callable[[], CausalLM] | None = None, keep_weights: bool = False) -> dict:
+          module: CausalLM | Callable[[], CausalLM] | None = None, keep_weights: bool = False,
+          threads: int = 0) -> dict:
     """Train (or reuse, or resume) the run ``spec``. Returns ``{"evals": {set: {step: (W,T)}}, "final": {...},
     "wall_s": float, "key": str, "n_params": int}``. ``module`` lets a paper pass a CausalLM subclass: preferably a zero-argument factory
     (``module=lambda: MyLM(...)``), called after the run's seed is set, because a module built by the caller has
@@ -127,7 +134,29 @@ def train(paper_id: str, spec: TrainSpec, batches: Batches, eval_sets: dict[str,
     earlier training runs came from the cache); an instance is right when its weights are loaded anyway (e.g. one
     initialised from another run's weights; the spec's ``data`` must then name that run so the key differs).
     ``keep_weights``: also store the final ``state_dict`` (CPU tensors) in the result, for runs that others
-    continue from (a cached result without weights is then retrained)."""
+    continue from (a cached result without weights is then retrained). ``threads``: torch's intra-op threads while
+    this run trains and evaluates (0: leave torch's setting), restored afterwards. Not part of the key: a run is
+    deterministic for a given thread count, and other counts may round differently (as other CPUs do)."""
+    with torch_threads(threads):
+        return _train(paper_id, spec, batches, eval_sets, accelerator=accelerator, devices=devices,
+                      num_nodes=num_nodes, strategy=strategy, precision=precision, module=module,
+                      keep_weights=keep_weights)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """torch's intra-op thread count set to ``n`` (0: unchanged) for the block, then restored."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train(paper_id, spec, batches, eval_sets, *, accelerator, devices, num_nodes, strategy, precision, module,
+           keep_weights) -> dict:
     run_dir = runs_dir() / paper_id / spec.key
     result_path = run_dir / "result.pt"
     done = torch_load(result_path)

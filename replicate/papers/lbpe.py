@@ -25,17 +25,20 @@ contributes on top of it and the experiments that test its claims:
    LBPE data (same vocabulary, same ids, weights kept), continuing the same cosine schedule.
 4. Encoding speed of our pure-Python encoders against HF's Rust BPE, and the O(m·|T|) complexity claim measured
    as the growth of encoding time with the length of one long pre-token (LBPE scan vs rank BPE).
+5. Compatibility with Scaffold-BPE (Table 4; paper scale, runs at smoke to test the path): Scaffold-BPE
+   (:mod:`replicate.tokenization.scaffold`, trained on the same documents with as many usable tokens as BPE) against
+   Scaffold-BPE + LBPE, LMs at equal training bytes, paired by seed as in 2. Its tokenizer and the frequency summary
+   of all four encodings (``extra_scaffold``) are computed at every scale.
 
 Not reproduced: the paper's models (468M-6.7B parameters), the Pile, its downstream benchmarks (none ship
-offline; bits per byte stands in for accuracy), any of its numbers (none could be recovered: ``paper_value``
-stays empty), and the Scaffold-BPE combination (Table 4; Scaffold-BPE changes BPE *training* and is not
-implemented here). UNCONFIRMED choices are options: ``lbpe_mode`` (scan, the default, or the merge-loop
-reading) and ``tie_break`` (leftmost, the default, or rank).
+offline; bits per byte stands in for accuracy), and any of its numbers (none could be recovered: ``paper_value``
+stays empty). UNCONFIRMED choices are options: ``lbpe_mode`` (scan, the default, or the merge-loop reading),
+``tie_break`` (leftmost, the default, or rank), ``scaffold_compose`` (exclude, the default, or demolish) and
+``scaffold_unflag`` (requeue, the default, or never).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import os
@@ -54,6 +57,7 @@ from replicate.models.lm import CausalLM, OptimConfig, lr_at
 from replicate.models.trainer import TrainSpec, train
 from replicate.tokenization import analysis as A
 from replicate.tokenization.lbpe import MODES, TIE_BREAKS, bpe_encode_word, lbpe_encode_word, make_encoder
+from replicate.tokenization.scaffold import COMPOSES, UNFLAGS, make_scaffold_encoder, train_scaffold_bpe
 
 PAPER_ID = "lbpe"
 # Claims whose value is a measured time: they cannot repeat bit for bit, so determinism checks leave them out.
@@ -109,8 +113,8 @@ class LBPEConfig(PaperConfig):
     weight_decay: float = param(0.1, help="AdamW weight decay", source="ours", min=0.0, max=1.0)
     warmup_frac: float = param(0.02, help="warm-up fraction of steps", source="spec §6: 2%", min=0.0, max=0.5)
     min_lr_ratio: float = param(0.1, help="cosine floor as a fraction of the peak", source="ours", min=0.0, max=1.0)
-    threads: int = param(1, help="torch intra-op threads while training (0 = torch's default); 1 avoids the "
-                         "slowdown of oversubscribed cores on a shared machine", source="ours", min=0, max=1024)
+    threads: int = param(0, help="torch intra-op threads while training (0 = torch's default: all cores); 1 avoids "
+                         "oversubscribing cores that other jobs share", source="ours", min=0, max=1024)
     n_seeds: int = param(3, help="training seeds per encoding (seed, seed+1, ...)", source="PAPER_DONE: 3 seeds",
                          min=1, max=100)
     eval_max_bytes: int = param(200_000, help="held-out bytes scored for bits per byte (split over held-out docs)",
@@ -125,6 +129,16 @@ class LBPEConfig(PaperConfig):
     cpt_switch_frac: float = param(0.8, help="fraction of the byte budget trained on BPE before the switch",
                                    source="spec §6: 80%", min=0.05, max=0.95)
     cpt_n_seeds: int = param(3, help="seeds of the continual pre-training arm", source="ours", min=1, max=100)
+    # --- Scaffold-BPE (its tokenizer and frequency summary at every scale; its LMs at paper, on at smoke) ---
+    run_scaffold: bool = param(False, help="train the Scaffold-BPE arm's LMs (Scaffold-BPE vs Scaffold-BPE + LBPE, "
+                               "n_seeds each: table4)", source="spec §6: paper")
+    scaffold_compose: str = param("exclude", help="LBPE on a Scaffold-BPE vocabulary: exclude (scan over V without "
+                                  "the scaffolds) | demolish (scan over V, then split scaffolds)",
+                                  source="UNCONFIRMED (spec §4.2): exclude", choices=COMPOSES)
+    scaffold_unflag: str = param("requeue", help="Scaffold-BPE training: requeue (a scaffold whose frequency rises "
+                                 "above the best pair's becomes a normal token again) | never (flags are final)",
+                                 source="UNCONFIRMED (spec §4.2 is silent; requeue: our reading of Scaffold-BPE)",
+                                 choices=UNFLAGS)
     # --- speed and complexity ---
     speed_max_bytes: int = param(600_000, help="held-out bytes encoded for the speed table", source="ours",
                                  min=1_000, max=10**12)
@@ -148,7 +162,7 @@ class LBPEConfig(PaperConfig):
         return cls(scale="smoke", doc_max_bytes=8_000, vocab_size=512, ablation_vocab_sizes=(384, 512), n_boot=50,
                    d_model=32, n_layers=1, n_heads=2, d_ff=64, seq_len=32, batch_size=4, train_bytes=6_000, threads=1,
                    lr=3e-3, n_seeds=2, eval_max_bytes=6_000, n_eval_checkpoints=1, run_cpt=True, cpt_n_seeds=1,
-                   speed_max_bytes=20_000, speed_repeats=1, complexity_lengths=(64, 128, 256))
+                   run_scaffold=True, speed_max_bytes=20_000, speed_repeats=1, complexity_lengths=(64, 128, 256))
 
     @classmethod
     def small(cls):
@@ -160,6 +174,7 @@ class LBPEConfig(PaperConfig):
                    hf_docs=500_000, freq_corpus="heldout", ablation_max_bytes=50_000_000, vocab_size=32768, ablation_vocab_sizes=(8192, 16384, 32768), d_model=768,
                    n_layers=12, n_heads=12, d_ff=2048, seq_len=1024, batch_size=32, train_bytes=4_000_000_000,
                    threads=0, lr=6e-4, eval_max_bytes=5_000_000, n_eval_checkpoints=8, run_cpt=True, cpt_n_seeds=3,
+                   run_scaffold=True,
                    speed_max_bytes=5_000_000, complexity_lengths=(500, 1000, 2000, 4000, 8000))
 
 
@@ -258,7 +273,7 @@ def nats_per_token(loss_WT: torch.Tensor, ev: EvalSet) -> float:
 class Data:
     tok: object
     encoders: dict  # encoding -> WordEncoder (ours; "bpe" equals HF's ids)
-    byte_len: np.ndarray  # (V,) bytes per id, EOS = 0
+    byte_len: np.ndarray  # (ids,) bytes per id, EOS = 0
     train_docs: tuple
     heldout_docs: tuple
     eval_docs: tuple  # held-out documents cut to the evaluation budget
@@ -269,10 +284,39 @@ class Data:
     eval_sets: dict  # encoding -> EvalSet
     eos_id: int
     description: str
+    n_ids: int  # the model's vocabulary (embedding rows): every id an encoder can emit is below it
 
 
 def lbpe_name(cfg: LBPEConfig) -> str:
     return f"lbpe-{cfg.lbpe_mode}-{cfg.tie_break}"
+
+
+def _encode_all(cfg: LBPEConfig, tok, encs: dict, names: dict, train_docs, heldout_docs, n_ids: int,
+                description: str, rust: tuple = ()) -> Data:
+    """Every encoding of the training, held-out and evaluation documents, and the evaluation sets. Encodings in
+    ``rust`` go through HF's Rust encoder (ids equal to our Python rank BPE's, tested)."""
+
+    def enc(e, docs):
+        return tokenizer.encode_documents(tok, docs, encoder=None if e in rust else encs[e].encode_batch,
+                                          encoder_name=names[e])
+
+    eval_docs = budget_docs(heldout_docs, cfg.eval_max_bytes)
+    eos = tok.token_to_id(tokenizer.EOS)
+    byte_len = byte_lengths(next(iter(encs.values())))
+    train_ids = {e: enc(e, train_docs) for e in encs}
+    eval_ids = {e: enc(e, eval_docs) for e in encs}
+    eval_sets = {e: eval_set(eval_ids[e], cfg.seq_len, eos, byte_len) for e in encs}
+    text_bytes = sum(len(d.text.encode("utf-8")) for d in eval_docs)
+    for e, ev in eval_sets.items():  # the same bytes under every encoding, exactly
+        if ev.n_bytes != text_bytes:
+            raise RuntimeError(f"{e}: evaluation covers {ev.n_bytes} bytes, the text has {text_bytes}")
+    return Data(
+        tok=tok, encoders=encs, byte_len=byte_len, train_docs=train_docs, heldout_docs=heldout_docs,
+        eval_docs=eval_docs, train_ids=train_ids, heldout_ids={e: enc(e, heldout_docs) for e in encs},
+        eval_ids=eval_ids, streams={e: lm.join(train_ids[e], eos) for e in encs}, eval_sets=eval_sets,
+        eos_id=eos, n_ids=n_ids,
+        description=description + f";train={corpora.fingerprint(train_docs)};eval={corpora.fingerprint(eval_docs)}",
+    )
 
 
 def prepare_data(cfg: LBPEConfig) -> Data:
@@ -280,30 +324,25 @@ def prepare_data(cfg: LBPEConfig) -> Data:
     train_docs, heldout_docs = corpora.split(load_corpus(cfg))
     tok = tokenizer.train_bpe(train_docs, cfg.vocab_size, name=f"lbpe-{cfg.corpus.replace('/', '_')}")
     encs = {"bpe": make_encoder(tok, mode="bpe"), "lbpe": make_encoder(tok, mode=cfg.lbpe_mode, tie_break=cfg.tie_break)}
-    names = {"bpe": "bpe", "lbpe": lbpe_name(cfg)}
+    return _encode_all(cfg, tok, encs, {"bpe": "bpe", "lbpe": lbpe_name(cfg)}, train_docs, heldout_docs,
+                       tok.get_vocab_size(), f"tok=bpe{cfg.vocab_size}:{tokenizer.tokenizer_fingerprint(tok)}",
+                       rust=("bpe",))
 
-    def enc(e, docs):  # BPE through HF's Rust encoder (our Python BPE gives the same ids); LBPE through ours
-        return tokenizer.encode_documents(tok, docs, encoder=None if e == "bpe" else encs[e].encode_batch,
-                                          encoder_name=names[e])
 
-    eval_docs = budget_docs(heldout_docs, cfg.eval_max_bytes)
-    eos = tok.token_to_id(tokenizer.EOS)
-    byte_len = byte_lengths(encs["bpe"])
-    train_ids = {e: enc(e, train_docs) for e in ENCODINGS}
-    eval_ids = {e: enc(e, eval_docs) for e in ENCODINGS}
-    eval_sets = {e: eval_set(eval_ids[e], cfg.seq_len, eos, byte_len) for e in ENCODINGS}
-    text_bytes = sum(len(d.text.encode("utf-8")) for d in eval_docs)
-    for e, ev in eval_sets.items():  # the same bytes under both encodings, exactly
-        if ev.n_bytes != text_bytes:
-            raise RuntimeError(f"{e}: evaluation covers {ev.n_bytes} bytes, the text has {text_bytes}")
-    return Data(
-        tok=tok, encoders=encs, byte_len=byte_len, train_docs=train_docs, heldout_docs=heldout_docs,
-        eval_docs=eval_docs, train_ids=train_ids, heldout_ids={e: enc(e, heldout_docs) for e in ENCODINGS},
-        eval_ids=eval_ids, streams={e: lm.join(train_ids[e], eos) for e in ENCODINGS}, eval_sets=eval_sets,
-        eos_id=eos,
-        description=f"tok=bpe{cfg.vocab_size}:{tokenizer.tokenizer_fingerprint(tok)};"
-                    f"train={corpora.fingerprint(train_docs)};eval={corpora.fingerprint(eval_docs)}",
-    )
+def prepare_scaffold_data(cfg: LBPEConfig, data: Data) -> Data:
+    """Scaffold-BPE (``replicate.tokenization.scaffold``) trained on the same training documents with as many usable
+    tokens as BPE, and its two encodings: Scaffold-BPE (rank BPE, scaffolds demolished) and Scaffold-BPE + LBPE
+    (``scaffold_compose``). Usable ids are ``range(vocab_size)``, so the models have BPE's embedding size."""
+    sb = train_scaffold_bpe(data.train_docs, cfg.vocab_size, name=f"lbpe-{cfg.corpus.replace('/', '_')}",
+                            unflag=cfg.scaffold_unflag)
+    encs = {"scaffold_bpe": make_scaffold_encoder(sb, "bpe"),
+            "scaffold_lbpe": make_scaffold_encoder(sb, cfg.lbpe_mode, compose=cfg.scaffold_compose,
+                                                   tie_break=cfg.tie_break)}
+    tag = f"unflag={cfg.scaffold_unflag}"
+    names = {"scaffold_bpe": f"scaffold_bpe-{tag}",
+             "scaffold_lbpe": f"scaffold_{lbpe_name(cfg)}-{cfg.scaffold_compose}-{tag}"}
+    return _encode_all(cfg, sb.tokenizer, encs, names, data.train_docs, data.heldout_docs, sb.vocab_size,
+                       f"tok=scaffold_bpe{cfg.vocab_size}:{tag}:{tokenizer.tokenizer_fingerprint(sb.tokenizer)}")
 
 
 # ===================================================================================== frequency analyses
@@ -312,7 +351,7 @@ def prepare_data(cfg: LBPEConfig) -> Data:
 def freq_ids(cfg: LBPEConfig, data: Data) -> dict[str, list[np.ndarray]]:
     """Per-document ids of the text the frequency analyses count (``freq_corpus``)."""
     pick = {"train": (data.train_ids,), "heldout": (data.heldout_ids,), "all": (data.train_ids, data.heldout_ids)}
-    return {e: [d for src in pick[cfg.freq_corpus] for d in src[e]] for e in ENCODINGS}
+    return {e: [d for src in pick[cfg.freq_corpus] for d in src[e]] for e in data.encoders}
 
 
 def _flat(docs_ids: list[np.ndarray]) -> np.ndarray:
@@ -334,6 +373,28 @@ def frequency_frames(cfg: LBPEConfig, data: Data) -> dict[str, pd.DataFrame]:
         "compression": A.compression(ids, n_bytes=n_bytes),
         "top_changed": A.top_changed_tokens(ids, enc.id_to_token, "bpe", "lbpe", n=25),
     }
+
+
+def scaffold_summary(cfg: LBPEConfig, data: Data, sdata: Data) -> pd.DataFrame:
+    """extra_scaffold: the four encodings on the same text (``freq_corpus``): BPE, LBPE, Scaffold-BPE and
+    Scaffold-BPE + LBPE. Usable vocabulary = the ids a model embeds (specials excluded); scaffolds are the extra
+    entries Scaffold-BPE keeps for merging only (never emitted: ``scaffold_ids_emitted`` must be 0)."""
+    rows = []
+    for d in (data, sdata):
+        enc0 = next(iter(d.encoders.values()))
+        lengths = np.asarray(enc0.token_lengths)
+        usable = np.asarray([i for i in range(d.n_ids) if i not in enc0.special_ids])
+        for e, docs in freq_ids(cfg, d).items():
+            ids = _flat(docs)
+            counts = np.bincount(ids, minlength=len(lengths))
+            cu = counts[usable]
+            rows.append({"encoding": e, "usable_vocab": len(usable), "scaffolds": len(lengths) - d.n_ids,
+                         "tokens": len(ids), "bytes_per_token": float(d.byte_len[ids].sum()) / len(ids),
+                         f"share_tokens_ge_{cfg.long_min_len}_bytes": float(cu[lengths[usable] >= cfg.long_min_len].sum()
+                                                                          / cu.sum()),
+                         "gini": A.gini(cu), "unused_frac": float((cu == 0).mean()),
+                         "scaffold_ids_emitted": int(counts[d.n_ids:].sum())})
+    return pd.DataFrame(rows)
 
 
 def block_counts(docs_ids: list[np.ndarray], size: int, n_blocks: int = 200) -> np.ndarray:
@@ -443,7 +504,7 @@ def eval_steps_at(cum_bytes: np.ndarray, n: int) -> tuple[int, ...]:
 
 
 def _model(cfg: LBPEConfig, data: Data) -> DecoderConfig:
-    return DecoderConfig(vocab_size=data.tok.get_vocab_size(), d_model=cfg.d_model, n_layers=cfg.n_layers,
+    return DecoderConfig(vocab_size=data.n_ids, d_model=cfg.d_model, n_layers=cfg.n_layers,
                          n_heads=cfg.n_heads, d_ff=cfg.d_ff, max_seq_len=cfg.seq_len)
 
 
@@ -454,19 +515,7 @@ def _optim(cfg: LBPEConfig, steps: int) -> OptimConfig:
 
 def _trainer_kwargs(cfg: LBPEConfig) -> dict:
     return dict(accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes, strategy=cfg.strategy,
-                precision=cfg.precision)
-
-
-@contextlib.contextmanager
-def _threads(n: int):
-    """torch's intra-op thread count set to ``n`` (0: unchanged) for the block, then restored."""
-    before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+                precision=cfg.precision, threads=cfg.threads)
 
 
 def _batches(cfg: LBPEConfig, data: Data, encoding: str, seed: int) -> lm.Batches:
@@ -474,21 +523,22 @@ def _batches(cfg: LBPEConfig, data: Data, encoding: str, seed: int) -> lm.Batche
 
 
 def _encoding_tag(cfg: LBPEConfig, encoding: str) -> str:
-    return "bpe" if encoding == "bpe" else lbpe_name(cfg)
+    if encoding == "scaffold_lbpe":
+        return f"scaffold_{lbpe_name(cfg)}-{cfg.scaffold_compose}"
+    return {"lbpe": lbpe_name(cfg)}.get(encoding, encoding)
 
 
 def run_lm(cfg: LBPEConfig, data: Data) -> list[dict]:
     """One run per (encoding, seed) at ``train_bytes`` training bytes each; returns one record per run."""
     out = []
     for seed in range(cfg.seed, cfg.seed + cfg.n_seeds):
-        for e in ENCODINGS:
+        for e in data.encoders:
             batches = _batches(cfg, data, e, seed)
             cum = steps_for_bytes(batches, data.byte_len, cfg.train_bytes)
             spec = TrainSpec(_model(cfg, data), _optim(cfg, len(cum)),
                              data.description + f";enc={_encoding_tag(cfg, e)}", cfg.batch_size, cfg.seq_len, seed,
                              eval_steps=eval_steps_at(cum, cfg.n_eval_checkpoints), ckpt_every=max(10, len(cum) // 4))
-            with _threads(cfg.threads):
-                res = train(PAPER_ID, spec, batches, {"heldout": data.eval_sets[e].windows}, **_trainer_kwargs(cfg))
+            res = train(PAPER_ID, spec, batches, {"heldout": data.eval_sets[e].windows}, **_trainer_kwargs(cfg))
             out.append({"encoding": e, "seed": seed, "result": res, "cum_bytes": cum, "steps": len(cum),
                         "tokens_per_step": cfg.batch_size * cfg.seq_len})
     return out
@@ -525,9 +575,8 @@ def run_cpt(cfg: LBPEConfig, data: Data) -> list[dict]:
         spec1 = TrainSpec(model, dataclasses.replace(schedule, max_steps=s1),
                           data.description + f";enc=bpe;cpt=phase1;of={len(full)}", cfg.batch_size, cfg.seq_len, seed,
                           ckpt_every=max(10, s1 // 4))
-        with _threads(cfg.threads):
-            p1 = train(PAPER_ID, spec1, base, {"heldout": data.eval_sets["bpe"].windows}, keep_weights=True,
-                       module=lambda: ContinuedLM(model, spec1.optim, schedule), **_trainer_kwargs(cfg))
+        p1 = train(PAPER_ID, spec1, base, {"heldout": data.eval_sets["bpe"].windows}, keep_weights=True,
+                   module=lambda: ContinuedLM(model, spec1.optim, schedule), **_trainer_kwargs(cfg))
         rest = int(cfg.train_bytes - full[s1 - 1])
         for e in ENCODINGS:
             # phase 2 continues the base data order (offset s1): the BPE arm sees exactly what a whole run would
@@ -541,9 +590,8 @@ def run_cpt(cfg: LBPEConfig, data: Data) -> list[dict]:
             # a factory (built after the run is seeded); its weights are phase 1's
             module = (lambda o=opt2, st=stretch: ContinuedLM(model, o, schedule, offset=s1, stretch=st,
                                                              state_dict=p1["state_dict"]))
-            with _threads(cfg.threads):
-                res = train(PAPER_ID, spec2, batches, {"heldout": data.eval_sets[e].windows}, module=module,
-                            **_trainer_kwargs(cfg))
+            res = train(PAPER_ID, spec2, batches, {"heldout": data.eval_sets[e].windows}, module=module,
+                        **_trainer_kwargs(cfg))
             out.append({"arm": f"BPE → {e.upper()}", "encoding": e, "seed": seed, "result": res,
                         "phase1_steps": s1, "phase1_bytes": int(full[s1 - 1]), "phase2_steps": len(cum),
                         "phase2_bytes": int(cum[-1]), "phase1_bpb": bits_per_byte(p1["final"]["heldout"],
@@ -801,23 +849,25 @@ def _log_ci(ci):
 
 
 def seed_gap_claim(claim_id: str, claim: str, gaps: pd.Series, frame: pd.DataFrame, evidence: str,
-                   what: str) -> C.Claim:
-    """bpb(BPE) − bpb(LBPE) over paired seeds: reproduced when the t-interval excludes 0 on the positive side."""
+                   what: str, labels: tuple[str, str] = ("BPE", "LBPE")) -> C.Claim:
+    """bpb(a) − bpb(b) over paired seeds (a = BPE, b = LBPE unless ``labels`` says otherwise): reproduced when the
+    t-interval excludes 0 on the positive side."""
     ci = C.t_interval(gaps.to_numpy())
     f = frame[frame["final"]]
-    spread = {e: f[f["encoding"] == e]["bpb"] for e in ENCODINGS}
+    spread = {e: f[f["encoding"] == e]["bpb"] for e in f["encoding"].unique()}
     detail = "; ".join(f"{e.upper()} {s.mean():.4f} ± {s.std(ddof=1) if len(s) > 1 else float('nan'):.4f}"
                        for e, s in spread.items())
     return C.Claim(
-        claim_id, claim, f"held-out bits per byte, BPE − LBPE ({what}); rule: 95% t-interval over paired seeds "
-        "excludes 0 (positive = LBPE better)", None, float(gaps.mean()) if len(gaps) else None,
+        claim_id, claim, f"held-out bits per byte, {labels[0]} − {labels[1]} ({what}); rule: 95% t-interval over "
+        f"paired seeds excludes 0 (positive = {labels[1]} better)", None, float(gaps.mean()) if len(gaps) else None,
         C.fmt_ci(ci, f"95% t over {len(gaps)} seeds; per-seed gaps " + " / ".join(f"{g:+.4f}" for g in gaps)
                  + f"; bpb mean ± std: {detail}"),
         C.verdict_from_interval(ci, paper_direction="positive"), evidence)
 
 
 def claims(cfg: LBPEConfig, data: Data, freq_point: dict, freq_boot: pd.DataFrame, summary: pd.DataFrame,
-           lm: pd.DataFrame, cpt: pd.DataFrame | None, complexity: pd.DataFrame) -> list[C.Claim]:
+           lm: pd.DataFrame, cpt: pd.DataFrame | None, complexity: pd.DataFrame,
+           scaffold_lm: pd.DataFrame | None = None) -> list[C.Claim]:
     out = []
     nb = f"95% bootstrap over documents ({cfg.n_boot} resamples)"
     L = cfg.long_min_len
@@ -864,11 +914,14 @@ def claims(cfg: LBPEConfig, data: Data, freq_point: dict, freq_boot: pd.DataFram
     else:
         out.append(seed_gap_claim("C4-cpt", cpt_text, paired_gap(cpt), cpt, "table3",
                                   f"switch at {cfg.cpt_switch_frac:.0%} of the bytes"))
-    out.append(C.Claim(
-        "C4-scaffold", "LBPE stacks with Scaffold-BPE for further gains", "bits per byte, Scaffold-BPE vs "
-        "Scaffold-BPE + LBPE", None, None, "", "not_run",
-        "not implemented: Scaffold-BPE changes BPE training (scaffold tokens) and needs its own trainer; table4 "
-        "is not produced at any scale"))
+    sc_text = "LBPE stacks with Scaffold-BPE for further gains"
+    if scaffold_lm is None or scaffold_lm.empty:
+        out.append(C.not_run("C4-scaffold", sc_text, "held-out bits per byte, Scaffold-BPE − Scaffold-BPE + LBPE"))
+    else:
+        out.append(seed_gap_claim("C4-scaffold", sc_text, paired_gap(scaffold_lm, a="scaffold_bpe", b="scaffold_lbpe"),
+                                  scaffold_lm, "table4, extra_scaffold",
+                                  f"LBPE composed by {cfg.scaffold_compose!r}, equal training bytes",
+                                  labels=("Scaffold-BPE", "Scaffold-BPE + LBPE")))
     # C5: encoding is O(m·|T|): time grows linearly with the pre-token length (rank BPE: quadratically).
     s_l, ci_l = loglog_slope(complexity, "lbpe")
     s_b, ci_b = loglog_slope(complexity, "bpe")

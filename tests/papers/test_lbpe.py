@@ -301,3 +301,47 @@ def test_segmentation_example_is_the_spec_worked_example(data, cfg):
     assert (seg.loc[0, "bpe"], seg.loc[0, "lbpe"]) == ("ab | c | d", "a | bcd")
     for _, r in seg.iloc[1:].iterrows():
         assert r["bpe"] != r["lbpe"] and r["bpe"].replace(" | ", "") == r["lbpe"].replace(" | ", "")
+
+
+# ------------------------------------------------------------------------------------------- Scaffold-BPE
+
+
+@pytest.fixture(scope="module")
+def sdata(data, cfg):
+    return lbpe.prepare_scaffold_data(cfg, data)
+
+
+def test_scaffold_arm_keeps_bpe_embedding_size_and_text(sdata, data, cfg):
+    assert sdata.n_ids == data.n_ids == cfg.vocab_size  # as many usable ids as BPE: the same model
+    assert len(sdata.byte_len) > sdata.n_ids  # the scaffolds are extra entries, above the usable ids
+    assert set(sdata.encoders) == {"scaffold_bpe", "scaffold_lbpe"}
+    for e, enc in sdata.encoders.items():
+        for ids, doc in zip(sdata.train_ids[e][:5], sdata.train_docs[:5]):
+            assert enc.decode(ids.tolist()) == doc.text
+        assert max(int(a.max()) for a in sdata.train_ids[e] if len(a)) < sdata.n_ids  # no scaffold emitted
+        assert sdata.eval_sets[e].n_bytes == data.eval_sets["bpe"].n_bytes  # the same evaluated bytes
+    assert not np.array_equal(sdata.streams["scaffold_bpe"], sdata.streams["scaffold_lbpe"])
+
+
+def test_scaffold_summary_rows(sdata, data, cfg):
+    t = lbpe.scaffold_summary(cfg, data, sdata)
+    assert list(t["encoding"]) == ["bpe", "lbpe", "scaffold_bpe", "scaffold_lbpe"]
+    assert (t["scaffold_ids_emitted"] == 0).all()
+    assert (t["usable_vocab"] == cfg.vocab_size - 1).all()  # every id but EOS
+    assert (t.set_index("encoding").loc[["bpe", "lbpe"], "scaffolds"] == 0).all()
+    assert (t.set_index("encoding").loc[["scaffold_bpe", "scaffold_lbpe"], "scaffolds"] > 0).all()
+    # the same text under every encoding: tokens x bytes per token is the same byte count
+    nbytes = t["tokens"] * t["bytes_per_token"]
+    assert np.allclose(nbytes, nbytes.iloc[0])
+
+
+def test_scaffold_claim_is_paired_by_seed_and_not_run_without_runs(data, cfg):
+    f = _frame([1.50, 1.52, 1.51], [1.40, 1.42, 1.41]).replace({"encoding": {"bpe": "scaffold_bpe",
+                                                                              "lbpe": "scaffold_lbpe"}})
+    gap = lbpe.paired_gap(f, a="scaffold_bpe", b="scaffold_lbpe")
+    assert np.allclose(gap.to_numpy(), 0.10)
+    assert lbpe.seed_gap_claim("C4-scaffold", "c", gap, f, "", "").verdict == "reproduced"
+    assert dataclasses.replace(cfg, scaffold_compose="demolish") != cfg
+    with pytest.raises(ConfigError, match="scaffold_compose"):
+        resolve_config("lbpe", "smoke", scaffold_compose="both")
+    assert resolve_config("lbpe", "small").run_scaffold is False and cfg.run_scaffold
