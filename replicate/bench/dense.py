@@ -1,10 +1,11 @@
 """Dense decoder benchmark: our decoder against ``transformers.LlamaForCausalLM``, and model FLOP utilisation.
 
-``python -m replicate.bench dense [--rounds R] [--steps K] [--out results/benchmarks/dense_cpu.csv]``
+``python -m replicate.bench dense [--config tsl_small lbpe_small] [--rounds R] [--steps K] [--out results/benchmarks/dense_cpu.csv]``
 
-1. Speed. The same configuration (the project's ``small`` decoder, the E1 model of Temporal Scaling Law at
-   ``small``: d 192, 3 layers, 3 heads, SwiGLU 512, vocabulary 2,048, batch 8 x 256 tokens), fp32, the machine's
-   threads, identical weights. One training step is forward, next-token cross-entropy, backward, gradient clipping
+1. Speed. The same configuration for both (the project's ``small`` decoders as the papers train them:
+   ``tsl_small``, E1 of Temporal Scaling Law: d 192, 3 layers, 3 heads, SwiGLU 512, vocabulary 2,048, batch 8 x 256
+   tokens; ``lbpe_small``, LBPE's LM comparison: d 128, 4 layers, 4 heads, SwiGLU 344, vocabulary 4,096, batch
+   32 x 128), fp32, the machine's threads, identical weights. One training step is forward, next-token cross-entropy, backward, gradient clipping
    and AdamW (``foreach``), exactly what ``replicate.models.lm.CausalLM`` runs under Lightning (ours: the LM head
    fused with the loss, ``Decoder.loss``; transformers: logits, then ``F.cross_entropy``). The two models are
    timed side by side in one process, alternating ``K`` steps of one with ``K`` steps of the other for ``R``
@@ -36,9 +37,15 @@ import torch.nn.functional as F
 
 from replicate.models.decoder import Decoder, DecoderConfig, from_llama_state_dict
 
-# The project's `small` decoder (Temporal Scaling Law, E1 at `small`; replicate/papers/temporal_scaling_law.py).
-SMALL = DecoderConfig(vocab_size=2048, d_model=192, n_layers=3, n_heads=3, d_ff=512, max_seq_len=256)
-BATCH, SEQ_LEN = 8, 256
+# The project's `small` decoders: (model, batch, seq_len) as the papers train them at `small`.
+CONFIGS = {
+    # Temporal Scaling Law, E1 (replicate/papers/temporal_scaling_law.py)
+    "tsl_small": (DecoderConfig(vocab_size=2048, d_model=192, n_layers=3, n_heads=3, d_ff=512, max_seq_len=256), 8, 256),
+    # LBPE, the LM comparison (replicate/papers/lbpe.py): a larger vocabulary, so the LM head weighs more
+    "lbpe_small": (DecoderConfig(vocab_size=4096, d_model=128, n_layers=4, n_heads=4, d_ff=344, max_seq_len=128), 32,
+                   128),
+}
+SMALL, BATCH, SEQ_LEN = CONFIGS["tsl_small"]
 
 
 def hf_llama(cfg: DecoderConfig):
@@ -102,7 +109,7 @@ def _time(step, batches, k: int) -> float:
 
 
 def run(cfg: DecoderConfig = SMALL, batch: int = BATCH, seq_len: int = SEQ_LEN, rounds: int = 7, steps: int = 5,
-        warmup: int = 3, log=print) -> list[dict]:
+        warmup: int = 3, log=print, config_name: str = "tsl_small") -> list[dict]:
     """Measure; return one row per implementation plus the matmul peak (see the module docstring)."""
     torch.manual_seed(0)
     ours = Decoder(cfg)
@@ -141,15 +148,16 @@ def run(cfg: DecoderConfig = SMALL, batch: int = BATCH, seq_len: int = SEQ_LEN, 
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     rows = []
-    for name in impls:
-        achieved = med[name] * fpt
+    for impl in impls:
+        achieved = med[impl] * fpt
         rows.append({
-            "impl": name,
-            "tokens_per_s": round(med[name], 1),
-            "tokens_per_s_min": round(min(tps[name]), 1),
-            "tokens_per_s_max": round(max(tps[name]), 1),
-            "speedup_vs_transformers": round(ratio[name], 3),
-            "step_ms": round(1000 * batch * seq_len / med[name], 2),
+            "config": config_name,
+            "impl": impl,
+            "tokens_per_s": round(med[impl], 1),
+            "tokens_per_s_min": round(min(tps[impl]), 1),
+            "tokens_per_s_max": round(max(tps[impl]), 1),
+            "speedup_vs_transformers": round(ratio[impl], 3),
+            "step_ms": round(1000 * batch * seq_len / med[impl], 2),
             "model_flops_per_token": fpt,
             "achieved_gflops": round(achieved / 1e9, 2),
             "matmul_peak_gflops": round(peak / 1e9, 2),
@@ -177,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=5, help="training steps per implementation per round")
     p.add_argument("--threads", type=int, nargs="+", default=[torch.get_num_threads()],
                    help="torch thread counts to measure, one table block each (default: the machine's, %(default)s)")
+    p.add_argument("--config", nargs="+", default=list(CONFIGS), choices=list(CONFIGS),
+                   help="which small decoders (default: all)")
     p.add_argument("--out", type=Path, default=None, help="CSV path (default results/benchmarks/dense_cpu.csv)")
     args = p.parse_args(argv)
     if args.rounds < 1 or args.steps < 1 or min(args.threads) < 1:
@@ -185,11 +195,14 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for threads in args.threads:
         torch.set_num_threads(threads)
-        print(f"{threads} thread(s):", file=sys.stderr)
-        rows += run(rounds=args.rounds, steps=args.steps, log=lambda s: print("  " + s, file=sys.stderr))
+        for name in args.config:
+            cfg, batch, seq_len = CONFIGS[name]
+            print(f"{name}, {threads} thread(s):", file=sys.stderr)
+            rows += run(cfg, batch, seq_len, rounds=args.rounds, steps=args.steps, config_name=name,
+                        log=lambda s: print("  " + s, file=sys.stderr))
     out = write_csv(rows, args.out or results_dir() / "benchmarks" / "dense_cpu.csv")
     for r in rows:
-        print(f"{r['threads']} thr  {r['impl']:20s} {r['tokens_per_s']:>10,.0f} tok/s  x{r['speedup_vs_transformers']:.2f} vs transformers"
+        print(f"{r['config']:10s} {r['threads']} thr  {r['impl']:20s} {r['tokens_per_s']:>10,.0f} tok/s  x{r['speedup_vs_transformers']:.2f} vs transformers"
               f"  {r['achieved_gflops']:.1f} GFLOP/s = {100 * r['mfu']:.0f}% of matmul {r['matmul_peak_gflops']:.1f}")
     print(f"wrote {out}")
     return 0

@@ -37,8 +37,9 @@ log = logging.getLogger("replicate")
 
 
 # Part of every run's cache key: bump it when the training step's arithmetic changes, so cached runs of the old
-# code are retrained instead of reused. 2: the LM head fused with the cross-entropy (replicate.models.loss).
-TRAINING_REVISION = 2
+# code are retrained instead of reused. 2: the LM head fused with the cross-entropy (replicate.models.loss);
+# 3: its softmax in one in-place exp pass.
+TRAINING_REVISION = 3
 
 
 @dataclass(frozen=True)
