@@ -28,6 +28,15 @@ def train_bpe(docs: tuple[Document, ...], vocab_size: int, *, name: str = "corpu
             from replicate.io import discard_corrupt
 
             discard_corrupt(path, e)
+    tok = bpe_from_texts([d.text for d in docs], vocab_size)
+    from replicate.io import atomic_write
+
+    atomic_write(path, lambda p: tok.save(str(p)))
+    return tok
+
+
+def bpe_from_texts(texts, vocab_size: int) -> Tokenizer:
+    """The project's byte-level BPE recipe trained by HF's ``BpeTrainer`` on ``texts``, uncached."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -37,10 +46,8 @@ def train_bpe(docs: tuple[Document, ...], vocab_size: int, *, name: str = "corpu
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator((d.text for d in docs), trainer=trainer, length=len(docs))
-    from replicate.io import atomic_write
-
-    atomic_write(path, lambda p: tok.save(str(p)))
+    texts = list(texts)
+    tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
     return tok
 
 

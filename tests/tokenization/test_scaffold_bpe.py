@@ -22,10 +22,11 @@ from collections import Counter
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer
 
 from replicate.data import corpora
 from replicate.data.corpora import Document
+from replicate.data.tokenizer import bpe_from_texts
 from replicate.tokenization import scaffold as sbpe
 from replicate.tokenization.lbpe import bpe_encode_word, lbpe_encode_word, lbpe_merge_encode_word
 from replicate.tokenization.scaffold import (
@@ -58,17 +59,7 @@ V = 640  # vocabulary of the tokenizers trained on the small corpus
 
 def hf_train(texts, vocab_size: int) -> Tokenizer:
     """HF's BpeTrainer with ``replicate.data.tokenizer.train_bpe``'s settings, uncached."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=[EOS],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(list(texts), trainer=trainer)
-    return tok
+    return bpe_from_texts(texts, vocab_size)
 
 
 def model_of(tok: Tokenizer) -> dict:
