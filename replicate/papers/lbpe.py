@@ -291,14 +291,26 @@ def lbpe_name(cfg: LBPEConfig) -> str:
     return f"lbpe-{cfg.lbpe_mode}-{cfg.tie_break}"
 
 
-def _encode_all(cfg: LBPEConfig, tok, encs: dict, names: dict, train_docs, heldout_docs, n_ids: int,
-                description: str, rust: tuple = ()) -> Data:
+def _encoding_tag(cfg: LBPEConfig, encoding: str) -> str:
+    """What fixes an encoding given its tokenizer: names its token cache and its training runs."""
+    if encoding == "scaffold_lbpe":
+        return f"scaffold_{lbpe_name(cfg)}-{cfg.scaffold_compose}"
+    return {"lbpe": lbpe_name(cfg)}.get(encoding, encoding)
+
+
+def _tokenizer_name(cfg: LBPEConfig) -> str:
+    return f"lbpe-{cfg.corpus.replace('/', '_')}"
+
+
+def _encode_all(cfg: LBPEConfig, tok, encs: dict, train_docs, heldout_docs, n_ids: int, description: str,
+                rust: tuple = (), cache_suffix: str = "") -> Data:
     """Every encoding of the training, held-out and evaluation documents, and the evaluation sets. Encodings in
-    ``rust`` go through HF's Rust encoder (ids equal to our Python rank BPE's, tested)."""
+    ``rust`` go through HF's Rust encoder (ids equal to our Python rank BPE's, tested). Token caches are named by
+    :func:`_encoding_tag` plus ``cache_suffix``."""
 
     def enc(e, docs):
         return tokenizer.encode_documents(tok, docs, encoder=None if e in rust else encs[e].encode_batch,
-                                          encoder_name=names[e])
+                                          encoder_name=_encoding_tag(cfg, e) + cache_suffix)
 
     eval_docs = budget_docs(heldout_docs, cfg.eval_max_bytes)
     eos = tok.token_to_id(tokenizer.EOS)
@@ -322,27 +334,24 @@ def _encode_all(cfg: LBPEConfig, tok, encs: dict, names: dict, train_docs, heldo
 def prepare_data(cfg: LBPEConfig) -> Data:
     """Tokenizer trained on the training documents; both encodings of train, held-out and evaluation text."""
     train_docs, heldout_docs = corpora.split(load_corpus(cfg))
-    tok = tokenizer.train_bpe(train_docs, cfg.vocab_size, name=f"lbpe-{cfg.corpus.replace('/', '_')}")
+    tok = tokenizer.train_bpe(train_docs, cfg.vocab_size, name=_tokenizer_name(cfg))
     encs = {"bpe": make_encoder(tok, mode="bpe"), "lbpe": make_encoder(tok, mode=cfg.lbpe_mode, tie_break=cfg.tie_break)}
-    return _encode_all(cfg, tok, encs, {"bpe": "bpe", "lbpe": lbpe_name(cfg)}, train_docs, heldout_docs,
-                       tok.get_vocab_size(), f"tok=bpe{cfg.vocab_size}:{tokenizer.tokenizer_fingerprint(tok)}",
-                       rust=("bpe",))
+    return _encode_all(cfg, tok, encs, train_docs, heldout_docs, tok.get_vocab_size(),
+                       f"tok=bpe{cfg.vocab_size}:{tokenizer.tokenizer_fingerprint(tok)}", rust=("bpe",))
 
 
 def prepare_scaffold_data(cfg: LBPEConfig, data: Data) -> Data:
     """Scaffold-BPE (``replicate.tokenization.scaffold``) trained on the same training documents with as many usable
     tokens as BPE, and its two encodings: Scaffold-BPE (rank BPE, scaffolds demolished) and Scaffold-BPE + LBPE
     (``scaffold_compose``). Usable ids are ``range(vocab_size)``, so the models have BPE's embedding size."""
-    sb = train_scaffold_bpe(data.train_docs, cfg.vocab_size, name=f"lbpe-{cfg.corpus.replace('/', '_')}",
-                            unflag=cfg.scaffold_unflag)
+    sb = train_scaffold_bpe(data.train_docs, cfg.vocab_size, name=_tokenizer_name(cfg), unflag=cfg.scaffold_unflag)
     encs = {"scaffold_bpe": make_scaffold_encoder(sb, "bpe"),
             "scaffold_lbpe": make_scaffold_encoder(sb, cfg.lbpe_mode, compose=cfg.scaffold_compose,
                                                    tie_break=cfg.tie_break)}
     tag = f"unflag={cfg.scaffold_unflag}"
-    names = {"scaffold_bpe": f"scaffold_bpe-{tag}",
-             "scaffold_lbpe": f"scaffold_{lbpe_name(cfg)}-{cfg.scaffold_compose}-{tag}"}
-    return _encode_all(cfg, sb.tokenizer, encs, names, data.train_docs, data.heldout_docs, sb.vocab_size,
-                       f"tok=scaffold_bpe{cfg.vocab_size}:{tag}:{tokenizer.tokenizer_fingerprint(sb.tokenizer)}")
+    return _encode_all(cfg, sb.tokenizer, encs, data.train_docs, data.heldout_docs, sb.vocab_size,
+                       f"tok=scaffold_bpe{cfg.vocab_size}:{tag}:{tokenizer.tokenizer_fingerprint(sb.tokenizer)}",
+                       cache_suffix=f"-{tag}")
 
 
 # ===================================================================================== frequency analyses
@@ -449,7 +458,7 @@ def vocab_ablation(cfg: LBPEConfig, data: Data) -> pd.DataFrame:
     training documents; counts on up to ``ablation_max_bytes`` of the held-out documents)."""
     rows = []
     for v in cfg.ablation_vocab_sizes:
-        tok = tokenizer.train_bpe(data.train_docs, v, name=f"lbpe-{cfg.corpus.replace('/', '_')}")
+        tok = tokenizer.train_bpe(data.train_docs, v, name=_tokenizer_name(cfg))
         encs = {"bpe": make_encoder(tok, mode="bpe"), "lbpe": make_encoder(tok, mode=cfg.lbpe_mode,
                                                                           tie_break=cfg.tie_break)}
         texts = [d.text for d in budget_docs(data.heldout_docs, cfg.ablation_max_bytes)]
@@ -520,12 +529,6 @@ def _trainer_kwargs(cfg: LBPEConfig) -> dict:
 
 def _batches(cfg: LBPEConfig, data: Data, encoding: str, seed: int) -> lm.Batches:
     return lm.Batches((lm.Stream(data.streams[encoding]),), (1.0,), cfg.batch_size, cfg.seq_len, seed)
-
-
-def _encoding_tag(cfg: LBPEConfig, encoding: str) -> str:
-    if encoding == "scaffold_lbpe":
-        return f"scaffold_{lbpe_name(cfg)}-{cfg.scaffold_compose}"
-    return {"lbpe": lbpe_name(cfg)}.get(encoding, encoding)
 
 
 def run_lm(cfg: LBPEConfig, data: Data) -> list[dict]:

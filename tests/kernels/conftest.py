@@ -6,12 +6,6 @@ import pytest
 import torch
 
 
-def pytest_configure(config):
-    # registered here too, so the markers exist before pyproject.toml carries them
-    config.addinivalue_line("markers", "gpu: needs a CUDA GPU (bf16 tl.dot, timing); deselected by default")
-    config.addinivalue_line("markers", "slow: long-running; deselected by default")
-
-
 @pytest.fixture(autouse=True)
 def _seed_and_precision():
     torch.manual_seed(0)
