@@ -2,9 +2,13 @@
 
 Every paper module defines a frozen dataclass whose fields are declared with :func:`param` (default, help text,
 source of the default, allowed range) and three factories ``smoke()``, ``small()``, ``paper()``; it registers the
-class with :func:`register`. Notebooks, the CLI and the tests reach a config only through :func:`resolve_config`,
+class with :func:`register`. Notebooks, the CLI and the tests reach a config only through ``resolve_config``,
 which rejects unknown names, wrong types and out-of-range values with one line naming the parameter and what is
 allowed (Papermill itself only warns about unknown parameters). :func:`config_hash` keys the run cache.
+
+The import graph points one way: this module imports no paper. ``replicate.papers.resolve_config(paper_id, ...)``
+imports the paper's package (whose ``__init__`` defines and registers its config, without importing torch) and
+calls :func:`resolve` with its class.
 """
 
 from __future__ import annotations
@@ -12,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import hashlib
-import importlib
 import json
 import types
 import typing
@@ -77,18 +80,10 @@ class PaperConfig:
     precision: str = param("32-true", help="Lightning precision", choices=("32-true", "bf16-mixed", "16-mixed"))
 
 
-def config_class(paper_id: str) -> type:
-    from replicate.papers import PAPERS, implemented
-
-    if paper_id not in PAPERS:
-        raise ConfigError(f"paper: unknown paper id {paper_id!r}; allowed: {', '.join(PAPERS)}")
-    if paper_id not in implemented():
-        raise ConfigError(
-            f"paper: {paper_id!r} is not implemented yet; implemented: {', '.join(implemented()) or 'none'}"
-        )
-    if paper_id not in _REGISTRY:
-        importlib.import_module(f"replicate.papers.{paper_id}")
-    return _REGISTRY[paper_id]
+def registered(paper_id: str) -> type | None:
+    """The config class registered for ``paper_id``, or None when its package was never imported. This module
+    never imports a paper: ``replicate.papers.config_class`` does that, from above."""
+    return _REGISTRY.get(paper_id)
 
 
 # ---------------------------------------------------------------------------------------------- validation
@@ -180,9 +175,10 @@ def fields_of(cls) -> dict[str, dataclasses.Field]:
     return out
 
 
-def resolve_config(paper_id: str, scale: str = "small", **overrides):
-    """The validated config of ``paper_id`` at ``scale`` with ``overrides`` applied. Raises :class:`ConfigError`."""
-    cls = config_class(paper_id)
+def resolve(cls: type, scale: str = "small", **overrides):
+    """The validated config of class ``cls`` at ``scale`` with ``overrides`` applied. Raises :class:`ConfigError`.
+    (By paper id: :func:`replicate.papers.resolve_config`.)"""
+    paper_id = cls.paper_id
     if not isinstance(scale, str) or scale not in SCALES:
         raise ConfigError(f"parameter 'scale': must be one of {' | '.join(SCALES)}, got {scale!r}")
     base = getattr(cls, scale)()

@@ -1,19 +1,22 @@
 """Helpers for the notebooks' first cells: validate parameters, set up display.
 
 Papermill only warns about a parameter the notebook does not declare, and nbval injects nothing, so the cell
-after ``parameters`` calls :func:`resolve` with the notebook's globals: it takes every user-level name defined
-so far (the declared parameters and anything Papermill injected), passes them to
-:func:`replicate.config.resolve_config`, and so rejects an unknown name, a wrong type or an out-of-range value
-with one clear line, whichever way the notebook was started.
+after ``parameters`` calls :func:`resolve` with the notebook's globals: it takes every user-level name bound to a
+plain value (a literal: what the parameters cell declares and what Papermill injects), passes them to
+:func:`replicate.papers.resolve_config`, and so rejects an unknown name, a wrong type or an out-of-range value
+with one clear line, whichever way the notebook was started. Names bound to anything else (the config, the
+results writer, frames, bundles: the notebook's own objects) are not parameters, so running the parameters and
+validation cells again in a live kernel after a whole run works (the notebooks bind no literal of their own).
 """
 
 from __future__ import annotations
 
-import types
-
-from replicate.config import ConfigError, resolve_config
+from replicate.config import ConfigError
+from replicate.papers import resolve_config
 
 _IPYTHON_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
+# What a parameters cell or Papermill's injected cell can bind: literals (lists and dicts come from YAML / JSON).
+_LITERALS = (str, int, float, bool, type(None), tuple, list, dict)
 
 
 class ParameterError(ConfigError):
@@ -23,14 +26,8 @@ class ParameterError(ConfigError):
 def resolve(paper_id: str, namespace: dict):
     """The validated config from the notebook's parameters (and any injected ones) in ``namespace``."""
     _exit_with_parent()
-    params = {
-        k: v
-        for k, v in namespace.items()
-        if not k.startswith("_")
-        and k not in _IPYTHON_NAMES
-        and not isinstance(v, (types.ModuleType, types.FunctionType, type))
-        and not callable(v)
-    }
+    params = {k: v for k, v in namespace.items()
+              if not k.startswith("_") and k not in _IPYTHON_NAMES and isinstance(v, _LITERALS)}
     scale = params.pop("scale", "small")
     try:
         return resolve_config(paper_id, scale, **params)

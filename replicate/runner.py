@@ -25,7 +25,8 @@ import time
 import uuid
 from pathlib import Path
 
-from replicate.config import ConfigError, resolve_config
+from replicate.config import ConfigError
+from replicate.papers import resolve_config
 from replicate.paths import notebooks_dir, results_dir, runs_dir
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2

@@ -1,12 +1,24 @@
-"""One module per paper, keyed by the paper id used everywhere (notebook, results folder, spec file).
+"""The papers: one package per paper, keyed by the id used everywhere (notebook, results folder, spec file).
 
-A paper module defines its config (registered with :func:`replicate.config.register`), ``run_experiments(cfg)``
-returning tidy frames, pure ``table_*`` / ``figure_*`` functions of those frames, and ``claims(...)``.
+A paper package ``replicate.papers.<id>`` has the shape of DESIGN.md §1:
+
+- ``__init__.py``: its config dataclass (registered with :func:`replicate.config.register`) and the public names its
+  notebook uses. It imports no torch: the names that need it load on first use, so validating a config is fast.
+- ``method.py``: what the paper contributes (model parts, encoder, algorithm), equations beside the lines.
+- ``experiments.py``: ``run_experiments(cfg)`` -> one frozen bundle of every result (trains, evaluates, fits).
+- ``report.py``: pure ``table*`` / ``fig*`` functions of the bundle and ``claims(cfg, bundle)``.
+
+This module is the one place that imports a paper by id (:func:`load`); the layers below it (config, models, data,
+results) never do.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
+from types import ModuleType
+
+from replicate.config import ConfigError, registered, resolve
 
 # id -> title, in the order the README lists them.
 PAPERS: dict[str, str] = {
@@ -24,5 +36,30 @@ PAPERS: dict[str, str] = {
 
 
 def implemented() -> list[str]:
-    """The paper ids whose module exists, in README order."""
+    """The paper ids whose package exists, in README order (found without importing them)."""
     return [p for p in PAPERS if importlib.util.find_spec(f"replicate.papers.{p}") is not None]
+
+
+def load(paper_id: str) -> ModuleType:
+    """The package of ``paper_id``, imported (its config registered). Unknown or unimplemented ids raise a one-line
+    :class:`ConfigError`."""
+    if paper_id not in PAPERS:
+        raise ConfigError(f"paper: unknown paper id {paper_id!r}; allowed: {', '.join(PAPERS)}")
+    if paper_id not in implemented():
+        raise ConfigError(
+            f"paper: {paper_id!r} is not implemented yet; implemented: {', '.join(implemented()) or 'none'}")
+    return importlib.import_module(f"replicate.papers.{paper_id}")
+
+
+def config_class(paper_id: str) -> type:
+    """The config dataclass of ``paper_id`` (its package imported by :func:`load`)."""
+    load(paper_id)
+    cls = registered(paper_id)
+    if cls is None:
+        raise ConfigError(f"paper: replicate.papers.{paper_id} registers no config (use @register({paper_id!r}))")
+    return cls
+
+
+def resolve_config(paper_id: str, scale: str = "small", **overrides):
+    """The validated config of ``paper_id`` at ``scale`` with ``overrides`` (:func:`replicate.config.resolve`)."""
+    return resolve(config_class(paper_id), scale, **overrides)

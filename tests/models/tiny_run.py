@@ -2,6 +2,7 @@
 python tests/models/tiny_run.py OUT.pt [steps]  — writes the run's result to OUT.pt."""
 
 import sys
+import time
 
 import numpy as np
 import torch
@@ -18,14 +19,25 @@ def spec(steps: int = 60) -> TrainSpec:
                      eval_steps=(5, 15, 30, 45, steps), ckpt_every=10)
 
 
-def data():
+class SlowBatches(lm.Batches):
+    """The same batches, each served ``delay`` seconds late: a run the kill test can catch between checkpoints on
+    any machine (the tiny model trains 60 steps in well under a second on a fast, quiet CPU)."""
+
+    delay = 0.05
+
+    def batch(self, step):
+        time.sleep(self.delay)
+        return super().batch(step)
+
+
+def data(slow: bool = False):
     rng = np.random.default_rng(0)
     tokens = (np.cumsum(rng.integers(0, 3, 20_000)) % 64).astype(np.uint16)  # a learnable stream
-    batches = lm.Batches((lm.Stream(tokens),), (1.0,), 4, 32, seed=0)
+    batches = (SlowBatches if slow else lm.Batches)((lm.Stream(tokens),), (1.0,), 4, 32, seed=0)
     return batches, {"val": lm.eval_windows([tokens[:4000]], 8, 32)}
 
 
 if __name__ == "__main__":
     steps = int(sys.argv[2]) if len(sys.argv) > 2 else 60
-    b, ev = data()
+    b, ev = data(slow=True)
     torch.save(train("tiny", spec(steps), b, ev), sys.argv[1])

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
-from replicate.config import ConfigError, resolve_config
+from replicate.config import ConfigError
+from replicate.papers import resolve_config
 from replicate.data import lm
 from replicate.models.lm import CausalLM, OptimConfig, lr_at
 from replicate.papers import lbpe

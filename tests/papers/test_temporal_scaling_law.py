@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from replicate.config import resolve_config
+from replicate.papers import resolve_config
 from replicate.models.lm import CausalLM, OptimConfig, lr_at
 from replicate.models.decoder import DecoderConfig
 from replicate.papers import temporal_scaling_law as tsl

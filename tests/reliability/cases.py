@@ -13,7 +13,8 @@ import types
 import typing
 from dataclasses import dataclass
 
-from replicate.config import config_class, fields_of
+from replicate.config import fields_of
+from replicate.papers import config_class
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ import replicate.notebook as nbmod
 from cases import Case, cases_for, representative, unbounded
 from harness import Sandbox, notebooks, stderr_lines
 from replicate import cli
-from replicate.config import ConfigError, resolve_config
+from replicate.config import ConfigError
+from replicate.papers import resolve_config
 
 ALL_CASES = [c for p in notebooks() for c in cases_for(p)]
 

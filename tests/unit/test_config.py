@@ -4,7 +4,8 @@ import dataclasses
 
 import pytest
 
-from replicate.config import SCALES, ConfigError, config_class, config_hash, help_table, resolve_config, to_dict
+from replicate.config import SCALES, ConfigError, config_hash, help_table, to_dict
+from replicate.papers import config_class, resolve_config
 from replicate.papers import implemented
 
 PAPER = "temporal_scaling_law"

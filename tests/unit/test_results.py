@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from replicate.claims import Claim
-from replicate.config import resolve_config
+from replicate.papers import resolve_config
 from replicate.results import Results, read_claims, write_report
 
 
