@@ -19,7 +19,7 @@ import hashlib
 import json
 import types
 import typing
-from typing import Any
+from typing import Any, Callable
 
 from replicate import __version__
 
@@ -66,9 +66,36 @@ def register(paper_id: str):
     return deco
 
 
+@dataclasses.dataclass(frozen=True)
+class Constraint:
+    """A cross-field rule of a config, declared so that validation and the generated bad-input suite share it.
+
+    ``check(cfg)`` is True when the rule holds. When it fails, :func:`resolve` raises one line naming
+    ``params[0]``: ``parameter 'n_heads': must divide d_model (192), got 5``: ``message`` is formatted with the
+    config's fields (``"must divide d_model ({d_model})"``). ``breaks`` are overrides at ``smoke`` scale that violate
+    the rule: the bad-input suite applies them and expects exactly this error.
+    """
+
+    params: tuple[str, ...]
+    check: Callable[[Any], bool]
+    message: str
+    breaks: tuple[tuple[str, Any], ...]
+
+    def error(self, cfg) -> ConfigError:
+        name = self.params[0]
+        fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+        return ConfigError(f"parameter {name!r}: {self.message.format(**fields)}, got {getattr(cfg, name)!r}")
+
+
+def constraint(params: str | tuple[str, ...], check: Callable[[Any], bool], message: str, **breaks) -> Constraint:
+    """``constraint("n_heads", lambda c: c.d_model % c.n_heads == 0, "must divide d_model ({d_model})", n_heads=5)``"""
+    return Constraint((params,) if isinstance(params, str) else tuple(params), check, message, tuple(breaks.items()))
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class PaperConfig:
-    """Fields every paper has. Paper configs subclass this (``@dataclass(frozen=True, kw_only=True)``)."""
+    """Fields every paper has. Paper configs subclass this (``@dataclass(frozen=True, kw_only=True)``) and declare
+    their cross-field rules as a class attribute ``CONSTRAINTS: tuple[Constraint, ...] = (constraint(...), ...)``."""
 
     scale: str = param("small", help="smoke | small | paper", choices=SCALES)
     seed: int = param(0, help="base seed; a run with n seeds uses seed, seed+1, ...", min=0, max=2**31 - 1)
@@ -199,9 +226,12 @@ def resolve(cls: type, scale: str = "small", **overrides):
         _check_range(name, value, f.metadata, f.type)
         clean[name] = value
     cfg = dataclasses.replace(base, **clean)
+    for rule in getattr(cls, "CONSTRAINTS", ()):  # cross-field rules, in declaration order
+        if not rule.check(cfg):
+            raise rule.error(cfg)
     validate = getattr(cfg, "validate", None)
     if validate is not None:
-        validate()  # cross-field checks; raises ConfigError
+        validate()  # checks that cannot be declared as a Constraint; raises ConfigError
     return cfg
 
 
