@@ -122,3 +122,45 @@ def verdict_equivalence(ci: tuple[float, float] | None, *, margin: float) -> str
     if lo > margin or hi < -margin:
         return "not_reproduced"
     return "inconclusive"
+
+
+# ------------------------------------------------------------------------------------ comparisons, written once
+
+
+def log_interval(ci):
+    """An interval of a positive ratio on the log scale (so "ratio > 1" is "log > 0"); None stays None."""
+    import math
+
+    return None if ci is None else (math.log(max(ci[0], 1e-300)), math.log(max(ci[1], 1e-300)))
+
+
+def paired_gap(frame, a: str, b: str, *, key: str = "encoding", value: str = "bpb", pair: str = "seed"):
+    """``value(a) − value(b)`` per ``pair`` (seed) from a tidy frame (its ``final`` rows when it has that column):
+    positive when b is lower. Pairs missing either arm are dropped."""
+    f = frame[frame["final"]] if "final" in frame else frame
+    p = f.pivot(index=pair, columns=key, values=value)
+    return (p[a] - p[b]).dropna()
+
+
+def seed_gap_claim(claim_id: str, claim: str, gaps, *, metric: str, direction: str = "positive",
+                   evidence: str = "", detail: str = "", paper_value=None) -> Claim:
+    """A comparison paired by seed: ``gaps`` holds one difference per seed; the verdict follows the 95 % Student-t
+    interval of their mean (``reproduced`` only when it excludes 0 on the paper's side; one seed: inconclusive)."""
+    g = np.asarray(gaps, dtype=float)
+    ci = t_interval(g)
+    per_seed = " / ".join(f"{x:+.4f}" for x in g)
+    side = "> 0" if direction == "positive" else "< 0"
+    return Claim(claim_id, claim, f"{metric}; rule: 95% t-interval over paired seeds {side}", paper_value,
+                 float(g.mean()) if len(g) else None,
+                 fmt_ci(ci, f"95% t over {len(g)} seeds; per-seed {per_seed}" + (f"; {detail}" if detail else "")),
+                 verdict_from_interval(ci, paper_direction=direction), evidence)
+
+
+def bootstrap_gap_claim(claim_id: str, claim: str, point: float, replicates, *, metric: str, what: str,
+                        direction: str = "positive", evidence: str = "", detail: str = "", paper_value=None) -> Claim:
+    """A comparison judged on bootstrap replicates of the difference (drawn by the experiment, not here): the
+    verdict follows their central 95 % interval. ``what`` names the resampling ("paired bootstrap over ...")."""
+    ci = percentile_interval(replicates)
+    return Claim(claim_id, claim, metric, paper_value, float(point),
+                 fmt_ci(ci, what) + (f"; {detail}" if detail else ""),
+                 verdict_from_interval(ci, paper_direction=direction), evidence)

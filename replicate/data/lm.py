@@ -44,6 +44,8 @@ class Batches:
 
     ``batch(step)`` is (B, T+1) int64: inputs are ``[:, :-1]``, targets ``[:, 1:]``. With several streams, each
     row picks its stream independently with probability ``weights`` (a data mixture at row granularity).
+    ``dataclasses.replace(b, offset=k)`` continues ``b``'s sequence after k steps (a continued run sees exactly
+    what a whole run would have seen next).
     """
 
     streams: tuple[Stream, ...]
@@ -51,9 +53,10 @@ class Batches:
     batch_size: int
     seq_len: int
     seed: int
+    offset: int = 0  # step s serves the batch of step offset + s: a run that continues another's data order
 
     def batch(self, step: int) -> torch.Tensor:
-        rng = np.random.default_rng([self.seed, step])
+        rng = np.random.default_rng([self.seed, step + self.offset])
         if len(self.streams) == 1:
             return torch.from_numpy(self.streams[0].sample(rng, self.batch_size, self.seq_len))
         which = rng.choice(len(self.streams), size=self.batch_size, p=np.asarray(self.weights))

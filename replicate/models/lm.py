@@ -33,6 +33,20 @@ class OptimConfig:
     aux_weights: tuple = ()  # (("load_balance", 0.0), ...): extra factors on the layers' aux losses (default 1)
 
 
+@dataclass(frozen=True)
+class LRMap:
+    """A run whose learning rate follows a longer schedule: at its own step s the rate is
+    ``lr_at(offset + s * stretch, schedule)``. Phase 1 of a continued recipe is (offset 0, stretch 1) of the whole
+    schedule, stopped early; a later phase maps its own steps onto the rest of the same schedule."""
+
+    schedule: OptimConfig
+    offset: int = 0
+    stretch: float = 1.0
+
+    def lr(self, step: int) -> float:
+        return lr_at(self.offset + step * self.stretch, self.schedule)
+
+
 def lr_at(step: int | float, opt: OptimConfig) -> float:
     """Learning rate in effect for optimizer step ``step`` (0-based)."""
     if step < opt.warmup_steps:
@@ -47,14 +61,19 @@ def per_token_nll(logits_BTV: torch.Tensor, targets_BT: torch.Tensor) -> torch.T
 
 
 class CausalLM(L.LightningModule):
-    def __init__(self, model: DecoderConfig | dict, optim: OptimConfig | dict):
+    def __init__(self, model: DecoderConfig | dict, optim: OptimConfig | dict, lr_map: LRMap | None = None):
         super().__init__()
         model = DecoderConfig(**model) if isinstance(model, dict) else model
         optim = OptimConfig(**optim) if isinstance(optim, dict) else optim
         self.save_hyperparameters({"model": asdict(model), "optim": asdict(optim)})
-        self.model_cfg, self.optim_cfg = model, optim
+        self.model_cfg, self.optim_cfg, self.lr_map = model, optim, lr_map
         self.model = Decoder(model)
         self.aux_weights = dict(optim.aux_weights)
+
+    def lr(self, step: int) -> float:
+        """The learning rate of optimizer step ``step``: this run's own schedule, or the longer one ``lr_map``
+        maps it onto."""
+        return self.lr_map.lr(step) if self.lr_map is not None else lr_at(step, self.optim_cfg)
 
     def forward(self, input_ids_BT):
         return self.model(input_ids_BT)
@@ -97,4 +116,4 @@ class CausalLM(L.LightningModule):
         # run resumed from a checkpoint takes exactly the steps an uninterrupted run takes.
         for opt in self.trainer.optimizers:
             for group in opt.param_groups:
-                group["lr"] = lr_at(self.global_step, self.optim_cfg)
+                group["lr"] = self.lr(self.global_step)

@@ -17,6 +17,7 @@ import os
 import shutil
 import time
 import warnings
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -30,8 +31,9 @@ from replicate.config import config_hash
 from replicate.data.lm import Batches, LMDataModule
 from replicate.io import torch_load, torch_save
 from replicate.models.decoder import DecoderConfig
-from replicate.models.lm import CausalLM, OptimConfig
+from replicate.models.lm import CausalLM, LRMap, OptimConfig
 from replicate.paths import runs_dir
+from replicate.registry import Registry
 
 log = logging.getLogger("replicate")
 
@@ -54,10 +56,36 @@ class TrainSpec:
     seed: int
     eval_steps: tuple = ()  # steps after which the per-position evaluation runs
     ckpt_every: int = 50
+    # A run started from another run: its final weights (``init_from`` = the parent's key), converted by the named
+    # ``conversion`` (CONVERSIONS; "none" keeps them as they are), and optionally a learning rate that continues a
+    # longer schedule (``lr_map``). All three are in the key, so a continued run is never confused with a fresh one.
+    init_from: str = ""
+    conversion: tuple = ("none", ())  # (name, ((kwarg, value), ...))
+    lr_map: LRMap | None = None
 
     @property
     def key(self) -> str:
         return config_hash(self, TRAINING_REVISION)
+
+
+# Conversions of a parent run's weights into a continued run's initial weights: name -> f(state_dict, module,
+# **kwargs) -> state_dict for ``module`` (the continued run's freshly built LightningModule, so a conversion can
+# keep the new parts' initialisation). The shared layer and papers register more (dense FFN -> partitioned
+# experts, MHA -> GQA); "none" loads the parent's weights unchanged.
+CONVERSIONS = Registry("conversion")
+CONVERSIONS.register("none")(lambda sd, module: sd)
+register_conversion = CONVERSIONS.register
+
+
+def continued(spec: TrainSpec, parent: dict, conversion: str = "none", lr_map: LRMap | None = None,
+              **kwargs) -> TrainSpec:
+    """``spec`` as a run that starts from ``parent``'s final weights (a result of :func:`train` with
+    ``keep_weights=True``), converted by ``conversion`` with ``kwargs``."""
+    CONVERSIONS[conversion]  # an unknown name fails here, in one line
+    if "state_dict" not in parent:
+        raise ValueError("parent: train the parent run with keep_weights=True (its result holds no weights)")
+    return dataclasses.replace(spec, init_from=parent["key"], conversion=(conversion, tuple(sorted(kwargs.items()))),
+                               lr_map=lr_map)
 
 
 def progress_bar_enabled() -> bool:
@@ -127,7 +155,7 @@ def _valid_checkpoint(path: Path) -> bool:
 def train(paper_id: str, spec: TrainSpec, batches: Batches, eval_sets: dict[str, torch.Tensor], *,
           accelerator="cpu", devices=1, num_nodes=1, strategy="auto", precision="32-true",
           module: CausalLM | Callable[[], CausalLM] | None = None, keep_weights: bool = False,
-          threads: int = 0) -> dict:
+          threads: int = 0, parent: dict | None = None) -> dict:
     """Train (or reuse, or resume) the run ``spec``. Returns ``{"evals": {set: {step: (W,T)}}, "final": {...},
     "wall_s": float, "key": str, "n_params": int}``. ``module`` lets a paper pass a CausalLM subclass: preferably a zero-argument factory
     (``module=lambda: MyLM(...)``), called after the run's seed is set, because a module built by the caller has
@@ -137,11 +165,14 @@ def train(paper_id: str, spec: TrainSpec, batches: Batches, eval_sets: dict[str,
     ``keep_weights``: also store the final ``state_dict`` (CPU tensors) in the result, for runs that others
     continue from (a cached result without weights is then retrained). ``threads``: torch's intra-op threads while
     this run trains and evaluates (0: leave torch's setting), restored afterwards. Not part of the key: a run is
-    deterministic for a given thread count, and other counts may round differently (as other CPUs do)."""
+    deterministic for a given thread count, and other counts may round differently (as other CPUs do). ``parent``: the
+    result (with weights) of the run ``spec.init_from`` names (see :func:`continued`); its weights, converted by
+    ``spec.conversion``, replace the module's initial ones.
+    """
     with torch_threads(threads):
         return _train(paper_id, spec, batches, eval_sets, accelerator=accelerator, devices=devices,
                       num_nodes=num_nodes, strategy=strategy, precision=precision, module=module,
-                      keep_weights=keep_weights)
+                      keep_weights=keep_weights, parent=parent)
 
 
 @contextlib.contextmanager
@@ -157,7 +188,7 @@ def torch_threads(n: int):
 
 
 def _train(paper_id, spec, batches, eval_sets, *, accelerator, devices, num_nodes, strategy, precision, module,
-           keep_weights) -> dict:
+           keep_weights, parent) -> dict:
     run_dir = runs_dir() / paper_id / spec.key
     result_path = run_dir / "result.pt"
     done = torch_load(result_path)
@@ -166,7 +197,13 @@ def _train(paper_id, spec, batches, eval_sets, *, accelerator, devices, num_node
     L.seed_everything(spec.seed, workers=True, verbose=False)
     if module is not None and not isinstance(module, torch.nn.Module):
         module = module()  # a factory: built after seeding, so its initial weights are the run's, whatever ran before
-    lm = module if module is not None else CausalLM(spec.model, spec.optim)
+    lm = module if module is not None else CausalLM(spec.model, spec.optim, spec.lr_map)
+    if spec.init_from:
+        if parent is None or parent.get("key") != spec.init_from or "state_dict" not in parent:
+            raise ValueError(f"parent: run {spec.key} starts from run {spec.init_from}: pass that run's result, "
+                             "trained with keep_weights=True")
+        name, kwargs = spec.conversion
+        lm.load_state_dict(CONVERSIONS[name](parent["state_dict"], lm, **dict(kwargs)))
     ev = PositionEval(eval_sets, spec.eval_steps)
     trainer = make_trainer(run_dir, spec.optim.max_steps, accelerator=accelerator, devices=devices,
                            num_nodes=num_nodes, strategy=strategy, precision=precision, ckpt_every=spec.ckpt_every,

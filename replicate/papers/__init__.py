@@ -35,6 +35,28 @@ PAPERS: dict[str, str] = {
 }
 
 
+def lazy_exports(package: str, submodules: tuple[str, ...] = ("method", "experiments", "report")):
+    """``(__getattr__, __dir__)`` for a paper package's ``__init__``: a public name not defined there is looked up
+    in its ``submodules`` (in order) on first use, so ``replicate.papers.<id>.run_experiments`` works while importing
+    the package itself (to validate a config) stays free of torch."""
+
+    def __getattr__(name: str):
+        if not name.startswith("_"):
+            for sub in submodules:
+                mod = importlib.import_module(f"{package}.{sub}")
+                if name in vars(mod):
+                    return getattr(mod, name)
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    def __dir__():
+        names = set(vars(importlib.import_module(package)))
+        for sub in submodules:
+            names |= {n for n in vars(importlib.import_module(f"{package}.{sub}")) if not n.startswith("_")}
+        return sorted(names)
+
+    return __getattr__, __dir__
+
+
 def implemented() -> list[str]:
     """The paper ids whose package exists, in README order (found without importing them)."""
     return [p for p in PAPERS if importlib.util.find_spec(f"replicate.papers.{p}") is not None]

@@ -1,51 +1,22 @@
-"""Tokenization beyond HF ``tokenizers``: LBPE (arXiv 2411.05504) and its analyses.
+"""Tokenization beyond HF ``tokenizers``: pure-Python byte-level BPE encoders, Scaffold-BPE, token analyses.
 
-- ``replicate.tokenization.lbpe``: reference and word-cached encoders (rank BPE, LBPE scan, LBPE merge loop)
-  over the vocabulary of a trained byte-level HF BPE.
+- ``replicate.tokenization.words``: ``WordEncoder`` (HF-identical word splitting, word cache, vocabulary tables),
+  ``BPEEncoder`` (rank BPE, HF's ids) and the reference ``bpe_encode_word``: what a tokenizer paper's encoder
+  builds on (LBPE's lives in ``replicate.papers.lbpe``).
 - ``replicate.tokenization.scaffold``: Scaffold-BPE (arXiv 2404.17808): training with scaffold tokens (cached, HF
-  ``tokenizers`` output) and encoders that never emit them (rank BPE + demolish; LBPE on a Scaffold-BPE vocabulary).
-- ``replicate.tokenization.hf``: ``LBPETokenizer``, a ``transformers`` tokenizer backed by those encoders.
+  ``tokenizers`` output) and the encoder that never emits them (rank BPE + demolish).
+- ``replicate.tokenization.hf``: ``WordEncoderTokenizer``, a ``transformers`` tokenizer over any word encoder.
 - ``replicate.tokenization.analysis``: token-frequency, compression, loss-by-length and speed tables and plots.
 """
 
-from replicate.tokenization.lbpe import (
-    MODES,
-    TIE_BREAKS,
-    BPEEncoder,
-    LBPEEncoder,
-    WordEncoder,
-    bpe_encode_word,
-    bytes_to_unicode,
-    lbpe_encode_word,
-    lbpe_merge_encode_word,
-    make_encoder,
-)
 from replicate.tokenization.scaffold import (
-    COMPOSES,
+    UNFLAGS,
     ScaffoldBPE,
     ScaffoldBPEEncoder,
-    ScaffoldLBPEEncoder,
     demolish,
-    make_scaffold_encoder,
     train_scaffold_bpe,
 )
+from replicate.tokenization.words import BPEEncoder, WordEncoder, bpe_encode_word, bytes_to_unicode
 
-__all__ = [
-    "COMPOSES",
-    "MODES",
-    "TIE_BREAKS",
-    "BPEEncoder",
-    "LBPEEncoder",
-    "ScaffoldBPE",
-    "ScaffoldBPEEncoder",
-    "ScaffoldLBPEEncoder",
-    "WordEncoder",
-    "bpe_encode_word",
-    "bytes_to_unicode",
-    "demolish",
-    "lbpe_encode_word",
-    "lbpe_merge_encode_word",
-    "make_encoder",
-    "make_scaffold_encoder",
-    "train_scaffold_bpe",
-]
+__all__ = ["UNFLAGS", "BPEEncoder", "ScaffoldBPE", "ScaffoldBPEEncoder", "WordEncoder", "bpe_encode_word",
+           "bytes_to_unicode", "demolish", "train_scaffold_bpe"]

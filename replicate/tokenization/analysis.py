@@ -295,28 +295,22 @@ def encoding_speed(
 
 
 # plots (pure functions of the frames above) -------------------------------------------------------------------------
-def _fig(figsize=(6.0, 4.0)):
-    import matplotlib.pyplot as plt
+def _fig():
+    from replicate import plotting
 
-    fig, ax = plt.subplots(figsize=figsize)
+    fig, (ax,) = plotting.axes(1, 6.0, 4.0)
     return fig, ax
 
 
 def plot_occurrence_by_length(df: pd.DataFrame, value: str = "occurrences", logy: bool = True):
     """Grouped bars of ``value`` (occurrences | share | mean_per_entry) by token length, one colour per encoding."""
+    from replicate.plotting import grouped_bars
+
     fig, ax = _fig()
-    piv = df.pivot(index="token_len", columns="encoding", values=value)
-    width = 0.8 / max(1, piv.shape[1])
-    x = np.arange(len(piv.index))
-    for i, col in enumerate(piv.columns):
-        ax.bar(x + i * width - 0.4 + width / 2, piv[col].to_numpy(), width, label=str(col))
-    ax.set_xticks(x, [str(v) for v in piv.index])
+    grouped_bars(ax, df.pivot(index="token_len", columns="encoding", values=value), log=logy)
     ax.set_xlabel("token length (bytes)")
     names = {"occurrences": "occurrences", "share": "share of tokens", "mean_per_entry": "occurrences per entry"}
     ax.set_ylabel(names.get(value, value))
-    if logy:
-        ax.set_yscale("log")
-    ax.legend()
     fig.tight_layout()
     return fig
 
@@ -335,16 +329,13 @@ def plot_rank_frequency(df: pd.DataFrame):
 
 def plot_vocab_utilisation(df: pd.DataFrame):
     """Grouped bars: fraction of V seen fewer than k times, per k and encoding."""
+    from replicate.plotting import grouped_bars
+
     fig, ax = _fig()
     piv = df.pivot(index="k", columns="encoding", values="frac_below")
-    width = 0.8 / max(1, piv.shape[1])
-    x = np.arange(len(piv.index))
-    for i, col in enumerate(piv.columns):
-        ax.bar(x + i * width - 0.4 + width / 2, piv[col].to_numpy(), width, label=str(col))
-    ax.set_xticks(x, [f"< {k}" for k in piv.index])
+    grouped_bars(ax, piv, xlabels=[f"< {k}" for k in piv.index])
     ax.set_xlabel("occurrences in corpus")
     ax.set_ylabel("fraction of vocabulary")
-    ax.legend()
     fig.tight_layout()
     return fig
 

@@ -1,17 +1,15 @@
-"""A ``transformers`` tokenizer backed by LBPE (arXiv 2411.05504), so the same model code trains on either encoding.
+"""A ``transformers`` tokenizer over any of our word encoders, so the same model code trains on any encoding.
 
-``LBPETokenizer`` is a slow (Python) ``transformers.PreTrainedTokenizer`` over the vocabulary of a trained
-byte-level HF BPE. Its ``_tokenize`` runs our word-cached encoder (``replicate.tokenization.lbpe``):
+``WordEncoderTokenizer`` is a slow (Python) ``transformers.PreTrainedTokenizer`` over the vocabulary of a trained
+byte-level HF BPE whose ``_tokenize`` runs a word-cached encoder (``replicate.tokenization.words``). A subclass
+names its encoder factory and the encoder's options (LBPE's ``LBPETokenizer`` in ``replicate.papers.lbpe``:
+``options = {"mode": "scan", "tie_break": "leftmost"}``); the base class itself is our rank BPE, with the same ids
+as ``PreTrainedTokenizerFast`` on the same ``tokenizers.Tokenizer``.
 
-* ``mode="scan"`` (default): LBPE, the longest-first sliding-window scan (spec Sec. 3.4, variant A);
-* ``mode="merge"``: LBPE variant B (merge loop keyed by length), an ablation;           [UNCONFIRMED reading]
-* ``mode="bpe"``: our rank-BPE reference (Sec. 3.3); same ids as ``PreTrainedTokenizerFast`` on the same
-  ``tokenizers.Tokenizer``.
-
-Vocabulary, ids, special tokens and decoding are the BPE tokenizer's, unchanged (Sec. 3.5), so ``encode`` /
-``decode`` / ``__call__`` (padding, truncation, ``return_tensors``) behave as for any HF tokenizer.
-``save_pretrained`` writes the underlying BPE (``bpe_tokenizer.json``) plus the ``mode`` / ``tie_break`` in
-``tokenizer_config.json``; ``LBPETokenizer.from_pretrained(folder)`` reads them back.
+Vocabulary, ids, special tokens and decoding are the BPE tokenizer's, unchanged, so ``encode`` / ``decode`` /
+``__call__`` (padding, truncation, ``return_tensors``) behave as for any HF tokenizer. ``save_pretrained`` writes
+the underlying BPE (``bpe_tokenizer.json``) plus the encoder's options in ``tokenizer_config.json``;
+``<Class>.from_pretrained(folder)`` reads them back.
 """
 
 from __future__ import annotations
@@ -21,33 +19,36 @@ import os
 from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizer
 
-from replicate.tokenization.lbpe import make_encoder
+from replicate.tokenization.words import BPEEncoder
 
-__all__ = ["LBPETokenizer"]
+__all__ = ["WordEncoderTokenizer"]
 
 TOKENIZER_FILE = "bpe_tokenizer.json"
 
 
-class LBPETokenizer(PreTrainedTokenizer):
-    """``transformers`` tokenizer whose segmentation is LBPE (or our BPE) over a byte-level HF BPE vocabulary.
+class WordEncoderTokenizer(PreTrainedTokenizer):
+    """``transformers`` tokenizer whose segmentation is a word encoder over a byte-level HF BPE vocabulary.
 
     Args:
         vocab_file: path of a saved ``tokenizers.Tokenizer`` (its ``tokenizer.json``); or
         tokenizer_object: the trained ``tokenizers.Tokenizer`` itself (byte-level BPE).
-        mode: ``"scan"`` (LBPE, default) | ``"merge"`` (LBPE variant B) | ``"bpe"`` (rank BPE).
-        tie_break: LBPE scan tie-break at equal length, ``"leftmost"`` (default) | ``"rank"``.
+        the encoder's options (``options``: name -> default), e.g. ``mode`` / ``tie_break`` for LBPE;
         bos_token / eos_token / pad_token / unk_token: as for any HF tokenizer (e.g. ``pad_token="<|endoftext|>"``).
     """
 
     vocab_files_names = {"vocab_file": TOKENIZER_FILE}  # ("tokenizer_file" is reserved for fast tokenizers)
     model_input_names = ["input_ids", "attention_mask"]
+    options: dict = {}  # the encoder's options and their defaults (saved with the tokenizer)
+
+    @staticmethod
+    def build_encoder(tokenizer_object: Tokenizer, **options):
+        """The word encoder for ``tokenizer_object`` (subclasses: their own encoder factory)."""
+        return BPEEncoder(tokenizer_object)
 
     def __init__(
         self,
         vocab_file: str | None = None,
         tokenizer_object: Tokenizer | None = None,
-        mode: str = "scan",
-        tie_break: str = "leftmost",
         bos_token: str | None = None,
         eos_token: str | None = None,
         pad_token: str | None = None,
@@ -58,16 +59,16 @@ class LBPETokenizer(PreTrainedTokenizer):
             if vocab_file is None:
                 raise ValueError("give tokenizer_object (a trained tokenizers.Tokenizer) or vocab_file")
             tokenizer_object = Tokenizer.from_file(vocab_file)
+        opts = {k: kwargs.pop(k, default) for k, default in self.options.items()}
         self.backend_tokenizer_bpe = tokenizer_object
-        self.encoder = make_encoder(tokenizer_object, mode=mode, tie_break=tie_break)
-        self.mode = mode
-        self.tie_break = tie_break
+        self.encoder = self.build_encoder(tokenizer_object, **opts)
+        for k, v in opts.items():
+            setattr(self, k, v)
         self._vocab: dict[str, int] = tokenizer_object.get_vocab(with_added_tokens=True)
         self._id_to_token = self.encoder.id_to_token
         kwargs.setdefault("clean_up_tokenization_spaces", False)  # decode gives the bytes back, as ByteLevel does
         super().__init__(
-            mode=mode,
-            tie_break=tie_break,
+            **opts,
             bos_token=bos_token,
             eos_token=eos_token,
             pad_token=pad_token,
@@ -96,7 +97,7 @@ class LBPETokenizer(PreTrainedTokenizer):
 
     # -- segmentation and decoding -------------------------------------------------------------------------------
     def _tokenize(self, text: str, **kwargs) -> list[str]:
-        """ByteLevel token strings of ``text`` (a piece between added tokens), from the LBPE/BPE word encoder."""
+        """ByteLevel token strings of ``text`` (a piece between added tokens), from the word encoder."""
         ids = self.encoder.encode(text)
         return [self._id_to_token[i] for i in ids]
 

@@ -65,17 +65,13 @@ and scaffold ids are ``>= vocab_size``. The HF tokenizer's own ``encode`` is ran
 may emit scaffold ids: encode Scaffold-BPE with the encoders below. ``ScaffoldBPE.unflag`` (and its JSON) records
 the ``unflag`` option it was trained with (None for plain BPE and hand-built vocabularies).
 
-**Encoding** (word-cached, on ``replicate.tokenization.lbpe``'s machinery):
-
-* ``ScaffoldBPEEncoder`` ("scaffold_bpe"): rank BPE over the full vocabulary (``BPEEncoder``, HF's ids), then every
-  scaffold in the output is replaced by its two components, recursively, until none is left (``demolish``).
-* ``ScaffoldLBPEEncoder`` ("scaffold_lbpe"): LBPE on a Scaffold-BPE vocabulary; the composition is UNCONFIRMED, two
-  readings: ``compose="exclude"`` (default): the LBPE scan over V minus the scaffolds; ``compose="demolish"``
-  ("scaffold_lbpe_demolish"): the LBPE scan over the full V, then ``demolish``.
+**Encoding** (word-cached, on ``replicate.tokenization.words``' machinery): ``ScaffoldBPEEncoder``
+("scaffold_bpe"): rank BPE over the full vocabulary (``BPEEncoder``, HF's ids), then every scaffold in the output is
+replaced by its two components, recursively, until none is left (``demolish``). LBPE on a Scaffold-BPE vocabulary
+(the LBPE paper's Table 4) is LBPE's: ``replicate.papers.lbpe.ScaffoldLBPEEncoder``.
 
 Reference functions (plain loops, tests only): ``reference_train`` (recounts every pair and every token's freq
-every step) and ``demolish
-composed with ``lbpe.bpe_encode_word`` / ``lbpe.lbpe_encode_word``.
+every step) and ``demolish`` composed with ``words.bpe_encode_word`` (or LBPE's ``lbpe_encode_word``).
 """
 
 from __future__ import annotations
@@ -89,31 +85,27 @@ from functools import cached_property
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-from replicate.tokenization.lbpe import (
+from replicate.tokenization.words import (
     FAST_PRETOKENIZE_RANGES,
     GPT2_SPLIT_PATTERN,
     BPEEncoder,
-    LBPEEncoder,
     bytes_to_unicode,
     merge_pair,
 )
 
-try:  # the GPT-2 split with \p{L} / \p{N}; identical to HF's inside FAST_PRETOKENIZE_RANGES (tested in lbpe's tests)
+try:  # the GPT-2 split with \p{L} / \p{N}; identical to HF's inside FAST_PRETOKENIZE_RANGES (tested in the LBPE encoder's tests)
     import regex as _regex
 except ImportError:  # pragma: no cover - then every text goes through HF's own pre-tokenizer
     _regex = None
 
 __all__ = [
-    "COMPOSES",
-    "SCAFFOLD_MODES",
     "UNFLAGS",
     "ScaffoldBPE",
     "ScaffoldBPEEncoder",
-    "ScaffoldLBPEEncoder",
     "build_scaffold_bpe",
     "count_words",
     "demolish",
-    "make_scaffold_encoder",
+    "demolisher",
     "reference_train",
     "train_scaffold_bpe",
     "train_word_counts",
@@ -122,8 +114,6 @@ __all__ = [
 EOS = "<|endoftext|>"  # the special token of replicate.data.tokenizer.train_bpe, id 0
 CACHE_VERSION = "sbpe2"  # bump when the trainer's output changes (sbpe2: the unflag option)
 UNFLAGS = ("requeue", "never")  # can a scaffold be un-flagged: the two readings, "requeue" default [UNCONFIRMED]
-COMPOSES = ("exclude", "demolish")  # LBPE on a Scaffold-BPE vocabulary: the two readings, "exclude" default
-SCAFFOLD_MODES = ("bpe", "scan", "merge")  # rank BPE; LBPE variant A (scan); LBPE variant B (merge loop, ablation)
 _K = 1 << 21  # pair (x, y) -> x * _K + y: ordering the ints orders the pairs lexicographically, as HF's (u32, u32)
 
 
@@ -565,7 +555,7 @@ def reference_train(
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _demolisher(sb: ScaffoldBPE):
+def demolisher(sb: ScaffoldBPE):
     """Token list -> token list with every scaffold demolished; each scaffold's expansion computed once."""
     expand = {t: tuple(demolish([t], sb.scaffolds, sb.components)) for t in sb.scaffolds}
 
@@ -593,63 +583,7 @@ class ScaffoldBPEEncoder(BPEEncoder):
         super().__init__(sb.tokenizer, cache_size=cache_size, pretokenizer=pretokenizer)
         self.scaffolds = sb.scaffolds
         self.scaffold_ids = sb.scaffold_ids
-        self._demolish = _demolisher(sb)
+        self._demolish = demolisher(sb)
 
     def _encode_units(self, word: Sequence[str]) -> list[str]:
         return self._demolish(super()._encode_units(word))
-
-
-class ScaffoldLBPEEncoder(LBPEEncoder):
-    """LBPE over a Scaffold-BPE vocabulary.                                        [UNCONFIRMED composition]
-
-    compose: ``"exclude"`` (default; name "scaffold_lbpe"): LBPE over V minus the scaffolds;
-    ``"demolish"`` (name "scaffold_lbpe_demolish"): LBPE over the full V, then ``demolish``.
-    mode / tie_break: as ``LBPEEncoder`` (``"scan"`` default; ``"merge"`` = variant B, ablation).
-    """
-
-    def __init__(
-        self,
-        sb: ScaffoldBPE,
-        mode: str = "scan",
-        tie_break: str = "leftmost",
-        compose: str = "exclude",
-        cache_size: int | None = None,
-        pretokenizer: str = "auto",
-    ):
-        if compose not in COMPOSES:
-            raise ValueError(f"compose must be one of {COMPOSES}, got {compose!r}")
-        super().__init__(sb.tokenizer, mode=mode, tie_break=tie_break, cache_size=cache_size, pretokenizer=pretokenizer)
-        self.compose = compose
-        self.scaffolds = sb.scaffolds
-        self.scaffold_ids = sb.scaffold_ids
-        base = "scaffold_lbpe" if mode == "scan" else "scaffold_lbpe_merge"
-        self.name = base if compose == "exclude" else f"{base}_demolish"
-        if compose == "exclude":
-            # Drop the scaffolds from V. The prefix set keeps their prefixes: a superset only costs a few more
-            # window checks (a window counts only when it is in V), so the scan stays exact.
-            for t in sb.scaffolds:
-                self.vocab.pop(t, None)
-                self.rank.pop(t, None)
-                self._merge_key.pop(t, None)
-            self.max_len = max(len(t) for t in self.vocab)
-        else:
-            inner, run = self._encode_units, _demolisher(sb)
-            self._encode_units = lambda word: run(inner(word))  # type: ignore[method-assign]
-
-
-def make_scaffold_encoder(
-    sb: ScaffoldBPE,
-    mode: str = "bpe",
-    compose: str = "exclude",
-    tie_break: str = "leftmost",
-    cache_size: int | None = None,
-    pretokenizer: str = "auto",
-):
-    """``mode``: ``"bpe"`` (Scaffold-BPE, default) | ``"scan"`` (LBPE on it) | ``"merge"`` (LBPE variant B on it)."""
-    if mode not in SCAFFOLD_MODES:
-        raise ValueError(f"mode must be one of {SCAFFOLD_MODES}, got {mode!r}")
-    if mode == "bpe":
-        return ScaffoldBPEEncoder(sb, cache_size=cache_size, pretokenizer=pretokenizer)
-    return ScaffoldLBPEEncoder(
-        sb, mode=mode, tie_break=tie_break, compose=compose, cache_size=cache_size, pretokenizer=pretokenizer
-    )

@@ -1,5 +1,6 @@
 """The run cache: finished runs are reused, killed runs resume to the same numbers, corrupt files are rebuilt."""
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -10,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from replicate.models.lm import OptimConfig, lr_at
-from replicate.models.trainer import train
+from replicate.models.lm import CausalLM, LRMap, OptimConfig, lr_at
+from replicate.models.trainer import continued, train
 
 sys.path.insert(0, str(Path(__file__).parent))
 import tiny_run  # noqa: E402
@@ -90,3 +91,51 @@ def test_corrupt_checkpoint_and_result_are_rebuilt(runs, caplog):
     assert not again["resumed"]
     assert sum("corrupt file" in r.message for r in caplog.records) == 2
     _same(ref, again)
+
+
+# ------------------------------------------------------------------------------- runs started from another run
+
+
+def test_kept_weights_reproduce_the_final_loss(runs):
+    b, ev = tiny_run.data()
+    spec = tiny_run.spec(8)
+    no_w = train("tiny", spec, b, ev)
+    assert "state_dict" not in no_w
+    res = train("tiny", spec, b, ev, keep_weights=True)  # cached without weights: retrained, with them
+    m = CausalLM(spec.model, spec.optim)
+    m.load_state_dict(res["state_dict"])
+    assert torch.allclose(m.per_token_loss(ev["val"]), res["final"]["val"], atol=1e-6)
+    assert torch.equal(res["final"]["val"], no_w["final"]["val"])
+
+
+def test_lr_map_continues_a_longer_schedule():
+    sched = OptimConfig(lr=1.0, warmup_steps=2, max_steps=100, min_lr_ratio=0.1)
+    m = CausalLM(tiny_run.spec().model, dataclasses.replace(sched, max_steps=10), LRMap(sched, offset=80, stretch=2.0))
+    for step, want in ((0, lr_at(80, sched)), (5, lr_at(90, sched)), (10, lr_at(100, sched))):
+        assert m.lr(step) == pytest.approx(want)
+    assert CausalLM(tiny_run.spec().model, sched).lr(7) == lr_at(7, sched)  # no map: the run's own schedule
+
+
+def test_a_continued_run_starts_from_its_parents_weights(runs):
+    b, ev = tiny_run.data()
+    parent = train("tiny", tiny_run.spec(10), b, ev, keep_weights=True)
+    frozen = dataclasses.replace(tiny_run.spec(3), optim=OptimConfig(lr=0.0, weight_decay=0.0, warmup_steps=1,
+                                                                     max_steps=3), eval_steps=())
+    child_spec = continued(frozen, parent)
+    assert child_spec.key != frozen.key and child_spec.init_from == parent["key"]
+    child = train("tiny", child_spec, dataclasses.replace(b, offset=10), ev, parent=parent)
+    assert torch.allclose(child["final"]["val"], parent["final"]["val"], atol=1e-6)  # lr 0: still the parent
+    fresh = train("tiny", frozen, b, ev)
+    assert not torch.allclose(fresh["final"]["val"], parent["final"]["val"])  # ... which a fresh init is not
+    with pytest.raises(ValueError, match="parent: run .* starts from run"):
+        train("tiny", dataclasses.replace(child_spec, seed=1), b, ev)
+    with pytest.raises(ValueError, match="conversion: unknown 'nope'"):
+        continued(frozen, parent, conversion="nope")
+    with pytest.raises(ValueError, match="keep_weights=True"):
+        continued(frozen, {"key": "x"})
+
+
+def test_batches_with_an_offset_continue_the_sequence():
+    b, _ = tiny_run.data()
+    later = dataclasses.replace(b, offset=7)
+    assert torch.equal(later.batch(0), b.batch(7)) and torch.equal(later.batch(3), b.batch(10))

@@ -53,6 +53,14 @@ def test_smoke_under_nbval_writes_every_artifact(nb_path, tmp_path):
     env.pop("REPLICATE_DEFER_PUBLISH", None)
     subprocess.run([sys.executable, "-m", "papermill", "--prepare-only", "-p", "scale", "smoke", "--log-level", "ERROR",
                     str(nb_path), str(prepared)], check=True, env=env, capture_output=True)
+    # after the whole run, the parameters and validation cells run again in the same kernel (as a reader re-running
+    # them in JupyterLab would): the notebook's own variables must not read as unknown parameters
+    nb = nbformat.read(prepared, as_version=4)
+    params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    validation = next(c for c in nb.cells if f'resolve("{nb_path.stem}", globals())' in c.source)
+    nb.cells += [nbformat.v4.new_code_cell(params.source.replace('"small"', '"smoke"')),
+                 nbformat.v4.new_code_cell(validation.source)]
+    nbformat.write(nb, prepared)
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax",
                            "--nbval-cell-timeout=300", "-o", "addopts=", str(prepared)], env=env, cwd=nb_path.parent,
                           capture_output=True, text=True)

@@ -1,4 +1,4 @@
-"""LBPE replication (replicate/papers/lbpe.py): bits per byte, equal-byte budgeting, continual pre-training,
+"""LBPE replication (replicate/papers/lbpe/): bits per byte, equal-byte budgeting, continual pre-training,
 frequency tables and claims. Uses the `smoke` configuration's data (38 plays cut to 8 KB each, vocab 512)."""
 
 import dataclasses
@@ -9,11 +9,12 @@ import pandas as pd
 import pytest
 import torch
 
+from replicate import claims as C
 from replicate.config import ConfigError
-from replicate.papers import resolve_config
 from replicate.data import lm
-from replicate.models.lm import CausalLM, OptimConfig, lr_at
-from replicate.papers import lbpe
+from replicate.data.evaluation import bits_per_byte, eval_set, eval_steps_at, nats_per_token, steps_for_bytes
+from replicate.papers import lbpe, resolve_config
+from replicate.papers.lbpe import experiments as lbpe_experiments
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,7 @@ def cfg():
 
 @pytest.fixture(scope="module")
 def data(env, cfg):
-    return lbpe.prepare_data(cfg)
+    return lbpe.data(cfg)
 
 
 # ------------------------------------------------------------------------------------------------- config
@@ -76,7 +77,7 @@ def test_eval_windows_predict_every_token_exactly_once(data, cfg):
 
 def test_eval_set_padding_and_window_overlap():
     byte_len = np.array([0, 1, 2, 3])
-    ev = lbpe.eval_set([np.array([1, 2, 3, 1, 2]), np.array([3])], seq_len=3, eos_id=0, byte_len=byte_len)
+    ev = eval_set([np.array([1, 2, 3, 1, 2]), np.array([3])], seq_len=3, eos_id=0, byte_len=byte_len)
     assert ev.windows.tolist() == [[0, 1, 2, 3], [3, 1, 2, 0], [0, 3, 0, 0]]
     assert ev.mask.tolist() == [[True] * 3, [True, True, False], [True, False, False]]
     assert ev.n_bytes == 1 + 2 + 3 + 1 + 2 + 3
@@ -88,16 +89,16 @@ def test_bits_per_byte_is_summed_nats_over_the_exact_byte_count(data):
     loss = torch.rand(ev.mask.shape, generator=g) * 5
     loss[~ev.mask] = 1e6  # padding must not count
     want = float(loss[ev.mask].double().sum()) / math.log(2) / sum(len(d.text.encode()) for d in data.eval_docs)
-    assert lbpe.bits_per_byte(loss, ev, data.byte_len) == pytest.approx(want, rel=1e-12)
+    assert bits_per_byte(loss, ev, data.byte_len) == pytest.approx(want, rel=1e-12)
     # a uniform model over V: bpb = log2|V| · tokens / bytes, so the encoding with more bytes per token scores
     # lower although its per-token loss is identical (why per-token loss is not comparable)
     V = data.tok.get_vocab_size()
     for e in lbpe.ENCODINGS:
         ev = data.eval_sets[e]
         uni = torch.full(ev.mask.shape, math.log(V))
-        assert lbpe.bits_per_byte(uni, ev, data.byte_len) == pytest.approx(
+        assert bits_per_byte(uni, ev, data.byte_len) == pytest.approx(
             math.log2(V) * int(ev.mask.sum()) / ev.n_bytes)
-        assert lbpe.nats_per_token(uni, ev) == pytest.approx(math.log(V))
+        assert nats_per_token(uni, ev) == pytest.approx(math.log(V))
 
 
 # ------------------------------------------------------------------------------------ equal training bytes
@@ -107,7 +108,7 @@ def test_steps_for_bytes_counts_target_bytes_exactly():
     byte_len = np.array([0, 1, 2, 4])
     tokens = np.tile(np.array([1, 2, 3, 0], dtype=np.uint16), 500)
     b = lm.Batches((lm.Stream(tokens),), (1.0,), 4, 8, seed=3)
-    cum = lbpe.steps_for_bytes(b, byte_len, 1000)
+    cum = steps_for_bytes(b, byte_len, 1000)
     by_hand = np.cumsum([byte_len[b.batch(s)[:, 1:].numpy()].sum() for s in range(len(cum))])
     assert np.array_equal(cum, by_hand)
     assert cum[-1] >= 1000 and (len(cum) == 1 or cum[-2] < 1000)  # the smallest step count reaching the budget
@@ -117,12 +118,12 @@ def test_equal_training_bytes_for_both_encodings(data, cfg):
     big = dataclasses.replace(cfg, train_bytes=60_000)
     per_step = {}
     for e in lbpe.ENCODINGS:
-        b = lbpe._batches(big, data, e, seed=0)
-        cum = lbpe.steps_for_bytes(b, data.byte_len, big.train_bytes)
+        b = lbpe.lm_batches(big, data, e, seed=0)
+        cum = steps_for_bytes(b, data.byte_len, big.train_bytes)
         one_batch = big.batch_size * big.seq_len * data.byte_len.max()
         assert big.train_bytes <= cum[-1] < big.train_bytes + one_batch
         per_step[e] = cum[-1] / len(cum)
-        steps = lbpe.eval_steps_at(cum, 3)
+        steps = eval_steps_at(cum, 3)
         assert len(steps) == 3 and all(1 <= s < len(cum) for s in steps)
     stream_bpt = {e: data.byte_len[data.streams[e].astype(np.int64)].sum() / len(data.streams[e])
                   for e in lbpe.ENCODINGS}
@@ -150,91 +151,48 @@ def test_run_lm_trains_both_encodings_on_the_same_bytes(data, cfg):
 # -------------------------------------------------------------------------------- continual pre-training
 
 
-def test_trainer_keeps_weights_that_reproduce_the_final_loss(env):
-    from replicate.models.decoder import DecoderConfig
-    from replicate.models.trainer import TrainSpec, train
-
-    rng = np.random.default_rng(0)
-    tokens = (np.cumsum(rng.integers(0, 3, 5000)) % 32).astype(np.uint16)
-    spec = TrainSpec(DecoderConfig(vocab_size=32, d_model=16, n_layers=1, n_heads=2, d_ff=32, max_seq_len=16),
-                     OptimConfig(lr=3e-3, warmup_steps=2, max_steps=8), "lbpe-test-keep", 4, 16, 0, ckpt_every=10)
-    ev = {"val": lm.eval_windows([tokens[:1000]], 4, 16)}
-    b = lm.Batches((lm.Stream(tokens),), (1.0,), 4, 16, 0)
-    no_w = train("lbpe-test", spec, b, ev)
-    assert "state_dict" not in no_w
-    res = train("lbpe-test", spec, b, ev, keep_weights=True)  # cached without weights: retrained, with them
-    m = CausalLM(spec.model, spec.optim)
-    m.load_state_dict(res["state_dict"])
-    assert torch.allclose(m.per_token_loss(ev["val"]), res["final"]["val"], atol=1e-6)
-    assert torch.equal(res["final"]["val"], no_w["final"]["val"])
-
-
-def test_continued_lm_keeps_weights_and_continues_the_schedule():
-    from replicate.models.decoder import DecoderConfig
-
-    model = DecoderConfig(vocab_size=32, d_model=16, n_layers=1, n_heads=2, d_ff=32, max_seq_len=16)
-    sched = OptimConfig(lr=1.0, warmup_steps=2, max_steps=100, min_lr_ratio=0.1)
-    src = CausalLM(model, sched)
-    cont = lbpe.ContinuedLM(model, dataclasses.replace(sched, max_steps=10), sched, offset=80, stretch=2.0,
-                            state_dict=src.state_dict())
-    for k, v in src.state_dict().items():
-        assert torch.equal(cont.state_dict()[k], v)
-
-    class T:  # the two attributes on_train_batch_start reads
-        optimizers = [torch.optim.SGD(cont.parameters(), lr=0.0)]
-        global_step = 0
-
-    cont._trainer = T()
-    for step, want in ((0, lr_at(80, sched)), (5, lr_at(90, sched)), (10, lr_at(100, sched))):
-        T.global_step = step
-        cont.on_train_batch_start(None, 0)
-        assert T.optimizers[0].param_groups[0]["lr"] == pytest.approx(want)
-
-
-def test_cpt_switches_encoding_and_keeps_the_phase1_weights(data, cfg, monkeypatch):
+def test_cpt_switches_encoding_and_continues_phase1(data, cfg, monkeypatch):
     calls = []
 
-    def fake_train(paper_id, spec, batches, eval_sets, *, module=None, keep_weights=False, **kw):
-        factory = module is not None and not isinstance(module, torch.nn.Module)
-        if factory:
-            module = module()  # built after seeding, as trainer.train does
-        calls.append({"spec": spec, "batches": batches, "module": module, "keep": keep_weights, "factory": factory})
+    def fake_train(paper_id, spec, batches, eval_sets, *, keep_weights=False, parent=None, **kw):
+        calls.append({"spec": spec, "batches": batches, "keep": keep_weights, "parent": parent})
         W, T1 = next(iter(eval_sets.values())).shape
         out = {"key": spec.key, "final": {"heldout": torch.full((W, T1 - 1), 2.0)}, "evals": {}, "wall_s": 0.0,
                "n_params": 1}
         if keep_weights:
-            out["state_dict"] = {k: torch.full_like(v, 0.5) for k, v in module.state_dict().items()}
+            out["state_dict"] = {}
         return out
 
-    monkeypatch.setattr(lbpe, "train", fake_train)
+    monkeypatch.setattr(lbpe_experiments, "train", fake_train)
     c = dataclasses.replace(cfg, cpt_n_seeds=1, train_bytes=20_000)
     runs = lbpe.run_cpt(c, data)
     phase1, arms = calls[0], calls[1:]
     assert phase1["keep"] and phase1["batches"].streams[0].tokens is data.streams["bpe"]
-    assert phase1["factory"]  # phase 1's initial weights come from the run's seed, not the caller's RNG state
     assert [r["encoding"] for r in runs] == ["bpe", "lbpe"]
     s1 = runs[0]["phase1_steps"]
-    full = lbpe.steps_for_bytes(lbpe._batches(c, data, "bpe", c.seed), data.byte_len, c.train_bytes)
+    full = steps_for_bytes(lbpe.lm_batches(c, data, "bpe", c.seed), data.byte_len, c.train_bytes)
     assert full[s1 - 1] >= c.cpt_switch_frac * full[-1] > (full[s1 - 2] if s1 > 1 else 0)
+    # phase 1 is the first s1 steps of the whole BPE run: its learning rate follows the whole schedule
+    sched = phase1["spec"].lr_map.schedule
+    assert sched.max_steps == len(full) and phase1["spec"].optim.max_steps == s1 and phase1["spec"].lr_map.offset == 0
     for e, call, r in zip(lbpe.ENCODINGS, arms, runs):
         assert call["batches"].streams[0].tokens is data.streams[e]  # the encoder switches ...
-        for v in call["module"].state_dict().values():  # ... and the phase-1 weights are kept
-            assert torch.all(v == 0.5)
-        assert call["module"].model_cfg.vocab_size == phase1["module"].model_cfg.vocab_size
+        assert call["spec"].init_from == phase1["spec"].key and call["parent"]["key"] == phase1["spec"].key  # ... weights kept
+        assert call["spec"].model.vocab_size == phase1["spec"].model.vocab_size
+        assert call["spec"].lr_map.schedule == sched and call["spec"].lr_map.offset == s1  # ... the schedule continues
         assert r["phase1_bytes"] + r["phase2_bytes"] >= c.train_bytes
-        assert f"from={calls[0]['spec'].key}" in call["spec"].data
     # the BPE arm continues phase 1's data order exactly
-    base = lbpe._batches(c, data, "bpe", c.seed)
+    base = lbpe.lm_batches(c, data, "bpe", c.seed)
     assert torch.equal(arms[0]["batches"].batch(0), base.batch(s1))
     frame = lbpe.cpt_frame(runs, data)
-    assert list(frame["arm"]) == ["BPE → BPE", "BPE → LBPE"] and lbpe.paired_gap(frame).shape == (1,)
+    assert list(frame["arm"]) == ["BPE → BPE", "BPE → LBPE"] and C.paired_gap(frame, "bpe", "lbpe").shape == (1,)
 
 
 # ------------------------------------------------------------------------------------ frequency analyses
 
 
 def test_frequency_tables_totals(data, cfg):
-    f = lbpe.frequency_frames(cfg, data)
+    f = lbpe.frequency(cfg, data)
     ids = lbpe.freq_ids(cfg, data)
     for e in lbpe.ENCODINGS:
         n = sum(len(x) for x in ids[e])
@@ -262,7 +220,8 @@ def test_frequency_stats_known_answer():
 
 
 def test_frequency_bootstrap_brackets_the_point(data, cfg):
-    point, boot = lbpe.frequency_bootstrap(dataclasses.replace(cfg, n_boot=40), data)
+    fb = lbpe.freq_boot(dataclasses.replace(cfg, n_boot=40), data)
+    point, boot = fb.point, fb.boot
     assert len(boot) == 40
     for k in ("c1_ratio", "ratio_long", "ratio_short", "ratio_single", "gini_delta"):
         assert boot[k].min() <= point[k] <= boot[k].max()
@@ -278,14 +237,15 @@ def _frame(bpe, lb):
 
 
 def test_lm_verdict_needs_the_gap_to_exceed_the_seed_spread():
-    win = _frame([1.50, 1.52, 1.51], [1.40, 1.42, 1.41])
-    assert lbpe.seed_gap_claim("x", "c", lbpe.paired_gap(win), win, "", "").verdict == "reproduced"
-    lose = _frame([1.40, 1.42, 1.41], [1.50, 1.52, 1.51])
-    assert lbpe.seed_gap_claim("x", "c", lbpe.paired_gap(lose), lose, "", "").verdict == "not_reproduced"
-    noisy = _frame([1.50, 1.40, 1.45], [1.41, 1.50, 1.44])
-    assert lbpe.seed_gap_claim("x", "c", lbpe.paired_gap(noisy), noisy, "", "").verdict == "inconclusive"
-    one = _frame([1.5], [1.0])
-    assert lbpe.seed_gap_claim("x", "c", lbpe.paired_gap(one), one, "", "").verdict == "inconclusive"
+    def verdict(frame):
+        return C.seed_gap_claim("x", "c", C.paired_gap(frame, "bpe", "lbpe"), metric="m").verdict
+
+    assert verdict(_frame([1.50, 1.52, 1.51], [1.40, 1.42, 1.41])) == "reproduced"
+    assert verdict(_frame([1.40, 1.42, 1.41], [1.50, 1.52, 1.51])) == "not_reproduced"
+    assert verdict(_frame([1.50, 1.40, 1.45], [1.41, 1.50, 1.44])) == "inconclusive"
+    assert verdict(_frame([1.5], [1.0])) == "inconclusive"
+    same = _frame([1.50, 1.52, 1.51], [1.50, 1.52, 1.51])  # two identical arms: no effect, never "reproduced"
+    assert verdict(same) == "inconclusive"
 
 
 def test_complexity_slope_known_answer():
@@ -298,7 +258,7 @@ def test_complexity_slope_known_answer():
 
 
 def test_segmentation_example_is_the_spec_worked_example(data, cfg):
-    seg = lbpe.segmentation_table(cfg, data, n=3)
+    seg = lbpe.segmentation(cfg, data)
     assert (seg.loc[0, "bpe"], seg.loc[0, "lbpe"]) == ("ab | c | d", "a | bcd")
     for _, r in seg.iloc[1:].iterrows():
         assert r["bpe"] != r["lbpe"] and r["bpe"].replace(" | ", "") == r["lbpe"].replace(" | ", "")
@@ -309,7 +269,7 @@ def test_segmentation_example_is_the_spec_worked_example(data, cfg):
 
 @pytest.fixture(scope="module")
 def sdata(data, cfg):
-    return lbpe.prepare_scaffold_data(cfg, data)
+    return lbpe.scaffold_data(cfg, data)
 
 
 def test_scaffold_arm_keeps_bpe_embedding_size_and_text(sdata, data, cfg):
@@ -339,9 +299,9 @@ def test_scaffold_summary_rows(sdata, data, cfg):
 def test_scaffold_claim_is_paired_by_seed_and_not_run_without_runs(data, cfg):
     f = _frame([1.50, 1.52, 1.51], [1.40, 1.42, 1.41]).replace({"encoding": {"bpe": "scaffold_bpe",
                                                                               "lbpe": "scaffold_lbpe"}})
-    gap = lbpe.paired_gap(f, a="scaffold_bpe", b="scaffold_lbpe")
+    gap = C.paired_gap(f, "scaffold_bpe", "scaffold_lbpe")
     assert np.allclose(gap.to_numpy(), 0.10)
-    assert lbpe.seed_gap_claim("C4-scaffold", "c", gap, f, "", "").verdict == "reproduced"
+    assert C.seed_gap_claim("C4-scaffold", "c", gap, metric="m").verdict == "reproduced"
     assert dataclasses.replace(cfg, scaffold_compose="demolish") != cfg
     with pytest.raises(ConfigError, match="scaffold_compose"):
         resolve_config("lbpe", "smoke", scaffold_compose="both")

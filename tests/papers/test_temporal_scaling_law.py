@@ -56,7 +56,7 @@ def test_temporal_forms_extrapolate_their_own_family_exactly(form, make):
 def _synthetic_fits(cfg, horizon, steps):
     """Per-checkpoint parameters generated exactly from the spec's forms: TSL must then predict L(N) exactly."""
     u = np.asarray(steps) / horizon.total_steps
-    p = tsl._progress(u, horizon.uw)
+    p = tsl.progress(u, horizon.uw)
     a0 = 1.0 + 0.2 * np.log(u)
     a1 = 0.05 + 0.004 / (u + 0.1)
     a2 = 3.5 + 0.5 * np.cos(np.pi * p)
@@ -121,14 +121,41 @@ def test_uniformity_slope_is_zero_for_proportional_improvement(cfg):
     rng = np.random.default_rng(0)
     base = 3 + 2 / (1 + 0.1 * np.arange(1, 33))
     windows = base + rng.normal(0, 0.01, (8, 32))
-    c = dataclasses.replace(cfg, seq_len=32, drop_before_frac=0.0)
-    raw = {"cfg": c, "e1_horizon": tsl.Horizon(100, 10, OptimConfig()),
-           "e1": {"evals": {"id": {10: torch.tensor(windows), 100: torch.tensor(windows * 0.8)}}}}
-    frame, slope = tsl.uniformity(raw)
+    c = dataclasses.replace(cfg, seq_len=32, drop_before_frac=0.0, steps=100)
+    ev = {10: torch.tensor(windows), 100: torch.tensor(windows * 0.8)}
+    frame, slope = tsl.relative_improvement(c, ev)
     assert np.allclose(frame["rel_improvement"], 0.2)
     assert abs(slope) < 1e-6
-    raw["e1"]["evals"]["id"][100] = torch.tensor(windows - 0.5)  # equal absolute, unequal relative improvement
-    assert tsl.uniformity(raw)[1] > 0.05
+    ev[100] = torch.tensor(windows - 0.5)  # equal absolute, unequal relative improvement
+    assert tsl.relative_improvement(c, ev)[1] > 0.05
+
+
+def test_the_bundle_is_frozen_and_each_step_runs_once(cfg):
+    from replicate.experiments import Plan
+
+    calls = []
+    plan = Plan("test")
+
+    @plan.step
+    def a(cfg):
+        calls.append("a")
+        return 1
+
+    @plan.step
+    def b(cfg, a):
+        calls.append("b")
+        return a + 1
+
+    exp = plan.start(cfg)
+    exp.run("b")
+    bundle = exp.bundle()
+    assert (bundle.a, bundle.b, calls) == (1, 2, ["a", "b"])
+    with pytest.raises(AttributeError, match="frozen"):
+        bundle.a = 3
+    with pytest.raises(KeyError, match="unknown 'c'"):
+        exp.run("c")
+    with pytest.raises(TypeError, match="neither 'cfg' nor an earlier step"):
+        plan.step(lambda cfg, later: None)
 
 
 def test_hub_corpus_fails_with_one_clear_line_offline(monkeypatch, tmp_path):
@@ -138,7 +165,7 @@ def test_hub_corpus_fails_with_one_clear_line_offline(monkeypatch, tmp_path):
     monkeypatch.setenv("REPLICATE_RUNS", str(tmp_path))
     c = resolve_config("temporal_scaling_law", "smoke", id_corpus="hf:monology/pile-uncopyrighted")
     with pytest.raises(DataUnavailable, match=r"^corpus 'hf:monology/pile-uncopyrighted': .*offline") as e:
-        tsl.prepare_data(c)
+        tsl.data(c)
     assert "\n" not in str(e.value)
     with pytest.raises(Exception, match="parameter 'id_corpus'"):
         resolve_config("temporal_scaling_law", "smoke", id_corpus="pile")

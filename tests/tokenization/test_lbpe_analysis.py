@@ -24,7 +24,8 @@ from replicate.tokenization.analysis import (
     top_changed_tokens,
     vocab_utilisation,
 )
-from replicate.tokenization.lbpe import BPEEncoder, LBPEEncoder
+from replicate.papers.lbpe import LBPEEncoder
+from replicate.tokenization.words import BPEEncoder
 
 # vocabulary of 6 ids: lengths 1, 1, 2, 2, 3 and a special token (id 5) left out of V
 LENGTHS = [1, 1, 2, 2, 3, 13]

@@ -15,16 +15,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-from replicate.tokenization.lbpe import (
-    FAST_PRETOKENIZE_RANGES,
-    BPEEncoder,
-    LBPEEncoder,
-    bpe_encode_word,
-    bytes_to_unicode,
-    lbpe_encode_word,
-    lbpe_merge_encode_word,
-    make_encoder,
-)
+from replicate.papers.lbpe import LBPEEncoder, lbpe_encode_word, lbpe_merge_encode_word, make_encoder
+from replicate.tokenization.words import FAST_PRETOKENIZE_RANGES, BPEEncoder, bpe_encode_word, bytes_to_unicode
 
 EOT = "<|endoftext|>"  # the special token of the conftest tokenizers
 

@@ -10,8 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from transformers import PreTrainedTokenizerFast
 
-from replicate.tokenization.hf import LBPETokenizer
-from replicate.tokenization.lbpe import LBPEEncoder
+from replicate.papers.lbpe import LBPEEncoder, LBPETokenizer
 
 EOT = "<|endoftext|>"
 BATCH = [

@@ -27,22 +27,26 @@ from tokenizers import Tokenizer
 from replicate.data import corpora
 from replicate.data.corpora import Document
 from replicate.data.tokenizer import bpe_from_texts
+from replicate.papers.lbpe import (
+    ScaffoldLBPEEncoder,
+    lbpe_encode_word,
+    lbpe_merge_encode_word,
+    make_scaffold_encoder,
+)
 from replicate.tokenization import scaffold as sbpe
-from replicate.tokenization.lbpe import bpe_encode_word, lbpe_encode_word, lbpe_merge_encode_word
 from replicate.tokenization.scaffold import (
     EOS,
     UNFLAGS,
     ScaffoldBPE,
     ScaffoldBPEEncoder,
-    ScaffoldLBPEEncoder,
     build_scaffold_bpe,
     count_words,
     demolish,
-    make_scaffold_encoder,
     reference_train,
     train_scaffold_bpe,
     train_word_counts,
 )
+from replicate.tokenization.words import bpe_encode_word
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 ENCODERS = [  # (mode, compose, tie_break)
@@ -429,7 +433,7 @@ def test_compose_readings_differ_on_constructed_example():
 
 
 def test_without_scaffolds_the_encoders_are_the_plain_ones(small_counts, eval_text):
-    from replicate.tokenization.lbpe import make_encoder
+    from replicate.papers.lbpe import make_encoder
 
     plain = train_word_counts(small_counts, 400, scaffold=False)
     text = eval_text[:20_000]

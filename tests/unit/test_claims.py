@@ -37,3 +37,17 @@ def test_claim_rejects_unknown_verdict_and_keeps_unknown_paper_value_empty():
     with pytest.raises(ValueError, match="verdict"):
         C.Claim("c", "x", "m", None, 1.0, "", "probably", "")
     assert C.Claim("c", "x", "m", None, 1.0, "", "inconclusive", "").row()["paper_value"] == ""
+
+
+def test_gap_claims_reject_a_null_effect_and_detect_a_real_one():
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    null = rng.normal(0.0, 0.01, 200)  # bootstrap replicates of a difference centred on 0
+    assert C.bootstrap_gap_claim("x", "c", 0.0, null, metric="m", what="w").verdict == "inconclusive"
+    assert C.bootstrap_gap_claim("x", "c", 0.05, null + 0.05, metric="m", what="w").verdict == "reproduced"
+    assert C.bootstrap_gap_claim("x", "c", -0.05, null - 0.05, metric="m", what="w").verdict == "not_reproduced"
+    frame = pd.DataFrame({"encoding": ["a", "a", "b", "b"], "seed": [0, 1, 0, 1], "bpb": [2.0, 2.1, 1.5, 1.7],
+                          "final": [True] * 4})
+    assert C.paired_gap(frame, "a", "b").round(6).tolist() == [0.5, 0.4]
+    assert C.log_interval((1.0, np.e)) == (0.0, 1.0) and C.log_interval(None) is None

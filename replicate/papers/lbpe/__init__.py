@@ -1,0 +1,155 @@
+"""LBPE: Long-token-first Tokenization to Improve Large Language Models (Lian et al., arXiv 2411.05504, 2024).
+
+Miniature replication. The paper's contribution, the encoder (BPE's vocabulary, tokens emitted longest first
+instead of by merge rank, spec §3.4), is ``method.py``; ``experiments.py`` tests its claims and ``report.py`` turns
+the results into tables, figures and claims:
+
+1. Token-frequency analyses on the same corpus and vocabulary under both encodings (spec §5, analyses 1-5):
+   occurrences by token length (fig1 under BPE, fig3 BPE vs LBPE), rank-frequency and flatness, vocabulary
+   utilisation, compression, and (table2) how the shift changes with the vocabulary size.
+2. The LM comparison at equal training **bytes**, scored in **bits per byte** on the same held-out text
+   (``replicate.data.evaluation``):
+
+       bpb = Σ_{predicted tokens t} -log2 p(t | context)  /  Σ_{predicted tokens t} bytes(t)
+
+   where the held-out documents are encoded whole by each encoder and every token is predicted exactly once, so
+   the denominator is exactly the UTF-8 size of the evaluated text under both encoders. Per-token loss is
+   reported too, labelled as not comparable across encodings. Both encodings train with the same batch (B x T
+   tokens) and model; each run takes the smallest number of steps whose training targets hold ``train_bytes``
+   bytes. ``n_seeds`` seeds per encoding; the BPE-LBPE gap is paired by seed and judged by a Student-t interval.
+3. Continual pre-training (paper scale; runs at smoke to test the path): a BPE model trained for
+   ``cpt_switch_frac`` of its byte budget, then finished on BPE data (control) or on LBPE data (same vocabulary,
+   same ids, weights kept), continuing the same cosine schedule (``replicate.models.trainer.continued``).
+4. Encoding speed of our pure-Python encoders against HF's Rust BPE, and the O(m·|T|) complexity claim measured
+   as the growth of encoding time with the length of one long pre-token (LBPE scan vs rank BPE).
+5. Compatibility with Scaffold-BPE (Table 4; paper scale, runs at smoke to test the path): Scaffold-BPE
+   (``replicate.tokenization.scaffold``, as many usable tokens as BPE) against Scaffold-BPE + LBPE, LMs at equal
+   training bytes, paired by seed as in 2. Its tokenizer and the frequency summary of all four encodings
+   (``extra_scaffold``) are computed at every scale.
+
+Not reproduced: the paper's models (468M-6.7B parameters), the Pile, its downstream benchmarks (none ship
+offline; bits per byte stands in for accuracy), and any of its numbers (none could be recovered: ``paper_value``
+stays empty). UNCONFIRMED choices are options: ``lbpe_mode`` (scan, the default, or the merge-loop reading),
+``tie_break`` (leftmost, the default, or rank), ``scaffold_compose`` (exclude, the default, or demolish) and
+``scaffold_unflag`` (requeue, the default, or never).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from replicate.config import ConfigError, constraint, param, register
+from replicate.data.corpora import CORPORA
+from replicate.papers import lazy_exports
+from replicate.recipe import LMConfig
+from replicate.tokenization.scaffold import UNFLAGS
+
+PAPER_ID = "lbpe"
+MODES = ("scan", "merge")  # LBPE readings: variant A (default) and variant B (ablation)
+TIE_BREAKS = ("leftmost", "rank")  # scan tie-break at equal length; "leftmost" is the default
+COMPOSES = ("exclude", "demolish")  # LBPE on a Scaffold-BPE vocabulary: the two readings, "exclude" default
+ENCODINGS = ("bpe", "lbpe")  # the baseline and the paper's encoder, over the same vocabulary
+TIMING_CLAIMS = ("C5",)  # claims whose value is a measured time: determinism checks leave them out
+
+
+@register(PAPER_ID)
+@dataclass(frozen=True, kw_only=True)
+class LBPEConfig(LMConfig):
+    """The LM comparison's model and optimiser are the shared LM fields (``replicate.recipe.LMConfig``: the DESIGN
+    §5 calibration, d 128, 4 layers, SwiGLU 344, context 128, batch 32, AdamW 3e-3, as the spec's T-LM scaled to
+    the 15-minute budget)."""
+
+    # --- data (ours: offline stand-ins for the Pile) ---
+    corpus: str = param("shakespeare", help="shakespeare | python | hf:<dataset> (paper scale, needs network)",
+                        source="spec §6: the shipped English corpus")
+    hf_docs: int = param(10_000, help="documents read from an hf: corpus", source="ours", min=1, max=100_000_000)
+    doc_max_bytes: int = param(0, help="cut every document to its first N bytes (at a line end); 0 = whole",
+                               source="ours (smoke only)", min=0, max=10**12)
+    vocab_size: int = param(4096, help="byte-level BPE vocabulary (shared by both encodings)",
+                            source="spec §6 small: 4,096", min=300, max=262_144)
+    lbpe_mode: str = param("scan", help="LBPE reading: scan (variant A) | merge (variant B, merge loop by length)",
+                           source="UNCONFIRMED (spec §3.4): scan", choices=MODES)
+    tie_break: str = param("leftmost", help="scan tie-break at equal length", source="UNCONFIRMED (spec §3.4)",
+                           choices=TIE_BREAKS)
+    # --- frequency analyses ---
+    freq_corpus: str = param("all", help="text the frequency analyses count: all | train | heldout",
+                             source="spec §6 small: the whole corpus", choices=("all", "train", "heldout"))
+    long_min_len: int = param(4, help="tokens of at least this many bytes are 'long' in claims C1/C3",
+                              source="ours", min=2, max=64)
+    util_ks: tuple[int, ...] = param((1, 10, 100), help="utilisation thresholds k", source="spec §5 analysis 4",
+                                     min=1, max=10**9, min_len=1)
+    ablation_vocab_sizes: tuple[int, ...] = param((2048, 4096, 8192), help="vocabularies of the table2 ablation",
+                                                  source="spec §5 Table 2 (scaled down)", min=300, max=262_144,
+                                                  min_len=1)
+    ablation_max_bytes: int = param(1_000_000, help="held-out bytes counted in the table2 ablation",
+                                    source="ours", min=1_000, max=10**12)
+    n_boot: int = param(1000, help="bootstrap resamples over documents (frequency claims)", source="ours", min=10,
+                        max=100_000)
+    # --- the LM comparison (d_model ... threads: LMConfig) ---
+    train_bytes: int = param(2_600_000, help="training bytes per run (equal for both encodings)",
+                             source="ours: ~200 steps, sized to ~10 min for 6 runs on 2 quiet cores", min=1_000,
+                             max=10**13)
+    n_seeds: int = param(3, help="training seeds per encoding (seed, seed+1, ...)", source="PAPER_DONE: 3 seeds",
+                         min=1, max=100)
+    eval_max_bytes: int = param(200_000, help="held-out bytes scored for bits per byte (split over held-out docs)",
+                                source="ours", min=1_000, max=10**12)
+    n_eval_checkpoints: int = param(2, help="intermediate evaluations (at equal fractions of the byte budget)",
+                                    source="ours", min=0, max=100)
+    loss_length_bins: tuple[int, ...] = param((1, 2, 3, 4, 6), help="lower edges of token-length buckets",
+                                              source="spec §5 analysis 6", min=1, max=256, min_len=1)
+    # --- continual pre-training (paper scale; on at smoke to test the path) ---
+    run_cpt: bool = param(False, help="run the continual pre-training arm (BPE, then BPE vs LBPE)",
+                          source="spec §6: paper")
+    cpt_switch_frac: float = param(0.8, help="fraction of the byte budget trained on BPE before the switch",
+                                   source="spec §6: 80%", min=0.05, max=0.95)
+    cpt_n_seeds: int = param(3, help="seeds of the continual pre-training arm", source="ours", min=1, max=100)
+    # --- Scaffold-BPE (its tokenizer and frequency summary at every scale; its LMs at paper, on at smoke) ---
+    run_scaffold: bool = param(False, help="train the Scaffold-BPE arm's LMs (Scaffold-BPE vs Scaffold-BPE + LBPE, "
+                               "n_seeds each: table4)", source="spec §6: paper")
+    scaffold_compose: str = param("exclude", help="LBPE on a Scaffold-BPE vocabulary: exclude (scan over V without "
+                                  "the scaffolds) | demolish (scan over V, then split scaffolds)",
+                                  source="UNCONFIRMED (spec §4.2): exclude", choices=COMPOSES)
+    scaffold_unflag: str = param("requeue", help="Scaffold-BPE training: requeue (a scaffold whose frequency rises "
+                                 "above the best pair's becomes a normal token again) | never (flags are final)",
+                                 source="UNCONFIRMED (spec §4.2 is silent; requeue: our reading of Scaffold-BPE)",
+                                 choices=UNFLAGS)
+    # --- speed and complexity ---
+    speed_max_bytes: int = param(600_000, help="held-out bytes encoded for the speed table", source="ours",
+                                 min=1_000, max=10**12)
+    speed_repeats: int = param(2, help="fresh encoders timed per row (best kept)", source="ours", min=1, max=20)
+    complexity_lengths: tuple[int, ...] = param((250, 500, 1000, 2000), help="lengths (bytes) of the single long "
+                                                "pre-token timed for the O(m|T|) claim", source="ours", min=8,
+                                                max=100_000, min_len=3)
+
+    CONSTRAINTS = LMConfig.CONSTRAINTS + (
+        constraint("loss_length_bins", lambda c: list(c.loss_length_bins) == sorted(set(c.loss_length_bins))
+                   and c.loss_length_bins[0] == 1, "must be strictly increasing from 1", loss_length_bins=(1, 3, 2)),
+    )
+
+    def validate(self):
+        if not (self.corpus in CORPORA or self.corpus.startswith("hf:")):
+            raise ConfigError(f"parameter 'corpus': must be one of {' | '.join(CORPORA)} | hf:<dataset>, "
+                              f"got {self.corpus!r}")
+
+    @classmethod
+    def smoke(cls):  # spec §6 smoke: seconds; every code path, no evidence
+        return cls(scale="smoke", doc_max_bytes=8_000, vocab_size=512, ablation_vocab_sizes=(384, 512), n_boot=50,
+                   d_model=32, n_layers=1, n_heads=2, d_ff=64, seq_len=32, batch_size=4, train_bytes=6_000, threads=1,
+                   lr=3e-3, n_seeds=2, eval_max_bytes=6_000, n_eval_checkpoints=1, run_cpt=True, cpt_n_seeds=1,
+                   run_scaffold=True, speed_max_bytes=20_000, speed_repeats=1, complexity_lengths=(64, 128, 256))
+
+    @classmethod
+    def small(cls):
+        return cls(scale="small")  # the defaults above (LM fields: LMConfig's, the DESIGN §5 calibration)
+
+    @classmethod
+    def paper(cls):  # spec §6 paper: one GPU, hours (vocab 32K, the middle of the 20M/85M/150M ladder)
+        return cls(scale="paper", accelerator="auto", precision="bf16-mixed", corpus="hf:monology/pile-uncopyrighted",
+                   hf_docs=500_000, freq_corpus="heldout", ablation_max_bytes=50_000_000, vocab_size=32768,
+                   ablation_vocab_sizes=(8192, 16384, 32768), d_model=768, n_layers=12, n_heads=12, d_ff=2048,
+                   seq_len=1024, batch_size=32, train_bytes=4_000_000_000, threads=0, lr=6e-4,
+                   eval_max_bytes=5_000_000, n_eval_checkpoints=8, run_cpt=True, cpt_n_seeds=3, run_scaffold=True,
+                   speed_max_bytes=5_000_000, complexity_lengths=(500, 1000, 2000, 4000, 8000))
+
+
+__getattr__, __dir__ = lazy_exports(__name__)
