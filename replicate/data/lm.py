@@ -68,6 +68,24 @@ class Batches:
         return torch.from_numpy(rows)
 
 
+@dataclass(frozen=True)
+class MaskedBatches:
+    """Training batches of rows drawn from a fixed pool with a loss mask (answer-only fine-tuning): step s is
+    ``batch_size`` rows drawn with ``numpy.random.default_rng([seed, step + offset])``, as a dict ``{"ids": (B, T+1),
+    "loss_mask": (B, T+1) bool}`` (True on the tokens that are targets). Pure in (seed, step), as ``Batches``."""
+
+    ids: torch.Tensor
+    loss_mask: torch.Tensor
+    batch_size: int
+    seed: int
+    offset: int = 0
+
+    def batch(self, step: int) -> dict:
+        rows = np.random.default_rng([self.seed, step + self.offset]).integers(0, len(self.ids), self.batch_size)
+        idx = torch.from_numpy(rows)
+        return {"ids": self.ids[idx], "loss_mask": self.loss_mask[idx]}
+
+
 def eval_windows(docs_ids: list[np.ndarray], n_windows: int, seq_len: int) -> torch.Tensor:
     """``n_windows`` fixed (seq_len + 1)-token windows from inside documents, spread evenly over the documents
     long enough to hold one, and evenly within each. Deterministic: the same windows at every checkpoint."""

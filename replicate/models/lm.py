@@ -10,6 +10,7 @@ need the learning-rate history (Temporal Scaling Law's schedule-aware terms).
 
 from __future__ import annotations
 
+import fnmatch
 import math
 from dataclasses import asdict, dataclass
 
@@ -18,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from replicate.models.decoder import Decoder, DecoderConfig
+from replicate.models.loss import linear_cross_entropy
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,7 @@ class OptimConfig:
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
     aux_weights: tuple = ()  # (("load_balance", 0.0), ...): extra factors on the layers' aux losses (default 1)
+    trainable: tuple = ()  # fnmatch patterns of parameter names that train ("layers.*.attn.*"); () = all of them
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,18 @@ def per_token_nll(logits_BTV: torch.Tensor, targets_BT: torch.Tensor) -> torch.T
 
 
 class CausalLM(L.LightningModule):
+    """The LightningModule every decoder trains in. The protocol ``replicate.models.trainer.train`` relies on (a
+    paper's subclass keeps it):
+
+    - ``training_step(batch, i) -> loss``: ``batch`` is (B, T+1) ids, or a dict with ``ids`` and ``loss_mask``
+      (B, T+1 bool: which tokens are targets; answer-only fine-tuning);
+    - ``evaluate(data)``: per-token metrics of a fixed evaluation set, computed at the scheduled steps and at the
+      end: (W, T) losses for (W, T+1) windows, or for a masked set (a dict with ``ids`` and ``loss_mask``) a dict of
+      (W, T) ``loss``, ``correct`` (argmax == target) and ``mask``;
+    - ``model``: the decoder; ``lr(step)``: the learning rate of a step (a pure function of it).
+    Only parameters matching ``OptimConfig.trainable`` train (all by default); the others are frozen.
+    """
+
     def __init__(self, model: DecoderConfig | dict, optim: OptimConfig | dict, lr_map: LRMap | None = None):
         super().__init__()
         model = DecoderConfig(**model) if isinstance(model, dict) else model
@@ -78,15 +93,41 @@ class CausalLM(L.LightningModule):
     def forward(self, input_ids_BT):
         return self.model(input_ids_BT)
 
-    def training_step(self, batch_BT1, batch_idx):
-        x, y = batch_BT1[:, :-1], batch_BT1[:, 1:]
-        lm_loss, aux = self.model.loss(x, y)  # head + cross-entropy fused (replicate.models.loss)
+    def training_step(self, batch, batch_idx):
+        if isinstance(batch, dict):  # a loss mask: only the masked targets count (answer-only fine-tuning)
+            ids, m = batch["ids"], batch["loss_mask"][:, 1:]
+            h, aux = self.model.hidden(ids[:, :-1])
+            lm_loss = linear_cross_entropy(h[m], self.model.lm_head.weight, ids[:, 1:][m])
+        else:
+            x, y = batch[:, :-1], batch[:, 1:]
+            lm_loss, aux = self.model.loss(x, y)  # head + cross-entropy fused (replicate.models.loss)
         loss = lm_loss + sum(self.aux_weights.get(k, 1.0) * v for k, v in aux.items())
         self.log("train_loss", lm_loss, prog_bar=True)
         for k, v in aux.items():
             self.log(f"aux_{k}", v)
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"] if self._trainer else 0.0)
         return loss
+
+    def evaluate(self, data):
+        """Per-token metrics of an evaluation set: (W, T) losses of windows, or a dict for a masked set."""
+        if isinstance(data, dict):
+            return self.masked_metrics(data["ids"], data["loss_mask"])
+        return self.per_token_loss(data)
+
+    @torch.no_grad()
+    def masked_metrics(self, ids_BT1: torch.Tensor, loss_mask_BT1: torch.Tensor, chunk: int = 16) -> dict:
+        """``loss`` (-log p), ``correct`` (argmax == target) per predicted token, and ``mask`` (the targets that
+        count): each (W, T). Exact match of a row = all its masked tokens correct (teacher forcing)."""
+        was_training = self.training
+        self.eval()
+        loss, correct = [], []
+        for s in range(0, len(ids_BT1), chunk):
+            w = ids_BT1[s : s + chunk].to(self.device)
+            logits = self.model(w[:, :-1]).logits
+            loss.append(per_token_nll(logits, w[:, 1:]).cpu())
+            correct.append((logits.argmax(-1) == w[:, 1:]).cpu())
+        self.train(was_training)
+        return {"loss": torch.cat(loss), "correct": torch.cat(correct), "mask": loss_mask_BT1[:, 1:].clone()}
 
     @torch.no_grad()
     def per_token_loss(self, windows_BT1: torch.Tensor, chunk: int = 16) -> torch.Tensor:
@@ -101,12 +142,27 @@ class CausalLM(L.LightningModule):
         self.train(was_training)
         return torch.cat(out)
 
+    def trainable_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
+        """(name, parameter) of what trains; the rest is frozen (``requires_grad=False``)."""
+        pats = self.optim_cfg.trainable
+        out = []
+        for n, p in self.named_parameters():  # patterns name the decoder's parameters ("layers.1.*")
+            keep = not pats or any(fnmatch.fnmatchcase(n.removeprefix("model."), pat) for pat in pats)
+            p.requires_grad_(keep)
+            if keep:
+                out.append((n, p))
+        if not out:
+            raise ValueError(f"trainable: {pats} matches no parameter of the model")
+        return out
+
     def configure_optimizers(self):
-        decay = [p for n, p in self.named_parameters() if p.dim() >= 2 and "embed" not in n]
-        no_decay = [p for n, p in self.named_parameters() if not (p.dim() >= 2 and "embed" not in n)]
+        params = self.trainable_parameters()
+        decay = [p for n, p in params if p.dim() >= 2 and "embed" not in n]
+        no_decay = [p for n, p in params if not (p.dim() >= 2 and "embed" not in n)]
         o = self.optim_cfg
+        groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            [g for g in groups if g["params"]],
             lr=o.lr, betas=(o.beta1, o.beta2), foreach=True,
         )
         return opt

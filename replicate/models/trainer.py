@@ -88,6 +88,38 @@ def continued(spec: TrainSpec, parent: dict, conversion: str = "none", lr_map: L
                                lr_map=lr_map)
 
 
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a multi-stage recipe (:func:`train_stages`): its run, data and evaluation sets, and how it starts
+    from the stage before (a named conversion of that stage's weights, a learning rate continuing a longer schedule,
+    a LightningModule factory for a paper's own module)."""
+
+    spec: TrainSpec
+    batches: object
+    eval_sets: dict
+    conversion: str = "none"
+    conversion_kwargs: tuple = ()
+    lr_map: LRMap | None = None
+    module: Callable | None = None
+
+
+def train_stages(paper_id: str, stages: list[Stage], *, parent: dict | None = None, keep_last: bool = False,
+                 **trainer_kwargs) -> list[dict]:
+    """Pre-train, convert, continue: run ``stages`` in order, each started from the final weights of the one before
+    (the first from ``parent`` when given: a shared pre-trained run), converted by its ``conversion``. Every stage
+    but the last keeps its weights for the next (``keep_last`` keeps the last one's too). Each stage is an ordinary
+    cached run whose key names its parent, so a rerun reuses finished stages and resumes an interrupted one."""
+    results = []
+    for i, st in enumerate(stages):
+        spec = st.spec if parent is None else continued(st.spec, parent, st.conversion, st.lr_map,
+                                                        **dict(st.conversion_kwargs))
+        res = train(paper_id, spec, st.batches, st.eval_sets, module=st.module, parent=parent,
+                    keep_weights=keep_last or i < len(stages) - 1, **trainer_kwargs)
+        results.append(res)
+        parent = res
+    return results
+
+
 def progress_bar_enabled() -> bool:
     """Progress bars in JupyterLab (a kernel whose parent is the Jupyter server), off under Papermill, nbval,
     pytest and scripts. ``REPLICATE_PROGRESS=0|1`` overrides."""
@@ -138,7 +170,7 @@ class PositionEval(Callback):
         step = trainer.global_step
         if step in self.steps:
             for name, windows in self.eval_sets.items():
-                self.records[f"{name}@{step}"] = module.per_token_loss(windows)
+                self.records[f"{name}@{step}"] = module.evaluate(windows)
 
     def state_dict(self):
         return {"records": dict(self.records)}
@@ -156,7 +188,9 @@ def train(paper_id: str, spec: TrainSpec, batches: Batches, eval_sets: dict[str,
           accelerator="cpu", devices=1, num_nodes=1, strategy="auto", precision="32-true",
           module: CausalLM | Callable[[], CausalLM] | None = None, keep_weights: bool = False,
           threads: int = 0, parent: dict | None = None) -> dict:
-    """Train (or reuse, or resume) the run ``spec``. Returns ``{"evals": {set: {step: (W,T)}}, "final": {...},
+    """Train (or reuse, or resume) the run ``spec``. ``eval_sets``: name -> (W, T+1) windows, or a masked set
+    ``{"ids", "loss_mask"}``; each is scored by the module's ``evaluate`` (see ``CausalLM``) after every step in
+    ``spec.eval_steps`` and at the end. Returns ``{"evals": {set: {step: metrics}}, "final": {set: metrics},
     "wall_s": float, "key": str, "n_params": int}``. ``module`` lets a paper pass a CausalLM subclass: preferably a zero-argument factory
     (``module=lambda: MyLM(...)``), called after the run's seed is set, because a module built by the caller has
     initial weights that depend on the caller's random state (which differs between a fresh run and one whose
@@ -224,7 +258,7 @@ def _train(paper_id, spec, batches, eval_sets, *, accelerator, devices, num_node
     result = {
         "key": spec.key,
         "evals": evals,
-        "final": {name: lm.per_token_loss(w) for name, w in eval_sets.items()},
+        "final": {name: lm.evaluate(w) for name, w in eval_sets.items()},
         "wall_s": wall,
         "resumed": bool(resume),
         "n_params": lm.model.num_params(),

@@ -57,6 +57,17 @@ def test_a_finished_run_is_reused(runs):
     assert not (runs / "tiny" / tiny_run.spec(20).key / "ckpt").exists()
 
 
+def _kill_at_checkpoint(cmd, env, ckpt: Path, out: Path):
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists(), "the run finished before it could be killed"
+
+
 def test_sigkill_then_rerun_gives_the_uninterrupted_numbers(tmp_path):
     env = {**os.environ, "REPLICATE_RUNS": str(tmp_path / "a")}
     subprocess.run([sys.executable, SCRIPT, tmp_path / "ref.pt"], env=env, check=True, capture_output=True)
@@ -64,18 +75,28 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_numbers(tmp_path):
 
     env = {**os.environ, "REPLICATE_RUNS": str(tmp_path / "b")}
     ckpt = tmp_path / "b" / "tiny" / tiny_run.spec().key / "ckpt" / "last.ckpt"
-    proc = subprocess.Popen([sys.executable, SCRIPT, tmp_path / "out.pt"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    time.sleep(0.3)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (tmp_path / "out.pt").exists(), "the run finished before it could be killed"
+    _kill_at_checkpoint([sys.executable, SCRIPT, tmp_path / "out.pt"], env, ckpt, tmp_path / "out.pt")
     subprocess.run([sys.executable, SCRIPT, tmp_path / "out.pt"], env=env, check=True, capture_output=True)
     out = torch.load(tmp_path / "out.pt", weights_only=True)
     assert out["resumed"]
+    _same(ref, out)
+
+
+def test_a_killed_continued_run_resumes_to_the_uninterrupted_numbers(tmp_path, monkeypatch):
+    env = {**os.environ, "REPLICATE_RUNS": str(tmp_path / "a")}
+    subprocess.run([sys.executable, SCRIPT, tmp_path / "ref.pt", "30", "--continued"], env=env, check=True,
+                   capture_output=True)
+    ref = torch.load(tmp_path / "ref.pt", weights_only=True)
+
+    monkeypatch.setenv("REPLICATE_RUNS", str(tmp_path / "b"))
+    _, child, _, _ = tiny_run.continued_run(30)  # the parent, trained here; the script reuses it from the cache
+    ckpt = tmp_path / "b" / "tiny" / child.key / "ckpt" / "last.ckpt"
+    env = {**os.environ, "REPLICATE_RUNS": str(tmp_path / "b")}
+    cmd = [sys.executable, SCRIPT, tmp_path / "out.pt", "30", "--continued"]
+    _kill_at_checkpoint(cmd, env, ckpt, tmp_path / "out.pt")
+    subprocess.run(cmd, env=env, check=True, capture_output=True)
+    out = torch.load(tmp_path / "out.pt", weights_only=True)
+    assert out["resumed"] and out["key"] == child.key
     _same(ref, out)
 
 

@@ -1,5 +1,7 @@
 """A tiny training run used by the resume tests (run as a script so it can be SIGKILLed):
-python tests/models/tiny_run.py OUT.pt [steps]  — writes the run's result to OUT.pt."""
+python tests/models/tiny_run.py OUT.pt [steps] [--continued]  — writes the run's result to OUT.pt; with
+``--continued`` the run starts from a 10-step parent run (trained first, or reused from the cache) and continues its
+data order and learning-rate schedule."""
 
 import sys
 import time
@@ -9,8 +11,10 @@ import torch
 
 from replicate.data import lm
 from replicate.models.decoder import DecoderConfig
-from replicate.models.lm import OptimConfig
-from replicate.models.trainer import TrainSpec, train
+import dataclasses
+
+from replicate.models.lm import LRMap, OptimConfig
+from replicate.models.trainer import TrainSpec, continued, train
 
 
 def spec(steps: int = 60) -> TrainSpec:
@@ -37,7 +41,26 @@ def data(slow: bool = False):
     return batches, {"val": lm.eval_windows([tokens[:4000]], 8, 32)}
 
 
+PARENT_STEPS = 10
+
+
+def continued_run(steps: int, slow: bool = False):
+    """(parent result, the continued spec, its batches, eval sets): a 10-step parent, then ``steps`` more steps on
+    the rest of a (10 + steps)-step schedule, the data order continued."""
+    b, ev = data(slow=slow)
+    parent = train("tiny", dataclasses.replace(spec(PARENT_STEPS), eval_steps=()), b, ev, keep_weights=True)
+    whole = OptimConfig(lr=3e-3, warmup_steps=5, max_steps=PARENT_STEPS + steps)
+    child = continued(dataclasses.replace(spec(steps), eval_steps=(5, steps)), parent,
+                      lr_map=LRMap(whole, offset=PARENT_STEPS))
+    return parent, child, dataclasses.replace(b, offset=PARENT_STEPS), ev
+
+
 if __name__ == "__main__":
-    steps = int(sys.argv[2]) if len(sys.argv) > 2 else 60
-    b, ev = data(slow=True)
-    torch.save(train("tiny", spec(steps), b, ev), sys.argv[1])
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    steps = int(args[1]) if len(args) > 1 else 60
+    if "--continued" in sys.argv:
+        parent, child, b, ev = continued_run(steps, slow=True)
+        torch.save(train("tiny", child, b, ev, parent=parent), args[0])
+    else:
+        b, ev = data(slow=True)
+        torch.save(train("tiny", spec(steps), b, ev), args[0])
