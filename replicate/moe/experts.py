@@ -22,16 +22,23 @@ from torch import nn
 
 from replicate.kernels import moe_experts
 from replicate.models.ffn import SwiGLU
+from replicate.models.probes import Probed
 
 
-class ExpertBank(nn.Module):
+class ExpertBank(nn.Module, Probed):
     """``n_experts`` SwiGLU experts of width ``d_expert`` over ``d_model``.
 
     - ``forward(x_TD, topk_idx_TK, topk_w_TK)``: routed, dropless: ``out[t] = sum_k w[t,k] E_{idx[t,k]}(x[t])``
       (slots with idx -1 are empty).
     - ``all_outputs(x_TD)``: every expert on every token, ``[T, E, D]`` (dense-compute layers, oracles).
     - ``dense_combine(x_TD, weights_TE)``: ``sum_e w[t,e] E_e(x[t])`` through ``all_outputs``.
+
+    Init: built alone, ``nn.Linear``'s default per expert (uniform ±1/sqrt(fan_in)), or N(0, init_std); inside a
+    ``Decoder`` every expert weight is redrawn N(0, DecoderConfig.init_std) (``init_weights``) unless ``init_std``
+    was given explicitly. Probe ``ffn_hidden``: the intermediate of every expert, (T, E*F), from ``all_outputs``.
     """
+
+    probe_names = ("ffn_hidden",)
 
     def __init__(self, n_experts: int, d_model: int, d_expert: int, init_std: float | None = None):
         super().__init__()
@@ -39,6 +46,7 @@ class ExpertBank(nn.Module):
         self.w_gate_EDF = nn.Parameter(torch.empty(n_experts, d_model, d_expert))
         self.w_up_EDF = nn.Parameter(torch.empty(n_experts, d_model, d_expert))
         self.w_down_EFD = nn.Parameter(torch.empty(n_experts, d_expert, d_model))
+        self.own_init_std = init_std
         self.reset_parameters(init_std)
 
     @torch.no_grad()
@@ -52,6 +60,10 @@ class ExpertBank(nn.Module):
             bound = 1.0 / math.sqrt(fan_in)
             w.uniform_(-bound, bound)
 
+    def init_weights(self, std: float) -> None:
+        """The decoder's init: N(0, std) for every expert weight (unless this bank was built with its own std)."""
+        self.reset_parameters(self.own_init_std if self.own_init_std is not None else std)
+
     def forward(self, x_TD: torch.Tensor, topk_idx_TK: torch.Tensor, topk_w_TK: torch.Tensor) -> torch.Tensor:
         return moe_experts(x_TD, topk_idx_TK, topk_w_TK, self.w_gate_EDF, self.w_up_EDF, self.w_down_EFD)
 
@@ -61,7 +73,10 @@ class ExpertBank(nn.Module):
         E, _, Fw = self.w_gate_EDF.shape
         wg_DX = self.w_gate_EDF.permute(1, 0, 2).reshape(D, E * Fw)  # [D, E*F]: all experts side by side
         wu_DX = self.w_up_EDF.permute(1, 0, 2).reshape(D, E * Fw)
-        h_ETF = (F.silu(x_TD @ wg_DX) * (x_TD @ wu_DX)).view(T, E, Fw).transpose(0, 1)  # [E, T, F]
+        h_TX = F.silu(x_TD @ wg_DX) * (x_TD @ wu_DX)  # [T, E*F]
+        if self._probe is not None:
+            self._probe("ffn_hidden", h_TX)
+        h_ETF = h_TX.view(T, E, Fw).transpose(0, 1)  # [E, T, F]
         return torch.bmm(h_ETF, self.w_down_EFD).transpose(0, 1)  # [E, T, D] -> [T, E, D]
 
     def dense_combine(self, x_TD: torch.Tensor, weights_TE: torch.Tensor) -> torch.Tensor:

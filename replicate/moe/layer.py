@@ -25,12 +25,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from replicate.models.ffn import SwiGLU
+from replicate.models.probes import Probed
 from replicate.moe.experts import ExpertBank
 from replicate.moe.losses import load_balancing_loss, load_stats, router_z_loss
 from replicate.moe.routers import OutputSigmoidGate, Routing, SigmoidGate
 
 
-class MoE(nn.Module):
+class MoE(nn.Module, Probed):
     """Routed SwiGLU experts with an optional shared expert.
 
     Args:
@@ -41,7 +42,11 @@ class MoE(nn.Module):
         shared_mix: "add" (y = r + S) or "gate" (learned 2-way softmax, with bias).
         balance_coef, z_coef: weights of the load-balancing and z losses in ``aux`` (0 = not computed).
         balance_first_choice: count f_e from the first choice only (DeepSpeed's top-2 gate).
+
+    Probes: ``router`` (top-k expert ids, [T, K], -1 = empty slot), ``router_probs`` ([T, E], softmax routers).
     """
+
+    probe_names = ("router", "router_probs")
 
     def __init__(self, d_model: int, d_expert: int, n_experts: int, router: nn.Module, *, d_shared: int = 0,
                  shared_mix: str = "gate", balance_coef: float = 0.01, z_coef: float = 0.0,
@@ -63,6 +68,10 @@ class MoE(nn.Module):
         x_TD = x_BTD.reshape(-1, D)
         ids_T = token_ids_BT.reshape(-1) if token_ids_BT is not None else None
         routing: Routing = self.router(x_TD, ids_T)
+        if self._probe is not None:
+            self._probe("router", routing.topk_idx_TK)
+            if routing.probs_TE is not None:
+                self._probe("router_probs", routing.probs_TE)
         y_TD = self.experts(x_TD, routing.topk_idx_TK, routing.topk_w_TK)
         if self.shared is not None:
             s_TD = self.shared(x_TD)
@@ -97,7 +106,7 @@ class MoE(nn.Module):
         return expert + rest, rest + expert * getattr(self.router, "k_active", 1.0) / self.n_experts
 
 
-class SigmoidGatedMoE(nn.Module):
+class SigmoidGatedMoE(nn.Module, Probed):
     """A SwiGLU of width ``d_ff`` cut into ``n_experts`` blocks, each block's output weighted by its own score.
 
     gate="threshold": DSMoE (``SigmoidGate`` with threshold, STE, E/k rescale; aux "sparsity" = coef * mean G).
@@ -107,11 +116,15 @@ class SigmoidGatedMoE(nn.Module):
     Training computes every block (the STE needs inactive blocks' outputs: DSMoE Sec. 3.4). With
     ``sparse_eval=True`` and gate="threshold", eval mode runs only the active blocks through the routed kernels
     (same value, fewer FLOPs). Build from a trained dense FFN with ``SigmoidGatedMoE.from_dense``.
+    ``gate_init_std=None`` (default): the gate follows the decoder's ``init_std`` (0.02 when built alone).
+    Probes: ``gate`` (per-expert weights [T, E]); ``ffn_hidden`` comes from ``self.experts``.
     """
+
+    probe_names = ("gate",)
 
     def __init__(self, d_model: int, d_ff: int, n_experts: int, *, gate: str = "threshold", threshold: float = 0.5,
                  ste: bool = True, rescale: bool = True, sparsity_coef: float = 1.0, sparse_eval: bool = False,
-                 gate_init_std: float | None = 0.02, init_std: float | None = None):
+                 gate_init_std: float | None = None, init_std: float | None = None):
         super().__init__()
         if d_ff % n_experts:
             raise ValueError(f"SigmoidGatedMoE: d_ff={d_ff} is not divisible by n_experts={n_experts}")
@@ -160,6 +173,8 @@ class SigmoidGatedMoE(nn.Module):
                 if sparse is not None:
                     aux["sparsity"] = self.sparsity_coef * sparse
                     stats["sparsity_loss"] = sparse.detach()
+            if self._probe is not None:
+                self._probe("gate", w_TE)
             y_TD = torch.einsum("te,ted->td", w_TE.to(o_TED.dtype), o_TED)
         with torch.no_grad():
             stats.update(load_stats(active_TE.sum(0), active_TE.numel()))

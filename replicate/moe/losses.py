@@ -33,7 +33,8 @@ def router_z_loss(logits_TE: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def load_stats(counts_E: torch.Tensor, n_slots: int, probs_TE: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Per-expert load for logging (detached): fraction of filled slots per expert, its min/max and
-    coefficient of variation (0 = perfectly even), the fraction of empty slots, and the router entropy."""
+    coefficient of variation (0 = perfectly even), the fraction of empty slots, and, from the router
+    probabilities, their entropy and the mean top-1 probability (how confident routing is)."""
     counts = counts_E.float()
     filled = counts.sum()
     load_E = counts / filled.clamp(min=1)
@@ -47,4 +48,5 @@ def load_stats(counts_E: torch.Tensor, n_slots: int, probs_TE: torch.Tensor | No
     if probs_TE is not None:
         p = probs_TE.float()
         stats["router_entropy"] = -(p * p.clamp(min=1e-20).log()).sum(-1).mean()
+        stats["router_max_prob"] = p.max(-1).values.mean()
     return stats

@@ -51,11 +51,17 @@ class _LogitRouter(nn.Module):
             raise ValueError(f"router: k={k} must be in [1, n_experts={n_experts}]")
         self.n_experts, self.k = n_experts, k
         self.weight = nn.Parameter(torch.empty(n_experts, d_model))
+        self.own_init_std = init_std
         if init_std is None:
-            nn.init.kaiming_uniform_(self.weight, a=5**0.5)  # nn.Linear's default
+            nn.init.kaiming_uniform_(self.weight, a=5**0.5)  # nn.Linear's default (built alone)
         else:
             nn.init.normal_(self.weight, 0.0, init_std)
         self.disable_top1 = False  # eval hook: mask each token's top-1 expert out (CartesianMoE Table 4)
+
+    @torch.no_grad()
+    def init_weights(self, std: float) -> None:
+        """Inside a Decoder: N(0, DecoderConfig.init_std), unless built with its own ``init_std``."""
+        self.weight.normal_(0.0, self.own_init_std if self.own_init_std is not None else std)
 
     def logits(self, x_TD: torch.Tensor) -> torch.Tensor:
         return F.linear(x_TD.float(), self.weight.float())  # [T, E] fp32
@@ -213,17 +219,22 @@ class SigmoidGate(nn.Module):
         L_sparse = mean(G)                          Eq. 19's per-layer term (no gradient below tau)
 
     ``threshold=None`` gives the soft gate w = q (no STE, no rescale, no sparsity loss) — the input-guided
-    ablation of Finedeep, and DSMoE's "trained without G" run."""
+    ablation of Finedeep, and DSMoE's "trained without G" run.
+
+    Init Y ~ N(0, init_std); ``init_std=None``: N(0, 0.02) when built alone, the decoder's ``init_std`` inside a
+    Decoder."""
 
     def __init__(self, d_model: int, n_experts: int, threshold: float | None = 0.5, ste: bool = True,
-                 rescale: bool = True, init_std: float | None = 0.02):
+                 rescale: bool = True, init_std: float | None = None):
         super().__init__()
         self.n_experts, self.threshold, self.ste, self.rescale = n_experts, threshold, ste, rescale
         self.weight = nn.Parameter(torch.empty(n_experts, d_model))
-        if init_std is None:
-            nn.init.kaiming_uniform_(self.weight, a=5**0.5)
-        else:
-            nn.init.normal_(self.weight, 0.0, init_std)
+        self.own_init_std = init_std
+        nn.init.normal_(self.weight, 0.0, 0.02 if init_std is None else init_std)
+
+    @torch.no_grad()
+    def init_weights(self, std: float) -> None:
+        self.weight.normal_(0.0, self.own_init_std if self.own_init_std is not None else std)
 
     def logits(self, x_TD: torch.Tensor) -> torch.Tensor:
         return F.linear(x_TD.float(), self.weight.float())
@@ -254,13 +265,23 @@ class SigmoidGate(nn.Module):
 
 class OutputSigmoidGate(nn.Module):
     """Output-guided score (Finedeep Sec. 3.3): ``r[t, e] = sigmoid(o[t, e] · R_e)``, R: [E, D], fp32.
-    Soft, no threshold; every expert contributes. With R = 0 every score is exactly 0.5."""
+    Soft, no threshold; every expert contributes. With R = 0 every score is exactly 0.5. Init R ~ N(0, init_std)
+    (0: zeros, Finedeep's R = 0 ablation); ``init_std=None``: N(0, 0.02) when built alone, the decoder's
+    ``init_std`` inside a Decoder."""
 
-    def __init__(self, d_model: int, n_experts: int, init_std: float | None = 0.02):
+    def __init__(self, d_model: int, n_experts: int, init_std: float | None = None):
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(n_experts, d_model))
-        if init_std:
-            nn.init.normal_(self.weight, 0.0, init_std)
+        self.own_init_std = init_std
+        self.init_weights(0.02)
+
+    @torch.no_grad()
+    def init_weights(self, std: float) -> None:
+        std = self.own_init_std if self.own_init_std is not None else std
+        if std:
+            self.weight.normal_(0.0, std)
+        else:
+            self.weight.zero_()
 
     def forward(self, o_TED: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(torch.einsum("ted,ed->te", o_TED.float(), self.weight.float()))
