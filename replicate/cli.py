@@ -6,8 +6,11 @@
   report  rebuild results/README.md from results/
   bench ...  benchmarks (python -m replicate.bench --help)
 
-Exit codes: 0 success; 1 a notebook failed (results/ unchanged); 2 a bad argument or parameter, reported in one
-line naming it and what is allowed (results/ unchanged).
+Exit codes: 0 success; 1 a notebook started and failed; 2 refused before anything ran (a bad argument or
+parameter, a budget this machine cannot meet, an unusable results or runs folder, the same paper and scale already
+running), in one line naming it and what is allowed; 130 interrupted (Ctrl-C). Whatever the code, results/ is
+changed only by a run that succeeded, and running the same command again resumes a failed or interrupted run.
+``run all`` checks every paper's parameters before the first run starts.
 """
 
 from __future__ import annotations
@@ -26,19 +29,44 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+class _Usage(Exception):
+    pass
+
+
 def _parse_param(text: str) -> tuple[str, object]:
     if "=" not in text:
-        raise ValueError(f"-p {text!r}: expected key=value")
+        raise _Usage(f"-p {text!r}: expected key=value")
     key, raw = text.split("=", 1)
     try:
         value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
         value = raw  # a bare word is a string
     return key.strip(), value
 
 
+def _overrides(params: list[str], seed: int | None) -> dict:
+    """``-p`` values by name (each given once) and ``--seed`` (not beside ``-p seed=``)."""
+    out: dict = {}
+    for key, value in map(_parse_param, params):
+        if key in out:
+            raise _Usage(f"-p {key!r}: given twice ({out[key]!r} and {value!r}); give it once")
+        out[key] = value
+    if seed is not None:
+        if "seed" in out:
+            raise _Usage("--seed and -p seed=...: give the seed once")
+        out["seed"] = seed
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    try:
+        return _main(sys.argv[1:] if argv is None else argv)
+    except KeyboardInterrupt:
+        print("interrupted: nothing was changed; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str]) -> int:
     if argv[:1] == ["bench"]:
         from replicate.bench.__main__ import main as bench_main
 
@@ -57,8 +85,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "report":
+        from replicate.paths import UnusableFolder, check_results_folder
         from replicate.results import write_report
 
+        try:
+            check_results_folder()
+        except UnusableFolder as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         print(write_report())
         return 0
     if args.command == "list":
@@ -66,19 +100,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.paper != "all" and args.paper not in PAPERS:
         print(f"error: paper: unknown paper id {args.paper!r}; allowed: all, {', '.join(PAPERS)}", file=sys.stderr)
         return 2
-    try:
-        overrides = dict(_parse_param(p) for p in args.param)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    from replicate.runner import run_paper
+    from replicate import runner
 
     papers = implemented() if args.paper == "all" else [args.paper]
+    try:
+        overrides = _overrides(args.param, args.seed)
+        for pid in papers if len(papers) > 1 else ():  # all of them before the first run starts
+            runner.check(pid, args.scale, overrides)
+    except (_Usage, runner.Refused) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     worst = 0
     for pid in papers:
-        worst = max(worst, run_paper(pid, args.scale, args.seed, overrides))
-        if worst == 2:
-            break
+        code = runner.run_paper(pid, args.scale, overrides)
+        worst = max(worst, code)
+        if code in (runner.EXIT_USAGE, runner.EXIT_INTERRUPTED):
+            return code
     return worst
 
 

@@ -3,8 +3,10 @@
 Every paper module defines a frozen dataclass whose fields are declared with :func:`param` (default, help text,
 source of the default, allowed range) and three factories ``smoke()``, ``small()``, ``paper()``; it registers the
 class with :func:`register`. Notebooks, the CLI and the tests reach a config only through ``resolve_config``,
-which rejects unknown names, wrong types and out-of-range values with one line naming the parameter and what is
-allowed (Papermill itself only warns about unknown parameters). :func:`config_hash` keys the run cache.
+which rejects unknown names, wrong types, out-of-range or non-finite values, broken cross-field rules
+(:func:`constraint`) and workloads this machine cannot run (:mod:`replicate.budget`; ``force=true`` overrides)
+with one line naming the parameter and what is allowed (Papermill itself only warns about unknown parameters).
+:func:`config_hash` keys the run cache.
 
 The import graph points one way: this module imports no paper. ``replicate.papers.resolve_config(paper_id, ...)``
 imports the paper's package (whose ``__init__`` defines and registers its config, without importing torch) and
@@ -13,15 +15,17 @@ calls :func:`resolve` with its class.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import enum
 import hashlib
 import json
+import math
 import types
 import typing
 from typing import Any, Callable
 
-from replicate import __version__
+from replicate import __version__, budget
 
 
 class Scale(str, enum.Enum):
@@ -37,13 +41,17 @@ class ConfigError(ValueError):
     """A bad parameter. ``str(err)`` is one line naming the parameter and what is allowed."""
 
 
-def param(default, *, help: str, source: str = "ours", min=None, max=None, choices=None, min_len=None):
+def param(default, *, help: str, source: str = "ours", min=None, max=None, choices=None, min_len=None,
+          distinct: bool = False, increasing: bool = False):
     """A config field with its documentation and its allowed values.
 
     ``source`` says where the default comes from ("Table 2", "Sec. 4.1", "ours: scaled down").
     ``min``/``max`` bound numbers (and every element of a tuple of numbers); ``choices`` lists allowed values.
+    A tuple that means a set or a grid says so: ``distinct`` refuses repeated values, ``increasing`` also refuses
+    values out of order (a grid, a list of bin edges). Floats are always finite (NaN and ±inf are refused).
     """
-    meta = {"help": help, "source": source, "min": min, "max": max, "choices": choices, "min_len": min_len}
+    meta = {"help": help, "source": source, "min": min, "max": max, "choices": choices, "min_len": min_len,
+            "distinct": distinct, "increasing": increasing}
     if isinstance(default, (list, dict, set)):
         raise TypeError("config defaults must be immutable: use a tuple")
     return dataclasses.field(default=default, metadata=meta)
@@ -105,6 +113,14 @@ class PaperConfig:
     num_nodes: int = param(1, help="nodes for multi-node training", min=1, max=1024)
     strategy: str = param("auto", help="Lightning strategy", choices=("auto", "ddp", "ddp_notebook", "fsdp", "ddp_spawn"))
     precision: str = param("32-true", help="Lightning precision", choices=("32-true", "bf16-mixed", "16-mixed"))
+    force: bool = param(False, help="run even when the estimated training time or memory exceeds what this machine "
+                        "can do (replicate.budget); never changes a number")
+
+    def workload(self) -> list:
+        """The training runs this config makes, as :class:`replicate.budget.Run` s, so that :func:`resolve` can
+        estimate time and memory before anything runs and refuse what this machine cannot do. Default: none (no
+        check). Config arithmetic only: no data, no torch."""
+        return []
 
 
 def registered(paper_id: str) -> type | None:
@@ -137,14 +153,21 @@ def _type_name(typ) -> str:
         return " or ".join(_type_name(a) for a in typing.get_args(typ))
     if origin is tuple:
         args = typing.get_args(typ)
-        return f"tuple of {_type_name(args[0])}" if args else "tuple"
-    return {int: "an integer", float: "a number", bool: "true/false", str: "a string", type(None): "None"}.get(
-        typ, getattr(typ, "__name__", str(typ))
-    )
+        plural = {int: "integers", float: "finite numbers", str: "strings", bool: "booleans"}
+        return f"a tuple of {plural.get(args[0]) or _type_name(args[0])}" if args else "a tuple"
+    names = {int: "an integer", float: "a finite number", bool: "true | false | True | False", str: "a string",
+             type(None): "None"}
+    return names.get(typ, getattr(typ, "__name__", str(typ)))
+
+
+BOOL_WORDS = {"true": True, "false": False, "True": True, "False": False}
 
 
 def _coerce(value, typ):
-    """Return ``value`` as ``typ`` when it is that type (ints are accepted for floats, lists for tuples)."""
+    """Return ``value`` as ``typ`` when it is that type. Ints are accepted for floats; lists for tuples (YAML, JSON,
+    and what the CLI sends through Papermill, which cannot render a tuple), and a string holding a Python literal of
+    a list or tuple (``papermill -p name "(0.2,)"``: Papermill's command line passes such a value as a string); the
+    words true / false / True / False for bools."""
     origin = typing.get_origin(typ)
     if origin in (typing.Union, types.UnionType):
         for arg in typing.get_args(typ):
@@ -158,6 +181,11 @@ def _coerce(value, typ):
             return None
         raise TypeError
     if origin is tuple:
+        if isinstance(value, str):
+            try:
+                value = ast.literal_eval(value.strip())
+            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+                raise TypeError from None
         if not isinstance(value, (tuple, list)):
             raise TypeError
         (elem, *rest) = typing.get_args(typ) or (Any,)
@@ -167,6 +195,8 @@ def _coerce(value, typ):
     if typ is bool:
         if isinstance(value, bool):
             return value
+        if isinstance(value, str) and value in BOOL_WORDS:
+            return BOOL_WORDS[value]
         raise TypeError
     if typ is int:
         if isinstance(value, int) and not isinstance(value, bool):
@@ -183,14 +213,21 @@ def _coerce(value, typ):
 
 def _check_range(name: str, value, meta: dict, typ) -> None:
     values = value if isinstance(value, tuple) else (value,)
+    bad = lambda: ConfigError(f"parameter {name!r}: must be {_describe(meta, typ)}, got {value!r}")
     if meta.get("min_len") is not None and isinstance(value, tuple) and len(value) < meta["min_len"]:
         raise ConfigError(f"parameter {name!r}: needs at least {meta['min_len']} values, got {value!r}")
     for v in values:
         if meta.get("choices") is not None and v not in meta["choices"]:
-            raise ConfigError(f"parameter {name!r}: must be {_describe(meta, typ)}, got {value!r}")
+            raise bad()
+        if isinstance(v, float) and not math.isfinite(v):
+            raise bad()
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             if (meta.get("min") is not None and v < meta["min"]) or (meta.get("max") is not None and v > meta["max"]):
-                raise ConfigError(f"parameter {name!r}: must be {_describe(meta, typ)}, got {value!r}")
+                raise bad()
+    if isinstance(value, tuple) and meta.get("increasing") and any(a >= b for a, b in zip(value, value[1:])):
+        raise ConfigError(f"parameter {name!r}: must be strictly increasing (no repeats), got {value!r}")
+    if isinstance(value, tuple) and meta.get("distinct") and len(set(value)) < len(value):
+        raise ConfigError(f"parameter {name!r}: must not repeat a value, got {value!r}")
 
 
 def fields_of(cls) -> dict[str, dataclasses.Field]:
@@ -202,9 +239,11 @@ def fields_of(cls) -> dict[str, dataclasses.Field]:
     return out
 
 
-def resolve(cls: type, scale: str = "small", **overrides):
+def resolve(cls: type, scale: str = "small", /, **overrides):
     """The validated config of class ``cls`` at ``scale`` with ``overrides`` applied. Raises :class:`ConfigError`.
-    (By paper id: :func:`replicate.papers.resolve_config`.)"""
+    (By paper id: :func:`replicate.papers.resolve_config`.) ``cls`` and ``scale`` are positional-only, so no
+    override name can collide with them. After the fields and the cross-field rules, the config's
+    :meth:`PaperConfig.workload` is checked against this machine (:func:`replicate.budget.check`)."""
     paper_id = cls.paper_id
     if not isinstance(scale, str) or scale not in SCALES:
         raise ConfigError(f"parameter 'scale': must be one of {' | '.join(SCALES)}, got {scale!r}")
@@ -213,7 +252,7 @@ def resolve(cls: type, scale: str = "small", **overrides):
     clean = {"scale": scale}
     for name, value in overrides.items():
         if name == "scale":
-            raise ConfigError("parameter 'scale': pass it as the scale, not as an override")
+            raise ConfigError("parameter 'scale': pass it as the scale (--scale), not as an override")
         if name not in fields:
             raise ConfigError(f"parameter {name!r}: unknown for {paper_id}; allowed: {', '.join(fields)}")
         f = fields[name]
@@ -232,6 +271,7 @@ def resolve(cls: type, scale: str = "small", **overrides):
     validate = getattr(cfg, "validate", None)
     if validate is not None:
         validate()  # checks that cannot be declared as a Constraint; raises ConfigError
+    budget.check(cfg)
     return cfg
 
 

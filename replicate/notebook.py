@@ -3,7 +3,8 @@
 Papermill only warns about a parameter the notebook does not declare, and nbval injects nothing, so the cell
 after ``parameters`` calls :func:`resolve` with the notebook's globals: it takes every user-level name bound to a
 plain value (a literal: what the parameters cell declares and what Papermill injects), passes them to
-:func:`replicate.papers.resolve_config`, and so rejects an unknown name, a wrong type or an out-of-range value
+:func:`replicate.config.resolve` (any name, ``paper_id`` included, is taken as a parameter: it cannot collide with
+the function's own arguments), and so rejects an unknown name, a wrong type or an out-of-range value
 with one clear line, whichever way the notebook was started. Names bound to anything else (the config, the
 results writer, frames, bundles: the notebook's own objects) are not parameters, so running the parameters and
 validation cells again in a live kernel after a whole run works (the notebooks bind no literal of their own).
@@ -11,8 +12,8 @@ validation cells again in a live kernel after a whole run works (the notebooks b
 
 from __future__ import annotations
 
-from replicate.config import ConfigError
-from replicate.papers import resolve_config
+from replicate.config import ConfigError, resolve as resolve_cls
+from replicate.papers import config_class
 
 _IPYTHON_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
 # What a parameters cell or Papermill's injected cell can bind: literals (lists and dicts come from YAML / JSON).
@@ -30,7 +31,7 @@ def resolve(paper_id: str, namespace: dict):
               if not k.startswith("_") and k not in _IPYTHON_NAMES and isinstance(v, _LITERALS)}
     scale = params.pop("scale", "small")
     try:
-        return resolve_config(paper_id, scale, **params)
+        return resolve_cls(config_class(paper_id), scale, **params)
     except ConfigError as e:
         # Re-raised without the chain so the notebook shows the one line that matters.
         raise ParameterError(str(e)) from None

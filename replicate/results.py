@@ -7,35 +7,40 @@ exactly as it was: never a half-written file, never a mix of old and new artifac
 
 When the CLI runs a notebook it sets ``REPLICATE_DEFER_PUBLISH`` to a file path: ``finish()`` then only writes
 the staging folder's path there, and the runner adds the executed notebook before publishing.
+
+A staging folder is named ``<paper>-<scale>-<pid>-<hex>`` after the process writing it; one whose process is gone
+(a failed, interrupted or killed run) is removed by :func:`sweep_staging`, which the runner calls before and after
+every run. Importing this module imports no pandas or torch (the CLI validates before the heavy imports).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import time
 import uuid
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from replicate import __version__
-from replicate.claims import COLUMNS, Claim
 from replicate.config import config_hash, to_dict
-from replicate.io import atomic_write, write_json, write_text
-from replicate.paths import results_dir, root, runs_dir
+from replicate.io import atomic_write, no_interrupt, pid_alive, run_lock, write_json, write_text
+from replicate.paths import check_folders, results_dir, root, runs_dir
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from replicate.claims import Claim
 
 ARTIFACT_ID = r"^(table|fig)\d+[a-z]?$|^extra_[a-z0-9_]+$"
 
 
 def _check_id(kind: str, artifact_id: str) -> None:
-    import re
-
     if not re.match(ARTIFACT_ID, artifact_id):
         raise ValueError(f"{kind} id {artifact_id!r}: use the paper's numbering (table1, fig3) or extra_<name>")
 
@@ -46,7 +51,8 @@ class Results:
         self.paper_id = paper_id or type(cfg).paper_id
         self.scale = cfg.scale
         self.started = time.time()
-        self.staging = runs_dir() / "staging" / f"{self.paper_id}-{self.scale}-{uuid.uuid4().hex[:8]}"
+        check_folders(self.paper_id, self.scale)
+        self.staging = staging_path(self.paper_id, self.scale)
         (self.staging / "tables").mkdir(parents=True)
         (self.staging / "figures").mkdir(parents=True)
         self.tables: dict[str, pd.DataFrame] = {}
@@ -79,6 +85,10 @@ class Results:
 
     def claims(self, claims: list[Claim]) -> pd.DataFrame:
         """Write ``claims.csv`` (DESIGN.md §3 columns); return it as a frame."""
+        import pandas as pd
+
+        from replicate.claims import COLUMNS
+
         ids = [c.claim_id for c in claims]
         if len(set(ids)) != len(ids):
             raise ValueError(f"claims: duplicate claim ids in {ids}")
@@ -139,14 +149,42 @@ class Results:
 
 
 def publish(staging: Path, final: Path) -> None:
-    """Replace ``final`` with ``staging`` by renames (the old folder goes to ``runs/trash`` and is removed)."""
+    """Replace ``final`` with ``staging`` by renames (the old folder goes to ``runs/trash`` and is removed). Two
+    publishers of one folder take turns (a lock), and Ctrl-C cannot fall between the two renames."""
+    name = f"{final.parent.name}-{final.name}"
+    trash = runs_dir() / "trash" / f"{name}-{uuid.uuid4().hex[:8]}"
     final.parent.mkdir(parents=True, exist_ok=True)
-    trash = runs_dir() / "trash" / f"{final.parent.name}-{final.name}-{uuid.uuid4().hex[:8]}"
     trash.parent.mkdir(parents=True, exist_ok=True)
-    if final.exists():
-        os.replace(final, trash)
-    os.replace(staging, final)
+    with run_lock(runs_dir() / "locks" / f"{name}.publish.lock", wait=True), no_interrupt():
+        for old in trash.parent.glob(f"{name}-*"):  # left by a publish killed between its renames
+            shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            os.replace(final, trash)
+        os.replace(staging, final)
     shutil.rmtree(trash, ignore_errors=True)
+
+
+_STAGED = re.compile(r"^(?P<prefix>.+)-(?P<pid>\d+)-[0-9a-f]{8}(\.path)?$")
+
+
+def staging_path(paper_id: str, scale: str, suffix: str = "") -> Path:
+    """A new staging name under ``runs/staging/`` owned by this process (``suffix`` ".path": a hand-off file)."""
+    return runs_dir() / "staging" / f"{paper_id}-{scale}-{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}"
+
+
+def sweep_staging(paper_id: str, scale: str) -> list[Path]:
+    """Remove the staging folders (and hand-off files) of ``paper_id`` at ``scale`` whose process has ended: what
+    failed, interrupted and killed runs left. A live process's staging (a running notebook) is never touched."""
+    removed = []
+    for p in sorted((runs_dir() / "staging").glob(f"{paper_id}-{scale}-*")):
+        m = _STAGED.match(p.name)
+        if m and m["prefix"] == f"{paper_id}-{scale}" and not pid_alive(int(m["pid"])):
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 def _git_commit() -> str | None:
@@ -163,6 +201,8 @@ def _git_commit() -> str | None:
 
 
 def read_claims(paper_id: str, scale: str) -> pd.DataFrame | None:
+    import pandas as pd
+
     path = results_dir() / paper_id / scale / "claims.csv"
     if not path.exists():
         return None

@@ -6,12 +6,15 @@ Everything here is generic over papers: a paper is covered the day its module an
   (``offline/sitecustomize.py`` on ``PYTHONPATH``), and helpers to run ``python -m replicate`` / ``papermill``.
 - :func:`snapshot`: every file under a folder with its size and SHA-256 (``touches nothing`` = equal snapshots).
 - :func:`run_until`: start the CLI in its own session, wait for a file pattern to appear, SIGKILL the whole tree.
+- :meth:`Sandbox.use_probes`: stand-in notebooks for the runner's own tests (locks, Ctrl-C, failures, what reaches a
+  notebook): the paper's real validation cell and results writer, and seconds of work instead of a real run.
 """
 
 from __future__ import annotations
 
 import glob
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -61,9 +64,24 @@ def offline_env(base: dict | None = None) -> dict:
     return env
 
 
+# A probe notebook: the real validation cell (`resolve`), a staged table of the resolved config, then it waits while
+# the sandbox holds a file `hold`, fails when it holds `fail`, and publishes a claim.
+PROBE_CELLS = (
+    'scale: str = "small"  # smoke | small | paper',
+    "import time\nfrom pathlib import Path\n\nimport pandas as pd\n\nfrom replicate.claims import Claim\n"
+    "from replicate.config import to_dict\nfrom replicate.notebook import resolve\nfrom replicate.results import Results\n\n"
+    "cfg = resolve({paper!r}, globals())\nres = Results(cfg)\n"
+    "res.table('extra_config', pd.DataFrame({{'name': list(to_dict(cfg)), 'value': [repr(v) for v in to_dict(cfg).values()]}}))",
+    "switches = Path({root!r})\nwhile (switches / 'hold').exists():\n    time.sleep(0.05)\n"
+    "if (switches / 'fail').exists():\n    raise RuntimeError('probe: asked to fail')",
+    "res.claims([Claim('C1', 'probe', 'm', None, 1.0, '', 'inconclusive', 'extra_config')])\nres.finish()",
+)
+
+
 @dataclass
 class Sandbox:
     root: Path
+    probes: bool = False  # notebooks/ is the sandbox's own (REPLICATE_ROOT): see use_probes
 
     def __post_init__(self):
         self.root = Path(self.root)
@@ -82,7 +100,28 @@ class Sandbox:
     def env(self) -> dict:
         env = offline_env()
         env.update(REPLICATE_RESULTS=str(self.results), REPLICATE_RUNS=str(self.runs))
+        if self.probes:
+            env["REPLICATE_ROOT"] = str(self.root)
         return env
+
+    def use_probes(self, papers: list[str]) -> None:
+        """Replace each paper's notebook by a probe (``PROBE_CELLS``) for the processes this sandbox starts."""
+        self.probes = True
+        for paper in papers:
+            cells = [{"cell_type": "code", "execution_count": None, "id": f"c{i}", "outputs": [],
+                      "metadata": {"tags": ["parameters"]} if i == 0 else {},
+                      "source": src.format(paper=paper, root=str(self.root))} for i, src in enumerate(PROBE_CELLS)]
+            nb = {"cells": cells, "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                              "language": "python"}}, "nbformat": 4, "nbformat_minor": 5}
+            (self.root / "notebooks").mkdir(exist_ok=True)
+            (self.root / "notebooks" / f"{paper}.ipynb").write_text(json.dumps(nb))
+
+    def probe_config(self, paper: str, scale: str = "smoke") -> dict:
+        """The config a probe run published (``extra_config``): {name: repr(value)}."""
+        import pandas as pd
+
+        df = pd.read_csv(self.results / paper / scale / "tables" / "extra_config.csv", keep_default_na=False)
+        return dict(zip(df["name"], df["value"]))
 
     def state(self) -> tuple[dict, dict]:
         return snapshot(self.results), snapshot(self.runs)

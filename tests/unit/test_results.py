@@ -76,3 +76,54 @@ def test_ids_and_claims_are_checked(dirs):
 def test_report_lists_papers_without_results(dirs):
     text = write_report().read_text()
     assert "| lbpe | — |" in text
+
+
+def test_published_files_have_the_mode_of_a_plain_open(dirs):
+    """Defect 12 (issue 10): claims.csv and run.json were published 0600 while tables were 0644."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        res = Results(resolve_config("temporal_scaling_law", "smoke"))
+        _write(res)
+        final = res.finish()
+    finally:
+        os.umask(old)
+    modes = {str(p.relative_to(final)): p.stat().st_mode & 0o777 for p in final.rglob("*") if p.is_file()}
+    assert set(modes.values()) == {0o644}, modes
+
+
+def test_run_json_stays_valid_json_with_a_nan(dirs):
+    """Defect 3: a NaN reached run.json as the invalid token NaN."""
+    res = Results(resolve_config("temporal_scaling_law", "smoke"))
+    _write(res)
+    res.extra_provenance["fit_rmse"] = float("nan")
+    run = json.loads((res.finish() / "run.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+    assert run["fit_rmse"] is None
+
+
+def test_staging_of_ended_processes_is_swept_and_a_live_ones_kept(dirs):
+    """Defect 10: failed runs left runs/staging/* behind. A staging folder is named after its process; the sweep
+    removes those whose process is gone, never a live one's (a notebook still running), nor another paper's."""
+    import os
+    import subprocess
+    import sys
+
+    from replicate.results import staging_path, sweep_staging
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    staging = dirs / "runs" / "staging"
+    live = Results(resolve_config("temporal_scaling_law", "smoke")).staging  # this process: alive
+    assert live.name.startswith(f"temporal_scaling_law-smoke-{os.getpid()}-")
+    gone = [staging / f"temporal_scaling_law-smoke-{dead.pid}-0123abcd", staging / f"temporal_scaling_law-smoke-{dead.pid}-89abcdef.path"]
+    other = [staging / f"lbpe-smoke-{dead.pid}-0123abcd", staging / f"temporal_scaling_law-small-{dead.pid}-0123abcd",
+             staging / "temporal_scaling_law-smoke-notmine"]
+    gone[0].mkdir()
+    (gone[0] / "claims.csv").write_text("x")
+    gone[1].write_text("x")
+    for p in other:
+        p.mkdir()
+    assert sorted(sweep_staging("temporal_scaling_law", "smoke")) == sorted(gone)
+    assert live.exists() and all(p.exists() for p in other) and not any(p.exists() for p in gone)
+    assert staging_path("lbpe", "small", ".path").name.endswith(".path")
