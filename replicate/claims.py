@@ -6,7 +6,10 @@ A verdict is computed from numbers, never typed in:
 - ``not_reproduced``: the interval excludes zero on the other side (a clear effect the other way), or a
   threshold claim fails outside its interval;
 - ``inconclusive``: the interval straddles zero, or there are too few seeds to have an interval;
-- ``not_run``: the claim needs a larger scale than the one that ran.
+- ``not_run``: the claim needs a larger scale than the one that ran;
+- ``invalid``: the experiment's own validity check failed (a fit that did not converge or sits at a bound, a
+  prediction outside the range its quantity can take, a model that did not learn): no verdict about the paper can
+  rest on it, and the evidence says what failed (:func:`invalid`, :class:`Validity`).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-VERDICTS = ("reproduced", "not_reproduced", "inconclusive", "not_run")
+VERDICTS = ("reproduced", "not_reproduced", "inconclusive", "not_run", "invalid")
 COLUMNS = ("claim_id", "claim", "metric", "paper_value", "ours_value", "ours_ci", "verdict", "evidence")
 
 
@@ -164,3 +167,42 @@ def bootstrap_gap_claim(claim_id: str, claim: str, point: float, replicates, *, 
     return Claim(claim_id, claim, metric, paper_value, float(point),
                  fmt_ci(ci, what) + (f"; {detail}" if detail else ""),
                  verdict_from_interval(ci, paper_direction=direction), evidence)
+
+
+# ------------------------------------------------------------------------------------------------ validity
+
+
+@dataclass(frozen=True)
+class Validity:
+    """The outcome of an experiment's validity checks: ``ok`` and, when not, what failed (one reason per failed
+    check). A claim resting on an invalid check gets the verdict ``invalid`` (:func:`invalid`), never a judgement."""
+
+    failures: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def __add__(self, other: "Validity") -> "Validity":
+        return Validity(self.failures + other.failures)
+
+    @staticmethod
+    def check(**conditions: tuple[bool, str]) -> "Validity":
+        """``Validity.check(learned=(loss < unigram, "loss 7.1 above the unigram entropy 6.2"))``: each failed
+        condition contributes its message."""
+        return Validity(tuple(msg for ok, msg in conditions.values() if not ok))
+
+
+def invalid(claim_id: str, claim: str, metric: str, validity: Validity, paper_value=None, ours_value=None,
+            evidence: str = "") -> Claim:
+    """The claim whose experiment failed its own validity check: verdict ``invalid``, the failures in the evidence."""
+    return Claim(claim_id, claim, metric, paper_value, ours_value, "", "invalid",
+                 "validity check failed: " + "; ".join(validity.failures) + (f" ({evidence})" if evidence else ""))
+
+
+def judged(claim: Claim, validity: Validity) -> Claim:
+    """``claim`` as computed when ``validity`` holds; otherwise the same claim with verdict ``invalid``."""
+    if validity.ok:
+        return claim
+    return invalid(claim.claim_id, claim.claim, claim.metric, validity, claim.paper_value, claim.ours_value,
+                   claim.evidence)

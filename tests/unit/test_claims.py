@@ -51,3 +51,12 @@ def test_gap_claims_reject_a_null_effect_and_detect_a_real_one():
                           "final": [True] * 4})
     assert C.paired_gap(frame, "a", "b").round(6).tolist() == [0.5, 0.4]
     assert C.log_interval((1.0, np.e)) == (0.0, 1.0) and C.log_interval(None) is None
+
+
+def test_a_failed_validity_check_makes_the_claim_invalid():
+    ok = C.Claim("c", "x", "m", None, 1.0, "[0.9, 1.1]", "reproduced", "fig1")
+    v = C.Validity.check(converged=(True, "fit did not converge"), in_range=(False, "predicted loss -3 nats < 0"))
+    assert not v.ok and v.failures == ("predicted loss -3 nats < 0",)
+    bad = C.judged(ok, v)
+    assert bad.verdict == "invalid" and "predicted loss -3 nats < 0" in bad.evidence and bad.ours_ci == ""
+    assert C.judged(ok, C.Validity()) is ok
