@@ -19,6 +19,15 @@
      + 12 * n_layers * d_model * T        attention scores Q K^T and the weighted sum A V (causal mask not subtracted)
    Embedding lookups, norms, softmax, activations and the optimiser are not counted (they are memory-bound work
    that MFU, by its definition, charges as overhead).
+3. ``--against REV``: our training step against the decoder of git revision ``REV`` (its ``replicate`` package
+   extracted into a temporary directory under another name), same weights, alternating as above; the first step's
+   loss and gradients are compared bit for bit. Rows to ``results/benchmarks/dense_vs_revision_cpu.csv``: a refactor
+   of the decoder must compute the same numbers at the same speed.
+4. ``--parts``: what the new parts a ``small`` run uses cost, on both small decoders (rows to
+   ``results/benchmarks/decoder_parts_cpu.csv``, long format): the training step with eager attention (P
+   materialised) and with per-head RoPE bases against the standard one (alternating, paired ratios); greedy decoding
+   tokens/s with the KV cache, without it (the whole sequence recomputed every step) and with transformers'
+   ``generate`` (its own cache), and the cache's bytes per token.
 """
 
 from __future__ import annotations
@@ -108,6 +117,21 @@ def _time(step, batches, k: int) -> float:
     return time.perf_counter() - t
 
 
+def _rounds(impls: dict, batches, rounds: int, steps: int, warmup: int = 2,
+            after_round=lambda r, tps: None) -> dict[str, list[float]]:
+    """tokens/s of each step function per round, after ``warmup`` steps each; the order alternates round by round
+    (the first one first on even rounds); ``after_round(r, tps)`` runs after each round (a measurement, a log)."""
+    for step in impls.values():
+        _time(step, batches, warmup)
+    tokens = batches[0].shape[0] * (batches[0].shape[1] - 1) * steps
+    tps: dict[str, list[float]] = {name: [] for name in impls}
+    for r in range(rounds):
+        for name in (list(impls) if r % 2 == 0 else list(impls)[::-1]):
+            tps[name].append(tokens / _time(impls[name], batches, steps))
+        after_round(r, tps)
+    return tps
+
+
 def run(cfg: DecoderConfig = SMALL, batch: int = BATCH, seq_len: int = SEQ_LEN, rounds: int = 7, steps: int = 5,
         warmup: int = 3, log=print, config_name: str = "tsl_small") -> list[dict]:
     """Measure; return one row per implementation plus the matmul peak (see the module docstring)."""
@@ -122,18 +146,14 @@ def run(cfg: DecoderConfig = SMALL, batch: int = BATCH, seq_len: int = SEQ_LEN, 
     }
     g = torch.Generator().manual_seed(0)
     batches = [torch.randint(0, cfg.vocab_size, (batch, seq_len + 1), generator=g) for _ in range(4)]
-    for step in impls.values():
-        _time(step, batches, warmup)
-    tokens = batch * seq_len * steps
-    tps: dict[str, list[float]] = {name: [] for name in impls}
     peaks = []
-    for r in range(rounds):
-        order = list(impls) if r % 2 == 0 else list(impls)[::-1]  # alternate which goes first
-        for name in order:
-            tps[name].append(tokens / _time(impls[name], batches, steps))
+
+    def after(r, tps):
         peaks.append(matmul_flops())
         log(f"round {r + 1}/{rounds}: " + ", ".join(f"{n} {tps[n][-1]:,.0f} tok/s" for n in impls)
             + f", matmul {peaks[-1] / 1e9:.1f} GFLOP/s")
+
+    tps = _rounds(impls, batches, rounds, steps, warmup, after)
     fpt = model_flops_per_token(cfg, seq_len)
     peak = statistics.median(peaks)
     med = {n: statistics.median(v) for n, v in tps.items()}
@@ -167,6 +187,147 @@ def run(cfg: DecoderConfig = SMALL, batch: int = BATCH, seq_len: int = SEQ_LEN, 
     return rows
 
 
+# ------------------------------------------------------------------------------- against an older revision
+
+
+def load_revision(rev: str):
+    """The ``replicate.models.decoder`` module of git revision ``rev``, imported as ``_replicate_<sha>`` (its whole
+    package extracted into a temporary directory, its imports renamed), so both decoders live in one process."""
+    import importlib
+    import re
+    import subprocess
+    import tempfile
+
+    root = Path(__file__).resolve().parents[2]
+    sha = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", rev], check=True, capture_output=True,
+                         text=True).stdout.strip()
+    name = f"_replicate_{sha}"
+    tmp = Path(tempfile.mkdtemp(prefix="replicate_rev_"))
+    archive = subprocess.run(["git", "-C", str(root), "archive", sha, "replicate"], check=True, capture_output=True)
+    subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive.stdout, check=True)
+    (tmp / "replicate").rename(tmp / name)
+    for f in (tmp / name).rglob("*.py"):
+        text = re.sub(r"\b(from|import) replicate\b", rf"\1 {name}", f.read_text())
+        f.write_text(re.sub(r"\breplicate\.(?=[a-z_])", f"{name}.", text))
+    sys.path.insert(0, str(tmp))
+    return importlib.import_module(f"{name}.models.decoder"), sha
+
+
+def run_against(rev_module, rev: str, cfg: DecoderConfig, batch: int, seq_len: int, rounds: int = 7, steps: int = 5,
+                warmup: int = 3, log=print, config_name: str = "") -> dict:
+    torch.manual_seed(0)
+    ours = Decoder(cfg)
+    torch.manual_seed(0)
+    fields = rev_module.DecoderConfig.__dataclass_fields__  # the revision's config may know fewer fields
+    old = rev_module.Decoder(rev_module.DecoderConfig(**{f: getattr(cfg, f) for f in fields}))
+    same_init = list(old.state_dict()) == list(ours.state_dict()) and all(
+        torch.equal(a, b) for a, b in zip(old.state_dict().values(), ours.state_dict().values()))
+    old.load_state_dict(ours.state_dict())
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randint(0, cfg.vocab_size, (batch, seq_len + 1), generator=g) for _ in range(4)]
+    grads = []
+    for m in (ours, old):  # one step's loss and gradients, bit for bit
+        loss, _ = m.loss(batches[0][:, :-1], batches[0][:, 1:])
+        loss.backward()
+        grads.append([loss.detach(), *(p.grad.clone() for p in m.parameters())])
+        m.zero_grad(set_to_none=True)
+    identical = all(torch.equal(a, b) for a, b in zip(*grads))
+    impls = {"ours": _Step(ours, lambda m, x, y: m.loss(x, y)[0]), "rev": _Step(old, lambda m, x, y: m.loss(x, y)[0])}
+    loads = []
+
+    def after(r, tps):
+        loads.append(os.getloadavg()[0])
+        log(f"round {r + 1}/{rounds}: ours {tps['ours'][-1]:,.0f} tok/s, {rev} {tps['rev'][-1]:,.0f} tok/s")
+
+    tps = _rounds(impls, batches, rounds, steps, warmup, after)
+    ratios = [a / b for a, b in zip(tps["ours"], tps["rev"])]
+    return {
+        "config": config_name, "revision": rev, "tokens_per_s_ours": round(statistics.median(tps["ours"]), 1),
+        "tokens_per_s_rev": round(statistics.median(tps["rev"]), 1),
+        "ratio_median": round(statistics.median(ratios), 4), "ratio_min": round(min(ratios), 4),
+        "ratio_max": round(max(ratios), 4), "ratio_best_rounds": round(max(tps["ours"]) / max(tps["rev"]), 4),
+        "same_init": same_init, "identical_loss_and_grads": identical, "batch": batch, "seq_len": seq_len,
+        "threads": torch.get_num_threads(), "rounds": rounds, "steps_per_round": steps,
+        "load_avg_1m_min": round(min(loads), 2), "load_avg_1m_max": round(max(loads), 2),
+        "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+# ------------------------------------------------------------------------------- what the new parts cost
+
+
+
+def _decode_tps(fn, batch: int, new_tokens: int, rounds: int) -> list[float]:
+    fn()  # warm-up
+    out = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        fn()
+        out.append(batch * new_tokens / (time.perf_counter() - t))
+    return out
+
+
+def run_parts(cfg: DecoderConfig, batch: int, seq_len: int, rounds: int = 5, steps: int = 3, config_name: str = "",
+              prompt: int = 32, new_tokens: int = 96, log=print) -> list[dict]:
+    from dataclasses import replace
+
+    from replicate.models.generate import generate
+
+    prov = {"config": config_name, "d_model": cfg.d_model, "n_layers": cfg.n_layers, "vocab_size": cfg.vocab_size,
+            "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+            "torch": torch.__version__, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    rows = []
+
+    def row(bench, variant, metric, value, **extra):
+        rows.append({"benchmark": bench, "variant": variant, "metric": metric, "value": round(value, 4), **extra,
+                     "load_avg_1m": round(os.getloadavg()[0], 2), **prov})
+
+    # training step: eager attention and per-head RoPE bases against the standard decoder
+    variants = {"sdpa": cfg, "eager": replace(cfg, attention="eager"),
+                "rope_per_head": replace(cfg, position_kwargs=(("bases", tuple(1e4 * (1 + h) for h in range(cfg.kv_heads))),))}
+    models = {}
+    for name, c in variants.items():
+        torch.manual_seed(0)
+        models[name] = Decoder(c)
+    impls = {n: _Step(m, lambda m, x, y: m.loss(x, y)[0]) for n, m in models.items()}
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randint(0, cfg.vocab_size, (batch, seq_len + 1), generator=g) for _ in range(2)]
+    tps = _rounds(impls, batches, rounds, steps)
+    for n, v in tps.items():
+        extra = dict(batch=batch, seq_len=seq_len)
+        row("train_step", n, "tokens_per_s", statistics.median(v), **extra)
+        row("train_step", n, "time_vs_sdpa", statistics.median(a / b for a, b in zip(tps["sdpa"], v)), **extra)
+    log("train step: " + ", ".join(f"{n} {statistics.median(v):,.0f} tok/s" for n, v in tps.items()))
+
+    # greedy decoding: ours with and without the KV cache, transformers' generate
+    torch.manual_seed(0)
+    hf = hf_llama(cfg).eval()
+    hf.config.use_cache = True
+    hf.generation_config.eos_token_id = hf.generation_config.bos_token_id = None  # no stop token: n new tokens each
+    ours = Decoder(cfg).eval()
+    from_llama_state_dict(ours, hf.state_dict())
+    for b in (1, 8):
+        ids = torch.randint(0, cfg.vocab_size, (b, prompt), generator=g)
+        fns = {"ours_kv_cache": lambda: generate(ours, ids, new_tokens),
+               "ours_no_cache": lambda: generate(ours, ids, new_tokens, use_cache=False),
+               "transformers_generate": lambda: hf.generate(ids, attention_mask=torch.ones_like(ids),
+                                                            max_new_tokens=new_tokens, do_sample=False, pad_token_id=0)}
+        with torch.no_grad():
+            same = torch.equal(fns["ours_kv_cache"](), fns["transformers_generate"]())
+            res = {n: _decode_tps(f, b, new_tokens, max(2, rounds // 2)) for n, f in fns.items()}
+        for n, v in res.items():
+            row("greedy_decode", n, "tokens_per_s", statistics.median(v), batch=b, seq_len=prompt + new_tokens,
+                same_tokens_as_transformers=same)
+        from replicate.models.generate import KVCache
+
+        row("greedy_decode", "ours_kv_cache", "cache_bytes_per_token", KVCache(ours, b).bytes_per_token, batch=b,
+            seq_len=prompt + new_tokens)
+        log(f"decode batch {b}: " + ", ".join(f"{n} {statistics.median(v):,.0f} tok/s" for n, v in res.items())
+            + f" (same tokens as transformers: {same})")
+    return rows
+
+
 def write_csv(rows: list[dict], out: Path) -> Path:
     import pandas as pd
 
@@ -188,22 +349,40 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", nargs="+", default=list(CONFIGS), choices=list(CONFIGS),
                    help="which small decoders (default: all)")
     p.add_argument("--out", type=Path, default=None, help="CSV path (default results/benchmarks/dense_cpu.csv)")
+    p.add_argument("--against", metavar="REV", default=None,
+                   help="instead: our decoder against the one at git revision REV (dense_vs_revision_cpu.csv)")
+    p.add_argument("--parts", action="store_true",
+                   help="instead: cost of eager attention, per-head RoPE, KV-cache decoding (decoder_parts_cpu.csv)")
     args = p.parse_args(argv)
     if args.rounds < 1 or args.steps < 1 or min(args.threads) < 1:
         print("error: --rounds, --steps and --threads must be >= 1", file=sys.stderr)
         return 2
+    rev_module, sha = load_revision(args.against) if args.against else (None, None)
     rows = []
     for threads in args.threads:
         torch.set_num_threads(threads)
         for name in args.config:
             cfg, batch, seq_len = CONFIGS[name]
             print(f"{name}, {threads} thread(s):", file=sys.stderr)
-            rows += run(cfg, batch, seq_len, rounds=args.rounds, steps=args.steps, config_name=name,
-                        log=lambda s: print("  " + s, file=sys.stderr))
-    out = write_csv(rows, args.out or results_dir() / "benchmarks" / "dense_cpu.csv")
-    for r in rows:
-        print(f"{r['config']:10s} {r['threads']} thr  {r['impl']:20s} {r['tokens_per_s']:>10,.0f} tok/s  x{r['speedup_vs_transformers']:.2f} vs transformers"
-              f"  {r['achieved_gflops']:.1f} GFLOP/s = {100 * r['mfu']:.0f}% of matmul {r['matmul_peak_gflops']:.1f}")
+            log = lambda s: print("  " + s, file=sys.stderr)  # noqa: E731
+            if args.against:
+                r = run_against(rev_module, sha, cfg, batch, seq_len, rounds=args.rounds, steps=args.steps,
+                                config_name=name, log=log)
+                rows.append(r)
+                print(f"{name:10s} {threads} thr  ours / {sha}: x{r['ratio_median']:.3f} (rounds "
+                      f"{r['ratio_min']:.3f}..{r['ratio_max']:.3f}), bitwise identical step: "
+                      f"{r['identical_loss_and_grads']}, same init: {r['same_init']}")
+            elif args.parts:
+                rows += run_parts(cfg, batch, seq_len, config_name=name, log=log)
+            else:
+                rows += run(cfg, batch, seq_len, rounds=args.rounds, steps=args.steps, config_name=name, log=log)
+    default = ("dense_vs_revision_cpu.csv" if args.against else
+               "decoder_parts_cpu.csv" if args.parts else "dense_cpu.csv")
+    out = write_csv(rows, args.out or results_dir() / "benchmarks" / default)
+    for r in rows if not (args.against or args.parts) else ():
+        print(f"{r['config']:10s} {r['threads']} thr  {r['impl']:20s} {r['tokens_per_s']:>10,.0f} tok/s  "
+              f"x{r['speedup_vs_transformers']:.2f} vs transformers  {r['achieved_gflops']:.1f} GFLOP/s = "
+              f"{100 * r['mfu']:.0f}% of matmul {r['matmul_peak_gflops']:.1f}")
     print(f"wrote {out}")
     return 0
 

@@ -18,6 +18,9 @@
    (``replicate.models.decoder.Decoder``, every FFN a top-2 MoE), under ``torch.profiler``: the share of
    self CPU time in matrix products (``aten::mm/addmm/bmm/...``), in the fused attention kernel, and elsewhere.
 Rows go to ``results/benchmarks/moe_cpu.csv`` (long format, with provenance columns).
+3. ``--against REV``: the MoE layer (E in ``--experts``, k in ``--k``) and the MoE decoder's training step against
+   those of git revision ``REV`` (``replicate.bench.dense.load_revision``), same weights, alternating step by step;
+   outputs compared bit for bit. Rows to ``results/benchmarks/moe_vs_revision_cpu.csv``.
 """
 
 from __future__ import annotations
@@ -172,6 +175,77 @@ def profile_decoder_step(batch: int = 8, seq_len: int = 256, d_model: int = 256,
             "tokens_per_step": batch * seq_len, "params": sum(p.numel() for p in model.parameters())}
 
 
+def _alternate(fns: dict, rounds: int, steps: int) -> dict[str, list[float]]:
+    """ms per call of each function, alternating within every round (first one first on even rounds)."""
+    for f in fns.values():
+        f()
+    times: dict[str, list[float]] = {n: [] for n in fns}
+    for r in range(rounds):
+        for name in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                fns[name]()
+            times[name].append((time.perf_counter() - t0) / steps * 1e3)
+    return times
+
+
+def against_revision(rev: str, experts, ks, d_expert: int, rounds: int, steps: int) -> list[dict]:
+    """Layer and decoder step, this code vs revision ``rev`` (same weights); see the module docstring."""
+    import os
+
+    from replicate.bench.dense import load_revision
+    from replicate.models.decoder import Decoder, DecoderConfig
+
+    old_dec, sha = load_revision(rev)
+    old_moe = __import__(old_dec.__name__.rsplit(".", 2)[0] + ".moe", fromlist=["MoE"])
+    rows = []
+
+    def add(bench, E, k, times, identical):
+        ratio = [a / b for a, b in zip(times["rev"], times["ours"])]  # > 1: ours faster
+        for metric, value in (("ms_median_ours", statistics.median(times["ours"])),
+                              ("ms_median_rev", statistics.median(times["rev"])),
+                              ("ms_min_ours", min(times["ours"])), ("ms_min_rev", min(times["rev"])),
+                              ("speedup_median", statistics.median(ratio)),
+                              ("speedup_best", min(times["rev"]) / min(times["ours"])),
+                              ("identical_outputs", float(identical)), ("load_avg_1m", os.getloadavg()[0])):
+            rows.append({"benchmark": bench, "revision": sha, "T": T_TOKENS, "d_model": D_MODEL, "E": E, "k": k,
+                         "d_expert": d_expert, "variant": "moe", "metric": metric, "value": round(value, 4)})
+        print(f"{bench} E={E} k={k}: ours {statistics.median(times['ours']):.1f} ms, {sha} "
+              f"{statistics.median(times['rev']):.1f} ms, speed-up x{statistics.median(ratio):.3f} "
+              f"(best x{min(times['rev']) / min(times['ours']):.3f}), identical: {identical}", flush=True)
+
+    for E in experts:
+        for k in ks:
+            torch.manual_seed(0)
+            ours = MoE(D_MODEL, d_expert, E, TopKRouter(D_MODEL, E, k))
+            old = old_moe.MoE(D_MODEL, d_expert, E, old_moe.TopKRouter(D_MODEL, E, k))
+            old.load_state_dict(ours.state_dict())
+            x = torch.randn(1, T_TOKENS, D_MODEL, requires_grad=True)
+            with torch.no_grad():
+                identical = torch.equal(ours(x)[0], old(x)[0])
+            add("moe_layer_fwd_bwd", E, k, _alternate({"ours": lambda: _step(ours, x), "rev": lambda: _step(old, x)},
+                                                       rounds, steps), identical)
+    kw = dict(vocab_size=2048, d_model=D_MODEL, n_layers=4, n_heads=4, d_ff=d_expert, max_seq_len=256, ffn="moe",
+              ffn_kwargs=(("n_experts", 8), ("k", 2)))
+    torch.manual_seed(0)
+    ours = Decoder(DecoderConfig(**kw))
+    old = old_dec.Decoder(old_dec.DecoderConfig(**kw))
+    old.load_state_dict(ours.state_dict())  # the expert init changed on purpose: compare the arithmetic
+    ids = torch.randint(0, 2048, (8, 257), generator=torch.Generator().manual_seed(0))
+
+    def dec_step(m):
+        lm_loss, aux = m.loss(ids[:, :-1], ids[:, 1:])
+        (lm_loss + sum(aux.values())).backward()
+        for p in m.parameters():
+            p.grad = None
+
+    with torch.no_grad():
+        identical = torch.equal(ours.loss(ids[:, :-1], ids[:, 1:])[0], old.loss(ids[:, :-1], ids[:, 1:])[0])
+    add("moe_decoder_train_step", 8, 2, _alternate({"ours": lambda: dec_step(ours), "rev": lambda: dec_step(old)},
+                                                     rounds, steps), identical)
+    return rows
+
+
 def _provenance() -> dict:
     return {"threads": torch.get_num_threads(), "device": "cpu", "cpu": platform.processor() or platform.machine(),
             "torch": torch.__version__, "replicate": replicate.__version__,
@@ -188,12 +262,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: torch's); 1 gives stable ratios on a shared, busy machine")
     p.add_argument("--no-profile", action="store_true")
-    p.add_argument("--out", type=Path, default=Path("results/benchmarks/moe_cpu.csv"))
+    p.add_argument("--out", type=Path, default=None,
+                   help="CSV path (default results/benchmarks/moe_cpu.csv, or moe_vs_revision_cpu.csv)")
+    p.add_argument("--against", metavar="REV", default=None,
+                   help="instead: this code's layer and decoder step against git revision REV's")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     prov = _provenance()
     rows = []
+    if args.against:
+        with use_impl("torch"):
+            rows = against_revision(args.against, args.experts, args.k, args.d_expert[0], args.rounds, args.steps)
+        return _write(rows, prov, args.out or Path("results/benchmarks/moe_vs_revision_cpu.csv"))
     with use_impl("torch"):
         print(f"{'E':>3} {'k':>2} {'F':>5} | best of {args.rounds}: {'moe ms':>8} {'naive ms':>9} {'bmm ms':>8} "
               f"{'dense ms':>9} | {'naive/moe':>9} {'moe/dense':>9} {'bmm/moe':>8}")
@@ -221,12 +302,16 @@ def main(argv: list[str] | None = None) -> int:
             base = {"benchmark": "moe_decoder_train_step_profile", "T": 8 * 256, "d_model": 256, "E": 8, "k": 2,
                     "d_expert": 512, "variant": "moe"}
             rows += [{**base, "metric": m, "value": round(v, 4)} for m, v in prof.items()]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
+    return _write(rows, prov, args.out or Path("results/benchmarks/moe_cpu.csv"))
+
+
+def _write(rows: list[dict], prov: dict, out: Path) -> int:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
     with tmp.open("w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=[*rows[0].keys(), *prov.keys()])
         w.writeheader()
         w.writerows({**r, **prov} for r in rows)
-    tmp.replace(args.out)
-    print(f"wrote {args.out}")
+    tmp.replace(out)
+    print(f"wrote {out}")
     return 0

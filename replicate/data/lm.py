@@ -86,17 +86,21 @@ class MaskedBatches:
         return {"ids": self.ids[idx], "loss_mask": self.loss_mask[idx]}
 
 
-def eval_windows(docs_ids: list[np.ndarray], n_windows: int, seq_len: int) -> torch.Tensor:
+def eval_windows(docs_ids: list[np.ndarray], n_windows: int, seq_len: int, stride: int | None = None) -> torch.Tensor:
     """``n_windows`` fixed (seq_len + 1)-token windows from inside documents, spread evenly over the documents
-    long enough to hold one, and evenly within each. Deterministic: the same windows at every checkpoint."""
+    long enough to hold one, and evenly within each. Deterministic: the same windows at every checkpoint.
+    ``stride`` (default: the window, no overlap) is the step between candidate window starts; with a smaller one
+    windows overlap, but a given position i still holds a different token in every window (starts differ), so
+    per-position means stay averages of distinct tokens."""
     need = seq_len + 1
-    slots = [(i, len(d) // need) for i, d in enumerate(docs_ids) if len(d) >= need]
+    stride = stride or need
+    slots = [(i, (len(d) - need) // stride + 1) for i, d in enumerate(docs_ids) if len(d) >= need]
     total = sum(k for _, k in slots)
     if total < n_windows:
-        raise ValueError(f"eval_windows: only {total} windows of {need} tokens fit in the held-out documents, "
-                         f"{n_windows} were asked for")
-    # all non-overlapping window positions, in document order; take n_windows of them evenly spaced
-    positions = [(i, j * need) for i, k in slots for j in range(k)]
+        raise ValueError(f"eval_windows: only {total} windows of {need} tokens (stride {stride}) fit in the held-out "
+                         f"documents, {n_windows} were asked for")
+    # all window positions, in document order; take n_windows of them evenly spaced
+    positions = [(i, j * stride) for i, k in slots for j in range(k)]
     pick = np.linspace(0, len(positions) - 1, n_windows).round().astype(int)
     rows = [docs_ids[positions[p][0]][positions[p][1] : positions[p][1] + need] for p in pick]
     return torch.from_numpy(np.stack(rows).astype(np.int64))

@@ -105,6 +105,8 @@ class CausalLM(L.LightningModule):
         self.log("train_loss", lm_loss, prog_bar=True)
         for k, v in aux.items():
             self.log(f"aux_{k}", v)
+        for k, v in self.model.layer_stats().items():  # per-layer MoE load, router entropy (empty when dense)
+            self.log(f"stats/{k}", v)
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"] if self._trainer else 0.0)
         return loss
 

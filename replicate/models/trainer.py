@@ -30,6 +30,7 @@ from lightning.pytorch.loggers import CSVLogger
 from replicate.config import config_hash
 from replicate.data.lm import Batches, LMDataModule
 from replicate.io import run_lock, torch_load, torch_save
+from replicate.models import convert
 from replicate.models.decoder import DecoderConfig
 from replicate.models.lm import CausalLM, LRMap, OptimConfig
 from replicate.paths import runs_dir
@@ -73,8 +74,12 @@ class TrainSpec:
 # keep the new parts' initialisation). The shared layer and papers register more (dense FFN -> partitioned
 # experts, MHA -> GQA); "none" loads the parent's weights unchanged.
 CONVERSIONS = Registry("conversion")
-CONVERSIONS.register("none")(lambda sd, module: sd)
 register_conversion = CONVERSIONS.register
+register_conversion("none")(lambda sd, module: sd)
+# the shared layer's (replicate.models.convert), each given the continued run's decoder as its target:
+register_conversion("mha_to_gqa")(lambda sd, module: convert.gqa_state(sd, module.model))  # K/V heads mean-pooled
+register_conversion("dense_to_experts")(lambda sd, module: convert.partition_state(sd, module.model))  # FFN cut
+register_conversion("attention_surgery")(lambda sd, module: convert.attention_state(sd, module.model))  # reuse/drop
 
 
 def continued(spec: TrainSpec, parent: dict, conversion: str = "none", lr_map: LRMap | None = None,

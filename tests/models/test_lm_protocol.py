@@ -106,3 +106,16 @@ def test_two_stage_recipe_extends_the_context_from_the_first_stage(runs):
     assert torch.equal(again[1]["final"]["val64"], second["final"]["val64"])  # cached, keyed by its parent
     alone = train("tiny", s2, b2, {"val64": lm.eval_windows([b.streams[0].tokens[:4000]], 4, 64)})
     assert alone["key"] != second["key"]  # the continued stage is not the fresh run of the same spec
+
+
+def test_per_expert_load_is_logged_during_training(runs):
+    b, ev = tiny_run.data()
+    s = tiny_run.spec(10)
+    spec = dataclasses.replace(s, model=dataclasses.replace(s.model, ffn="moe", ffn_kwargs=(("n_experts", 4), ("k", 1))),
+                               eval_steps=())
+    train("tiny", spec, b, ev)
+    import pandas as pd
+
+    metrics = pd.read_csv(runs / "tiny" / spec.key / "metrics.csv")
+    cols = [c for c in metrics.columns if c.startswith("stats/layer0/load_e")]
+    assert len(cols) == 4 and metrics[cols].dropna().sum(axis=1).round(6).eq(1.0).all()  # shares of the 4 experts

@@ -172,3 +172,23 @@ def test_a_run_being_trained_elsewhere_is_refused(runs):
         with pytest.raises(Busy, match=f"training run tiny/{spec.key} is in use by process {os.getpid()}"):
             train("tiny", spec, b, ev)
     assert train("tiny", spec, b, ev)["final"]["val"].shape == (8, 32)  # released: it trains
+
+
+def test_named_conversions_start_a_continued_run_from_a_converted_parent(runs):
+    b, ev = tiny_run.data()
+    parent = train("tiny", tiny_run.spec(6), b, ev, keep_weights=True)
+    frozen = OptimConfig(lr=0.0, weight_decay=0.0, warmup_steps=1, max_steps=2)
+    # MHA -> GQA (2 heads -> 1 KV head): the pooled model differs, and its K/V are the parent's means
+    gqa = dataclasses.replace(tiny_run.spec(2), model=dataclasses.replace(tiny_run.spec().model, n_kv_heads=1),
+                              optim=frozen, eval_steps=())
+    child = train("tiny", continued(gqa, parent, conversion="mha_to_gqa"), b, ev, parent=parent, keep_weights=True)
+    hd = gqa.model.head_dim
+    k_parent = parent["state_dict"]["model.layers.0.attn.qkv_proj.weight"][2 * hd: 4 * hd]
+    k_child = child["state_dict"]["model.layers.0.attn.qkv_proj.weight"][2 * hd: 3 * hd]
+    assert torch.allclose(k_child, k_parent.view(2, hd, -1).mean(0))
+    # dense -> sigmoid-gated experts with no gate: exactly the parent's function
+    moe = dataclasses.replace(tiny_run.spec(2), model=dataclasses.replace(
+        tiny_run.spec().model, ffn="sigmoid_moe", ffn_kwargs=(("n_experts", 4), ("gate", "none"))), optim=frozen,
+        eval_steps=())
+    same = train("tiny", continued(moe, parent, conversion="dense_to_experts"), b, ev, parent=parent)
+    assert torch.allclose(same["final"]["val"], parent["final"]["val"], atol=1e-5)

@@ -1,4 +1,5 @@
-"""Temporal Scaling Law: the law's identities, the fits recovering known parameters, and the baselines."""
+"""Temporal Scaling Law: the law's identities, fits that recover known parameters and forecasts, rules that can fail,
+and the schedule the config promises."""
 
 import dataclasses
 
@@ -6,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from replicate.papers import resolve_config
-from replicate.models.lm import CausalLM, OptimConfig, lr_at
+from replicate.config import ConfigError
 from replicate.models.decoder import DecoderConfig
+from replicate.models.lm import CausalLM, OptimConfig, lr_at
+from replicate.papers import resolve_config
 from replicate.papers import temporal_scaling_law as tsl
 
 
@@ -19,84 +21,132 @@ def cfg():
 
 @pytest.mark.parametrize("start", [0, 1])
 def test_closed_form_mean_equals_the_direct_sum(start):
-    n, a0, a1, a2 = 256, 2.3, 0.07, 3.1
+    n, c, b, a2 = 256, 2.3, 4.1, 3.1
     i = np.arange(n) + start
-    direct = np.mean(tsl.hyperbolic_law(i, a0, a1, a2))
-    assert tsl.mean_hyperbolic(n, a0, a1, a2, start=start) == pytest.approx(direct, rel=1e-12)
+    assert tsl.mean_hyperbolic(n, c, b, a2, start=start) == pytest.approx(np.mean(tsl.hyperbolic(i, c, b, a2)),
+                                                                          rel=1e-12)
+    a0, a1, _ = tsl.spec_parameters(c, b, a2)  # the spec's form gives the same curve
+    assert np.allclose(a0 / (1 + a1 * i) + a2, tsl.hyperbolic(i, c, b, a2))
 
 
 def test_stage1_recovers_known_parameters_and_chi2_is_one_at_the_noise_level():
     i = np.arange(1, 257, dtype=float)
-    truth = (2.5, 0.12, 3.4)
-    L = tsl.hyperbolic_law(i, *truth)
-    fit = tsl.fit_positions(i, L)
-    assert [fit["a0"], fit["a1"], fit["a2"]] == pytest.approx(truth, rel=1e-5)
-    assert fit["r2"] == pytest.approx(1.0)
+    truth = (3.0, 2.5, 3.4)
+    exact = tsl.fit_positions(i, tsl.hyperbolic(i, *truth))
+    assert [exact["c"], exact["b"], exact["a2"]] == pytest.approx(truth, rel=1e-6)
     rng = np.random.default_rng(0)
-    se = np.full_like(L, 0.05)
-    noisy = L + rng.normal(0, 0.05, L.shape)
-    assert 0.8 < tsl.fit_positions(i, noisy, se)["chi2_red"] < 1.2
+    se = np.full_like(i, 0.05)
+    noisy = tsl.fit_positions(i, tsl.hyperbolic(i, *truth) + rng.normal(0, 0.05, i.shape), se)
+    assert 0.8 < noisy["chi2_red"] < 1.2 and abs(noisy["b"] - 2.5) < 3 * noisy["se_b"]
+    assert not noisy["b_at_bound"] and not noisy["multimodal"]
+    assert noisy["aic_constant"] - noisy["aic_hyperbolic"] > 100  # far better than no position dependence
     # data of another shape (a bump the hyperbola cannot follow) fits far outside the noise
-    assert tsl.fit_positions(i, 4 + 0.5 * np.sin(i / 20) + rng.normal(0, 0.05, L.shape), se)["chi2_red"] > 3
+    assert tsl.fit_positions(i, 4 + 0.5 * np.sin(i / 20) + rng.normal(0, 0.05, i.shape), se)["chi2_red"] > 3
+    # a curve steeper at the start than any b >= 0 allows puts b at its bound, and says so
+    assert tsl.fit_positions(i, 3.0 / (i - 0.6) + 3.4, se)["b_at_bound"]
+
+
+def test_c1_rule_rejects_a_constant_surface_and_accepts_the_law():
+    i = np.arange(1, 129, dtype=float)
+    rng = np.random.default_rng(1)
+    se = np.full_like(i, 0.1)
+
+    def rule(make):
+        f = [tsl.fit_positions(i, make() + rng.normal(0, 0.1, i.shape), se) for _ in range(20)]
+        get = lambda k: np.array([x[k] for x in f])
+        return tsl.c1_verdict(get("chi2_red"), get("aic_constant") - get("aic_hyperbolic"),
+                              get("aic_power") - get("aic_hyperbolic"), 10.0)
+
+    assert rule(lambda: np.full_like(i, 4.0)) == "not_reproduced"
+    assert rule(lambda: tsl.hyperbolic(i, 3.0, 2.0, 3.5)) == "reproduced"
+    assert rule(lambda: 3.5 + 4.0 * i ** -0.2) == "not_reproduced"  # a power law in i, decisively not the hyperbola
+
+
+def _surface(cfg, steps, noise=0.0, seed=0):
+    """Per-position curves from known (c, b, a2(N)): a2 a power law of the cumulative learning rate; and their SEs."""
+    h = tsl.e1_horizon(cfg)
+    ck = h.clock(steps)
+    c, b = np.full(len(steps), 1.2), np.full(len(steps), 0.6)
+    a2 = 3.2 + 1.0 * ck.s1 ** -0.6
+    i = np.arange(cfg.seq_len) + cfg.position_start
+    rng = np.random.default_rng(seed)
+    curves = {s: (tsl.hyperbolic(i, c[k], b[k], a2[k]) + rng.normal(0, noise, len(i)), np.full(len(i), max(noise, 1e-3)))
+              for k, s in enumerate(steps)}
+    return curves, tsl.mean_hyperbolic(cfg.seq_len, c, b, a2, start=cfg.position_start)
+
+
+@pytest.mark.parametrize("r2, ok, verdict", [
+    ((0.95, 0.97, 0.5), (True, True, True), "not_reproduced"),
+    ((0.95, 0.2, 0.5), (True, False, True), "not_reproduced"),  # a passing miss refutes whatever failed beside it
+    ((0.95, 0.97, 0.91), (True, True, True), "reproduced"),
+    ((0.95, 0.2, 0.91), (True, False, True), "invalid"),  # the failed fit could be the one that misses
+])
+def test_c2_is_refuted_by_a_passing_fit_and_never_confirmed_past_a_failed_one(r2, ok, verdict):
+    import pandas as pd
+
+    from replicate.claims import Claim, judged
+
+    from replicate.papers.temporal_scaling_law.report import c2_verdict
+
+    v, value, validity = c2_verdict(pd.DataFrame({"r2_full": r2, "fit_ok": ok}))
+    assert judged(Claim("C2", "", "", None, value, "", v, ""), validity).verdict == verdict
+    if verdict == "not_reproduced":
+        assert value == 0.5 and validity.ok
+
+
+def test_a_known_surface_is_recovered_and_forecast_within_one_percent(cfg):
+    steps = np.array(tsl.e1_schedule(cfg))
+    curves, truth = _surface(cfg, steps, noise=0.02)
+    df = tsl.stage1(cfg, curves)
+    pred, validity = tsl.predict(cfg, df, tsl.e1_horizon(cfg), 0.3, cfg.seq_len, tuple(steps), curves,
+                                 log_v=np.log(2048))[tsl.TSL]
+    fut = steps / cfg.steps > 0.3
+    assert validity.ok, validity.failures
+    assert np.max(np.abs(pred[fut] - truth[fut]) / truth[fut]) < 0.01
+
+
+def test_a_forecast_outside_the_possible_range_is_a_failed_check(cfg):
+    steps = np.array(tsl.e1_schedule(cfg))
+    curves, _ = _surface(cfg, steps, noise=0.02)
+    df = tsl.stage1(cfg, curves)
+    _, v = tsl.predict(cfg, df, tsl.e1_horizon(cfg), 0.3, cfg.seq_len, tuple(steps), curves, log_v=1.0)[tsl.TSL]
+    assert not v.ok and any("outside (0, ln V" in f for f in v.failures)
 
 
 @pytest.mark.parametrize("form, make", [
-    ("log", lambda u: 1.5 + 0.3 * np.log(u)),
-    ("hyperbolic", lambda u: 0.02 + 0.01 / (u + 0.05)),
-    ("piecewise_cosine", lambda u: 3.0 + 0.4 * np.cos(np.pi * np.clip((u - 0.02) / 0.98, 0, 1))),
-    ("power", lambda u: 2.0 + 0.5 * u ** -0.3),
+    ("log", lambda ck: 1.5 + 0.3 * np.log(ck.u)),
+    ("hyperbolic", lambda ck: 0.02 + 0.01 / (ck.u + 0.05)),
+    ("piecewise_cosine", lambda ck: 3.0 + 0.4 * np.cos(np.pi * ck.p)),
+    ("power", lambda ck: 2.0 + 0.5 * ck.u ** -0.3),
+    ("lr_power", lambda ck: 2.0 + 1.5 * ck.s1 ** -0.4),
 ])
-def test_temporal_forms_extrapolate_their_own_family_exactly(form, make):
-    u = np.linspace(0.05, 1.0, 40)
-    obs = u <= 0.3
-    f = tsl.fit_form(form, u[obs], make(u[obs]), uw=0.02)
-    np.testing.assert_allclose(f(u), make(u), rtol=1e-4, atol=1e-6)
+def test_temporal_forms_extrapolate_their_own_family(form, make):
+    ck = tsl.clock(np.arange(20, 801, 20), OptimConfig(lr=1e-3, warmup_steps=16, max_steps=800), 0.975)
+    obs = ck.u <= 0.3
+    f = tsl.fit_form(form, ck.at(obs), make(ck)[obs])
+    assert f.converged and not f.theta_at_bound
+    np.testing.assert_allclose(f.predict(ck), make(ck), rtol=1e-4, atol=1e-5)
 
 
-def _synthetic_fits(cfg, horizon, steps):
-    """Per-checkpoint parameters generated exactly from the spec's forms: TSL must then predict L(N) exactly."""
-    u = np.asarray(steps) / horizon.total_steps
-    p = tsl.progress(u, horizon.uw)
-    a0 = 1.0 + 0.2 * np.log(u)
-    a1 = 0.05 + 0.004 / (u + 0.1)
-    a2 = 3.5 + 0.5 * np.cos(np.pi * p)
-    loss = tsl.mean_hyperbolic(cfg.seq_len, a0, a1, a2, start=cfg.position_start)
-    import pandas as pd
-
-    return pd.DataFrame({"step": steps, "loss": loss, "a0": a0, "a1": a1, "a2": a2})
-
-
-def test_tsl_predicts_exactly_when_the_parameters_follow_its_forms(cfg):
-    opt = OptimConfig(lr=1e-3, warmup_steps=16, max_steps=800)
-    horizon = tsl.Horizon(800, 2048, opt)
-    steps = list(tsl.checkpoint_schedule(800, 30, 16))
-    df = _synthetic_fits(cfg, horizon, steps)
-    pred = tsl.predict(cfg, df, horizon, 0.3, cfg.seq_len)
-    fut = np.asarray(steps) / 800 > 0.3
-    np.testing.assert_allclose(pred["TSL"][fut], df["loss"].to_numpy()[fut], rtol=1e-4)
-    # a whole-loss power law cannot follow the cosine-shaped end of training
-    assert tsl.scores(df["loss"].to_numpy()[fut], pred["E + A·N^-α"][fut])["mse"] > 100 * \
-        tsl.scores(df["loss"].to_numpy()[fut], pred["TSL"][fut])["mse"]
-
-
-def test_lr_areas_and_the_annealing_law_recover_their_own_data():
+def test_the_annealing_law_recovers_its_own_data():
     opt = OptimConfig(lr=2e-3, warmup_steps=10, max_steps=400, min_lr_ratio=0.1)
-    steps = np.arange(20, 401, 10)
-    s1, s2 = tsl.lr_areas(steps, opt, 0.999)
+    ck = tsl.clock(np.arange(20, 401, 10), opt, 0.99)
     eta = np.array([lr_at(s, opt) for s in range(400)]) / opt.lr
-    assert s1[-1] == pytest.approx(eta.sum())
-    assert np.all(np.diff(s1) > 0) and np.all(np.diff(s2) >= 0) and s2[-1] > 0  # the LR anneals, so the annealing area grows
-    L = 2.0 + 1.5 * s1 ** -0.4 - 0.002 * s2
-    u = steps / 400
-    f = tsl.fit_baseline("lr_annealing", u, L, s1, s2)
-    np.testing.assert_allclose(f(u, s1, s2), L, rtol=1e-4)
+    assert ck.s1[-1] == pytest.approx(1.0) and np.all(np.diff(ck.s1) > 0) and np.all(np.diff(ck.s2) >= 0)
+    assert ck.s1[0] == pytest.approx(eta[:20].sum() / eta.sum())
+    L = 2.0 + 1.5 * ck.s1 ** -0.4 - 0.3 * ck.s2
+    f = tsl.fit_form("lr_power", ck, L, decreasing=True, anneal=True)
+    np.testing.assert_allclose(f.predict(ck), L, rtol=1e-5)
 
 
-def test_checkpoint_schedule_is_log_then_uniform():
-    s = tsl.checkpoint_schedule(800, 30, 16)
-    assert list(s) == sorted(set(s)) and s[-1] == 800 and s[0] == 16 and 25 <= len(s) <= 31
-    gaps = np.diff(s)
-    assert gaps[0] < gaps[-1]
+def test_checkpoint_schedule_gives_exactly_what_the_config_says(cfg):
+    s = tsl.checkpoint_schedule(cfg.steps, cfg.n_checkpoints, cfg.n_log_checkpoints)
+    assert len(s) == cfg.n_checkpoints + cfg.n_log_checkpoints and list(s) == sorted(set(s)) and s[-1] == cfg.steps
+    assert tsl.e1_schedule(cfg) == s[cfg.n_log_checkpoints:]  # the uniform ones
+    with pytest.raises(ConfigError, match="parameter 'mix_n_checkpoints'"):
+        resolve_config("temporal_scaling_law", "smoke", mix_steps=10, mix_n_checkpoints=11)
+    with pytest.raises(ConfigError, match="parameter 'n_checkpoints'"):
+        resolve_config("temporal_scaling_law", "smoke", steps=10, n_checkpoints=10, n_log_checkpoints=1)
 
 
 def test_position_weighting_with_gamma_zero_is_the_ordinary_loss():
@@ -108,7 +158,6 @@ def test_position_weighting_with_gamma_zero_is_the_ordinary_loss():
     weighted.load_state_dict(plain.state_dict())
     for m in (plain, weighted):
         m.log = lambda *a, **k: None
-    plain._trainer = None
     loss_plain = torch.nn.functional.cross_entropy(plain(batch[:, :-1]).logits.flatten(0, 1), batch[:, 1:].flatten())
     assert weighted.training_step(batch, 0).item() == pytest.approx(loss_plain.item(), rel=1e-6)
     w1 = tsl.PositionWeightedLM(mcfg, OptimConfig(), gamma=1.0)
@@ -119,14 +168,14 @@ def test_position_weighting_with_gamma_zero_is_the_ordinary_loss():
 
 def test_uniformity_slope_is_zero_for_proportional_improvement(cfg):
     rng = np.random.default_rng(0)
+    c = dataclasses.replace(cfg, seq_len=32, drop_before_frac=0.0, steps=100, n_checkpoints=4, n_log_checkpoints=0)
     base = 3 + 2 / (1 + 0.1 * np.arange(1, 33))
     windows = base + rng.normal(0, 0.01, (8, 32))
-    c = dataclasses.replace(cfg, seq_len=32, drop_before_frac=0.0, steps=100)
-    ev = {10: torch.tensor(windows), 100: torch.tensor(windows * 0.8)}
+    ev = {s: torch.tensor(windows * 0.9 ** k) for k, s in enumerate((25, 50, 75, 100))}
     frame, slope = tsl.relative_improvement(c, ev)
-    assert np.allclose(frame["rel_improvement"], 0.2)
+    assert np.allclose(frame["rel_improvement"], 0.1) and frame["pairs"].iloc[0] == 3
     assert abs(slope) < 1e-6
-    ev[100] = torch.tensor(windows - 0.5)  # equal absolute, unequal relative improvement
+    ev = {s: torch.tensor(windows - 0.2 * k) for k, s in enumerate((25, 50, 75, 100))}  # equal absolute steps
     assert tsl.relative_improvement(c, ev)[1] > 0.05
 
 
@@ -163,7 +212,7 @@ def test_hub_corpus_fails_with_one_clear_line_offline(monkeypatch, tmp_path):
 
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("REPLICATE_RUNS", str(tmp_path))
-    c = resolve_config("temporal_scaling_law", "smoke", id_corpus="hf:monology/pile-uncopyrighted")
+    c = resolve_config("temporal_scaling_law", "smoke", id_corpus="hf:monology/pile-uncopyrighted", ood_set="python_docs")
     with pytest.raises(DataUnavailable, match=r"^corpus 'hf:monology/pile-uncopyrighted': .*offline") as e:
         tsl.data(c)
     assert "\n" not in str(e.value)

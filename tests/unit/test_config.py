@@ -38,7 +38,7 @@ def test_default_scale_is_small_and_factories_validate():
         ({"steps": 3.5}, "parameter 'steps': must be an integer"),
         ({"steps": True}, "parameter 'steps': must be an integer"),
         ({"lr": "fast"}, "parameter 'lr': must be a finite number"),
-        ({"a0_form": "cubic"}, "parameter 'a0_form': must be one of 'log' | 'hyperbolic'"),
+        ({"c_form": "cubic"}, "parameter 'c_form': must be one of 'lr_power' | 'power'"),
         ({"fit_fractions": (0.3, 2.0)}, "parameter 'fit_fractions'"),
         ({"bogus": 1}, "parameter 'bogus': unknown for temporal_scaling_law; allowed: scale, seed"),
         ({"n_heads": 5}, "parameter 'n_heads': must divide d_model"),

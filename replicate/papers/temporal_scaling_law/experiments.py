@@ -2,48 +2,59 @@
 
 Steps, in order (the notebook runs one per cell):
 
-- ``data``: a byte-level BPE over the training split of the plays and of the stdlib source; token streams; fixed
-  evaluation windows: ID = held-out plays, OOD = the Python language reference (English of another domain, the
-  same vocabulary), E3's blend = half held-out plays, half held-out stdlib modules.
+- ``data``: a byte-level BPE over the training split of the ID plays and of the stdlib source; token streams; fixed
+  evaluation windows: ID = held-out plays, OOD = the histories (never trained on) or the Python reference
+  (``ood_set``), E3's blend = half held-out plays, half held-out stdlib modules; the unigram entropy of the ID
+  training stream (the count model every trained model must beat).
 - ``e1``: the studied model, per-position loss on ID and OOD at every scheduled checkpoint.
-- ``mixtures`` (E3): one short run per code fraction r, evaluated on the blend.
+- ``mixtures`` (E3): ``mix_seeds`` short runs per code fraction r, evaluated on the blend.
 - ``reweighting``: E1's recipe trained with w_i ∝ L_i^γ (paper scale; on at smoke to test the path).
-- ``fits``, ``positions``: stage-1 fits per (set, checkpoint) and the tidy per-position losses.
-- ``forms``, ``form_curves``: every candidate temporal form fitted to every parameter; the configured forms'
-  fitted curves on the main prefix (fig2 draws them, it fits nothing).
-- ``predictions``, ``bootstrap``: predicted vs actual L(N) per set, fit fraction and method; the paired bootstrap
-  over evaluation windows of the claims' methods.
-- ``mixture_selection``, ``uniformity``, ``reweight_gains``: E3's picks; the v1 relative-improvement profile and
-  its bootstrap; the re-weighting gain and its bootstrap.
+- ``fits``, ``positions``: stage-1 fits per (set, checkpoint) with their diagnostics; the per-position losses.
+- ``forms``, ``trajectories``: every candidate temporal form on every parameter; what TSL extrapolates at the main
+  fraction (c and a2 at the shared b, and their fitted forms: fig2 draws them, it fits nothing).
+- ``predictions``, ``bootstrap``: predicted vs actual L(N) per set, fit fraction and method with each method's
+  validity; the paired bootstrap over evaluation windows of the claims' methods.
+- ``mixture_selection``, ``uniformity``, ``reweight_gains``, ``validity``: E3's predictions and picks with a window
+  bootstrap; the relative-improvement profile over consecutive checkpoints and its bootstrap; the re-weighting
+  gain; the checks that the models learned and the OOD loss falls.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
-from scipy import optimize
 
+from replicate.claims import Validity
 from replicate.data import corpora, lm, tokenizer
 from replicate.experiments import Plan
-from replicate.models.lm import OptimConfig, lr_at
+from replicate.models.lm import OptimConfig
 from replicate.models.trainer import TrainSpec, train
-from replicate.papers.temporal_scaling_law import FORMS, PAPER_ID, TSLConfig
+from replicate.papers.temporal_scaling_law import FORMS, PAPER_ID, TSLConfig, checkpoint_schedule
 from replicate.papers.temporal_scaling_law.method import (
-    MAX_NFEV,
+    Clock,
     PositionWeightedLM,
+    clock,
     fit_form,
+    fit_at_b,
     fit_positions,
+    mean_hyperbolic,
     r2,
-    tsl_loss,
+    shared_b,
+    spec_parameters,
 )
 
-VARIANT = "TSL, c=a0/a1 & b=1/a1 (ours)"
-CLAIM_METHODS = ("TSL", "E + A·N^-α", "LR-annealing law (Tissue et al.)")  # what the claims compare
+TSL = "TSL"
+SPEC = "TSL, spec forms (a0 log, a1 hyperbolic, a2 piecewise cosine)"
+ANNEALING = "LR-annealing law on L(N) (Tissue et al.)"
+POWER = "E + A·N^-α on L(N)"
+PURE = "(N_c/N)^α on L(N)"
+COSINE = "piecewise cosine on L(N) (ablation)"
+METHODS = (TSL, SPEC, ANNEALING, POWER, PURE, COSINE)
+CLAIM_METHODS = (TSL, ANNEALING, POWER)  # what the claims compare (the bootstrap refits these)
 
 plan = Plan(PAPER_ID)
 
@@ -54,86 +65,96 @@ plan = Plan(PAPER_ID)
 @dataclass(frozen=True)
 class Data:
     tok: object
-    shakespeare_train: np.ndarray
+    id_train: np.ndarray  # ID training stream
     code_train: np.ndarray
-    eval_sets: dict  # E1, (W, n+1) windows: "id" (held-out plays), "ood" (the Python reference, English prose)
+    eval_sets: dict  # E1, (W, n+1) windows: "id" (held-out plays), "ood" (histories or the Python reference)
     mix_eval: dict  # E3, (W, n_mix+1) windows: "blend", half held-out plays and half held-out stdlib modules
+    unigram_nats: float  # entropy of the ID training stream's unigram distribution: the count model to beat
     description: str
     sizes: dict  # what the notebook's prose reports: documents, bytes and tokens of each split
 
 
+def _windows(docs_ids, n: int, seq_len: int) -> torch.Tensor:
+    """``n`` windows; half-overlapping ones where the text is too short for ``n`` disjoint windows."""
+    try:
+        return lm.eval_windows(docs_ids, n, seq_len)
+    except ValueError:
+        return lm.eval_windows(docs_ids, n, seq_len, stride=(seq_len + 1) // 2)
+
+
 @plan.step
 def data(cfg: TSLConfig) -> Data:
-    """Tokenizer trained on the training split of both corpora (plays and stdlib code); token streams; fixed
-    evaluation windows. E1's OOD set is English of another domain (the Python language reference), so it shares the
-    vocabulary E1 trains on; code, whose tokens E1 never sees, is the second domain of E3's mixtures instead."""
-    sh_tr, sh_ho = corpora.split(corpora.load(cfg.id_corpus))
+    """Tokenizer trained on the training split of the ID plays and of the stdlib code (E3 mixes the two); token
+    streams; fixed evaluation windows (module docstring)."""
+    if cfg.id_corpus == "shakespeare" and cfg.ood_set == "histories":
+        id_docs, ood_docs = corpora.shakespeare_split_by_genre(("histories",))
+    else:
+        id_docs, ood_docs = corpora.load(cfg.id_corpus), corpora.python_docs()
+    if cfg.ood_set == "python_docs":
+        ood_docs = corpora.python_docs()
+    sh_tr, sh_ho = corpora.split(id_docs, cfg.heldout_fraction)
     py_tr, py_ho = corpora.split(corpora.python_stdlib(cfg.code_max_bytes))
-    docs = corpora.python_docs()
-    tok = tokenizer.train_bpe(sh_tr + py_tr, cfg.vocab_size, name="shakespeare+python")
+    tok = tokenizer.train_bpe(sh_tr + py_tr, cfg.vocab_size, name=f"tsl-{cfg.ood_set}")
     enc = lambda d: tokenizer.encode_documents(tok, d)
-    half = cfg.eval_windows // 2
-    blend = torch.cat([lm.eval_windows(enc(sh_ho), half, cfg.mix_seq_len),
-                       lm.eval_windows(enc(py_ho), half, cfg.mix_seq_len)])
+    half = cfg.mix_eval_windows // 2
+    blend = torch.cat([_windows(enc(sh_ho), half, cfg.mix_seq_len), _windows(enc(py_ho), half, cfg.mix_seq_len)])
     streams = {"id": lm.join(enc(sh_tr)), "code": lm.join(enc(py_tr))}
+    counts = np.bincount(streams["id"].astype(np.int64), minlength=cfg.vocab_size).astype(float)
+    p = counts[counts > 0] / counts.sum()
     nbytes = lambda ds: sum(len(d.text.encode("utf-8")) for d in ds)
     sizes = {"id_train_docs": len(sh_tr), "id_heldout_docs": len(sh_ho), "id_train_bytes": nbytes(sh_tr),
              "id_train_tokens": len(streams["id"]), "code_train_docs": len(py_tr), "code_train_tokens":
-             len(streams["code"]), "ood_docs": len(docs), "ood_bytes": nbytes(docs)}
+             len(streams["code"]), "ood_docs": len(ood_docs), "ood_bytes": nbytes(ood_docs)}
     return Data(
-        tok=tok, shakespeare_train=streams["id"], code_train=streams["code"],
-        eval_sets={"id": lm.eval_windows(enc(sh_ho), cfg.eval_windows, cfg.seq_len),
-                   "ood": lm.eval_windows(enc(docs), cfg.eval_windows, cfg.seq_len)},
-        mix_eval={"blend": blend},
+        tok=tok, id_train=streams["id"], code_train=streams["code"],
+        eval_sets={"id": _windows(enc(sh_ho), cfg.eval_windows, cfg.seq_len),
+                   "ood": _windows(enc(ood_docs), cfg.eval_windows, cfg.seq_len)},
+        mix_eval={"blend": blend}, unigram_nats=float(-(p * np.log(p)).sum()),
         description=f"tok=bpe{cfg.vocab_size}:{tokenizer.tokenizer_fingerprint(tok)};"
-                    f"id={corpora.fingerprint(sh_tr)};code={corpora.fingerprint(py_tr)};ood={corpora.fingerprint(docs)}",
+                    f"id={corpora.fingerprint(sh_tr)};code={corpora.fingerprint(py_tr)};ood={corpora.fingerprint(ood_docs)}",
         sizes=sizes,
     )
 
 
-def checkpoint_schedule(total: int, n: int, first: int = 1) -> tuple[int, ...]:
-    """``n`` evaluation steps: a third log-spaced from ``first`` to 10 % of training, the rest uniform to the end."""
-    n_log = max(2, n // 3)
-    early = np.geomspace(max(1, first), max(2, 0.1 * total), n_log)
-    late = np.linspace(0.1 * total, total, n - n_log + 1)[1:]
-    steps = sorted({int(round(s)) for s in np.concatenate([early, late])} | {total})
-    return tuple(s for s in steps if 1 <= s <= total)
-
-
 @dataclass(frozen=True)
 class Horizon:
-    """The training schedule the laws need: total steps, tokens per step, warm-up, optimiser."""
+    """The training schedule the laws need: total steps, tokens per step, the optimiser and the annealing
+    momentum λ (scaled to the run: its time constant is ``tissue_momentum_frac`` of the steps)."""
 
     total_steps: int
     tokens_per_step: int
     opt: OptimConfig
+    momentum: float
 
-    @property
-    def uw(self) -> float:
-        return self.opt.warmup_steps / self.total_steps
+    def clock(self, steps) -> Clock:
+        return clock(steps, self.opt, self.momentum)
+
+
+def _horizon(cfg: TSLConfig, steps: int, seq_len: int, prefix: str = "") -> Horizon:
+    return Horizon(steps, cfg.batch_size * seq_len, cfg.optim(steps, prefix=prefix),
+                   1.0 - 1.0 / max(1.0, cfg.tissue_momentum_frac * steps))
 
 
 def e1_horizon(cfg: TSLConfig) -> Horizon:
-    return Horizon(cfg.steps, cfg.batch_size * cfg.seq_len, cfg.optim(cfg.steps))
+    return _horizon(cfg, cfg.steps, cfg.seq_len)
 
 
 def mix_horizon(cfg: TSLConfig) -> Horizon:
-    return Horizon(cfg.mix_steps, cfg.batch_size * cfg.mix_seq_len, cfg.optim(cfg.mix_steps, prefix="mix_"))
+    return _horizon(cfg, cfg.mix_steps, cfg.mix_seq_len, prefix="mix_")
 
 
 # ============================================================================================ training runs
 
 
 def e1_spec(cfg: TSLConfig, data: Data, gamma: float = 0.0) -> TrainSpec:
-    opt = cfg.optim(cfg.steps)
-    return TrainSpec(cfg.decoder(cfg.vocab_size), opt, data.description + (f";gamma={gamma}" if gamma else ""),
-                     cfg.batch_size, cfg.seq_len, cfg.seed,
-                     eval_steps=checkpoint_schedule(cfg.steps, cfg.n_checkpoints, opt.warmup_steps),
+    return TrainSpec(cfg.decoder(cfg.vocab_size), cfg.optim(cfg.steps),
+                     data.description + (f";gamma={gamma}" if gamma else ""), cfg.batch_size, cfg.seq_len, cfg.seed,
+                     eval_steps=checkpoint_schedule(cfg.steps, cfg.n_checkpoints, cfg.n_log_checkpoints),
                      ckpt_every=max(10, cfg.steps // 20))
 
 
 def e1_batches(cfg: TSLConfig, data: Data) -> lm.Batches:
-    return lm.Batches((lm.Stream(data.shakespeare_train),), (1.0,), cfg.batch_size, cfg.seq_len, cfg.seed)
+    return lm.Batches((lm.Stream(data.id_train),), (1.0,), cfg.batch_size, cfg.seq_len, cfg.seed)
 
 
 @plan.step
@@ -143,18 +164,20 @@ def e1(cfg: TSLConfig, data: Data) -> dict:
 
 
 @plan.step
-def mixtures(cfg: TSLConfig, data: Data) -> dict[float, dict]:
-    """E3: one short run per code fraction r; evaluation on the 50/50 blend of held-out plays and code."""
+def mixtures(cfg: TSLConfig, data: Data) -> dict[tuple[float, int], dict]:
+    """E3: ``mix_seeds`` runs per code fraction r; evaluation on the 50/50 blend of held-out plays and code.
+    Keyed by (r, seed)."""
     out = {}
-    for r in cfg.mixture_code_fractions:
-        opt = cfg.optim(cfg.mix_steps, prefix="mix_")
-        spec = TrainSpec(cfg.decoder(cfg.vocab_size, prefix="mix_"), opt, data.description + f";mix_code={r}",
-                         cfg.batch_size, cfg.mix_seq_len, cfg.seed,
-                         eval_steps=checkpoint_schedule(cfg.mix_steps, cfg.mix_n_checkpoints, opt.warmup_steps),
-                         ckpt_every=max(10, cfg.mix_steps // 10))
-        batches = lm.Batches((lm.Stream(data.shakespeare_train), lm.Stream(data.code_train)), (1 - r, r),
-                             cfg.batch_size, cfg.mix_seq_len, cfg.seed)
-        out[r] = train(PAPER_ID, spec, batches, data.mix_eval, **cfg.trainer_kwargs())
+    opt = cfg.optim(cfg.mix_steps, prefix="mix_")
+    for seed in range(cfg.seed, cfg.seed + cfg.mix_seeds):
+        for r in cfg.mixture_code_fractions:
+            spec = TrainSpec(cfg.decoder(cfg.vocab_size, prefix="mix_"), opt, data.description + f";mix_code={r}",
+                             cfg.batch_size, cfg.mix_seq_len, seed,
+                             eval_steps=checkpoint_schedule(cfg.mix_steps, cfg.mix_n_checkpoints, 0),
+                             ckpt_every=max(10, cfg.mix_steps // 10))
+            batches = lm.Batches((lm.Stream(data.id_train), lm.Stream(data.code_train)), (1 - r, r),
+                                 cfg.batch_size, cfg.mix_seq_len, seed)
+            out[(r, seed)] = train(PAPER_ID, spec, batches, data.mix_eval, **cfg.trainer_kwargs())
     return out
 
 
@@ -171,52 +194,6 @@ def reweighting(cfg: TSLConfig, data: Data, e1: dict) -> dict[float, dict]:
                        module=lambda spec=spec, g=g: PositionWeightedLM(spec.model, spec.optim, gamma=g),
                        **cfg.trainer_kwargs())
     return out
-
-
-# ---------------------------------------------------------------------------------------- whole-loss baselines
-
-
-def lr_areas(steps: np.ndarray, opt: OptimConfig, lam: float) -> tuple[np.ndarray, np.ndarray]:
-    """Tissue et al. (2024): S1(s) = Σ_{τ≤s} η_τ (forward area) and S2(s) = Σ_{τ≤s} m_τ with
-    m_τ = λ m_{τ−1} + (η_{τ−1} − η_τ) (annealing area), in units of the peak learning rate. Warm-up is not
-    annealing: for S2 the warm-up steps count at the peak rate, so S2 starts growing when the decay starts."""
-    total = int(max(steps))
-    eta = np.array([lr_at(s, opt) for s in range(total + 1)]) / opt.lr
-    s1 = np.cumsum(eta)
-    eta_anneal = np.where(np.arange(total + 1) < opt.warmup_steps, 1.0, eta)
-    m = np.zeros_like(eta)
-    for t in range(1, len(eta)):
-        m[t] = lam * m[t - 1] + (eta_anneal[t - 1] - eta_anneal[t])
-    s2 = np.cumsum(m)
-    idx = np.asarray(steps, dtype=int) - 1
-    return s1[idx], s2[idx]
-
-
-def fit_baseline(name: str, u, L, s1=None, s2=None):
-    """Whole-loss baselines fitted on the observed prefix; each returns a predictor of L at progress u (or at the
-    matching LR areas for the annealing law)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            if name == "power_irreducible":  # L = E + A u^-α
-                f = lambda x, e, a, al: e + a * x ** (-al)
-                p, _ = optimize.curve_fit(f, u, L, p0=(L.min() * 0.9, 0.1, 0.5), bounds=([0, 0, 0], [np.inf, np.inf, 5]),
-                                          method="trf", max_nfev=MAX_NFEV)
-                return lambda x, *_: f(np.asarray(x), *p)
-            if name == "power_pure":  # L = (u_c / u)^α  ⇔  ln L = α ln u_c − α ln u
-                slope, icpt = np.polyfit(np.log(u), np.log(L), 1)
-                return lambda x, *_: np.exp(icpt + slope * np.log(np.asarray(x)))
-            if name == "lr_annealing":  # L = L0 + A S1^-α − C S2
-                f = lambda X, l0, a, al, c: l0 + a * X[0] ** (-al) - c * X[1]
-                p, _ = optimize.curve_fit(f, np.vstack([s1, s2]), L, p0=(L.min() * 0.9, 1.0, 0.5, 0.01),
-                                          bounds=([0, 0, 0, 0], [np.inf, np.inf, 5, np.inf]), method="trf",
-                                          max_nfev=MAX_NFEV)
-                return lambda x, S1, S2: f(np.vstack([S1, S2]), *p)
-        except (RuntimeError, ValueError, TypeError):
-            pass
-    if name not in ("power_irreducible", "power_pure", "lr_annealing"):
-        raise ValueError(f"baseline: unknown {name!r}")
-    return lambda x, *_: np.full(np.shape(x), np.nan)
 
 
 # =================================================================================================== analysis
@@ -236,52 +213,115 @@ def curves(evals: dict, idx: np.ndarray | None = None) -> dict[int, tuple[np.nda
     return out
 
 
-def stage1(cfg: TSLConfig, curves_by_step: dict, p0_by_step: dict | None = None) -> pd.DataFrame:
+def stage1(cfg: TSLConfig, curves_by_step: dict) -> pd.DataFrame:
+    """Stage-1 fits, one row per checkpoint: the law's parameters and diagnostics, L(N) and its standard error."""
     rows = []
     for step, (L, se) in curves_by_step.items():
-        i = position_index(cfg, len(L))
-        fit = fit_positions(i, L, se, p0=None if p0_by_step is None else p0_by_step.get(step))
-        rows.append({"step": step, "loss": float(L.mean()), **fit})
+        fit = fit_positions(position_index(cfg, len(L)), L, se)
+        rows.append({"step": step, "loss": float(L.mean()), "loss_se": float(np.sqrt(np.mean(se**2) / len(se))),
+                     **fit})
     return pd.DataFrame(rows)
 
 
+def fit_mask(cfg: TSLConfig, steps: np.ndarray, total: int, frac: float, schedule: tuple) -> np.ndarray:
+    """The checkpoints the temporal fits see: on the uniform schedule, after ``drop_before_frac``, up to ``frac``."""
+    u = np.asarray(steps) / total
+    return np.isin(steps, schedule) & (u >= cfg.drop_before_frac - 1e-9) & (u <= frac + 1e-9)
+
+
+def _anneal(cfg: TSLConfig, ck: Clock, obs: np.ndarray) -> bool:
+    """The annealing term enters when the observed prefix holds ``anneal_min_frac`` of the final annealing area."""
+    return bool(ck.s2[obs].max() >= cfg.anneal_min_frac)
+
+
+def tsl_trajectories(cfg: TSLConfig, s1df: pd.DataFrame, ck: Clock, obs: np.ndarray, curves_by_step: dict,
+                     n_positions: int, anneal: bool) -> tuple[dict, dict, bool]:
+    """TSL's stage 2: the per-checkpoint parameters it extrapolates (with ``share_b``: one b fitted to the observed
+    checkpoints, then c and a2 at that b at every checkpoint; else the stage-1 c, b, a2) and their temporal forms
+    fitted on the observed ones. Returns (points: name -> array, with se_<name>; fits: name -> FormFit; b at a
+    bound)."""
+    steps = s1df["step"].to_numpy()
+    if cfg.share_b:
+        i = position_index(cfg, n_positions)
+        b, b_bound = shared_b(i, [curves_by_step[st] for st in steps[obs]])
+        at = np.array([fit_at_b(i, *curves_by_step[st], b) for st in steps])  # (c, a2, se_c, se_a2) per step
+        points = {"c": at[:, 0], "a2": at[:, 1], "b": np.full(len(steps), b), "se_c": at[:, 2], "se_a2": at[:, 3],
+                  "se_b": np.zeros(len(steps))}
+        names = ("c", "a2")
+    else:
+        points = {k: s1df[k].to_numpy() for k in ("c", "b", "a2", "se_c", "se_b", "se_a2")}
+        b_bound, names = False, ("c", "b", "a2")
+    fits = {p: fit_form(getattr(cfg, f"{p}_form"), ck.at(obs), points[p][obs], points[f"se_{p}"][obs],
+                        decreasing=p == "a2", anneal=anneal) for p in names}
+    return points, fits, b_bound
+
+
 def predict(cfg: TSLConfig, s1df: pd.DataFrame, horizon: Horizon, fit_frac: float, n_positions: int,
-            forms: dict | None = None, only: tuple | None = None) -> dict[str, np.ndarray]:
-    """Predicted L(N) at every checkpoint for each method, fitted on checkpoints with step <= fit_frac * total
-    (and after ``drop_before_frac``). Methods: TSL (configured forms), TSL-power, TSL in the identifiable
-    parametrisation, and the whole-loss baselines; ``only`` restricts to some of them (the bootstrap's)."""
-    forms = forms or {"a0": cfg.a0_form, "a1": cfg.a1_form, "a2": cfg.a2_form}
+            schedule: tuple, curves_by_step: dict, only: tuple | None = None,
+            log_v: float | None = None) -> dict[str, tuple]:
+    """Predicted L(N) at every checkpoint per method, each fitted on the observed prefix (:func:`fit_mask`), with its
+    :class:`Validity`: every temporal fit converged, its shape parameter inside its bounds, its parameters
+    identifiable (|corr| <= 0.99), the predicted trajectories inside their domain (c >= 0, b in [0, n], a2 > 0) and
+    every predicted loss inside (0, ln V] (``log_v``). ``only`` restricts the methods (the bootstrap's). With
+    ``share_b``, TSL fits one b to the observed checkpoints' curves (``curves_by_step``: step -> (L_i, se_i)) and c,
+    a2 at that b at every checkpoint."""
     want = lambda m: only is None or m in only
     steps = s1df["step"].to_numpy()
-    u = steps / horizon.total_steps
-    obs = (u <= fit_frac + 1e-9) & (u >= cfg.drop_before_frac)
-    L = s1df["loss"].to_numpy()
-    fit = lambda form, y: fit_form(form, u[obs], y[obs], horizon.uw, cfg.cosine_linear_term)(u)
+    ck = horizon.clock(steps)
+    obs = fit_mask(cfg, steps, horizon.total_steps, fit_frac, schedule)
+    oc = ck.at(obs)
+    anneal = _anneal(cfg, ck, obs)
+    L, Lse = s1df["loss"].to_numpy(), s1df["loss_se"].to_numpy()
+    fut = steps / horizon.total_steps > fit_frac + 1e-9
     out = {}
-    for method, fm in (("TSL", forms), ("TSL-power (ours)", dict.fromkeys(("a0", "a1", "a2"), "power"))):
+
+    def checked(pred, fits, domain=()):
+        fails = [f"{name}: {f.form} fit {'did not converge' if not f.converged else 'at a bound of its shape' if f.theta_at_bound else f'not identifiable (|corr| {f.max_corr:.3f})'}"
+                 for name, f in fits if not f.ok]
+        for name, values, lo, hi in domain:
+            bad = ~np.isfinite(values[fut]) | (values[fut] < lo) | (values[fut] > hi)
+            if bad.any():
+                fails.append(f"{name} outside [{lo:g}, {hi:g}] at {int(bad.sum())} future checkpoints")
+        if log_v is not None:
+            bad = ~np.isfinite(pred[fut]) | (pred[fut] <= 0) | (pred[fut] > log_v)
+            if bad.any():
+                fails.append(f"predicted loss outside (0, ln V = {log_v:.2f}] at {int(bad.sum())} future checkpoints")
+        return pred, Validity(tuple(fails))
+
+    if want(TSL):
+        points, fits, b_bound = tsl_trajectories(cfg, s1df, ck, obs, curves_by_step, n_positions, anneal)
+        traj = {p: f.predict(ck) for p, f in fits.items()}
+        traj.setdefault("b", points["b"])
+        pred = mean_hyperbolic(n_positions, traj["c"], traj["b"], traj["a2"], start=cfg.position_start)
+        pred, v = checked(pred, fits.items(), [("c", traj["c"], 0.0, np.inf), ("b", traj["b"], 0.0, n_positions),
+                                               ("a2", traj["a2"], 1e-9, np.inf)])
+        out[TSL] = (pred, v + Validity.check(b=(not b_bound, f"the shared b sits at a bound of [0, {n_positions}]")))
+    if want(SPEC):
+        a0, a1, a2 = spec_parameters(s1df["c"].to_numpy(), s1df["b"].to_numpy(), s1df["a2"].to_numpy())
+        if not (np.all(np.isfinite(a0[obs])) and np.all(np.isfinite(a1[obs]))):
+            out[SPEC] = (np.full(len(steps), np.nan), Validity(("a0, a1 infinite (b at 0): the spec's parameters "
+                                                               "are not identified by these fits",)))
+        else:
+            fits = {"a0": fit_form("log", oc, a0[obs]), "a1": fit_form("hyperbolic", oc, a1[obs]),
+                    "a2": fit_form("piecewise_cosine", oc, a2[obs])}
+            t = {p: f.predict(ck) for p, f in fits.items()}
+            with np.errstate(divide="ignore", invalid="ignore"):
+                pred = mean_hyperbolic(n_positions, t["a0"] / t["a1"], 1.0 / t["a1"], t["a2"], start=cfg.position_start)
+            out[SPEC] = checked(pred, fits.items(), [("a0", t["a0"], 0.0, np.inf), ("a1", t["a1"], 1e-12, np.inf),
+                                                     ("a2", t["a2"], 1e-9, np.inf)])
+    for method, form, kw in ((ANNEALING, "lr_power", {"decreasing": True, "anneal": anneal}),
+                             (POWER, "power", {"decreasing": True}), (COSINE, "piecewise_cosine", {})):
         if want(method):
-            a = {k: fit(fm[k], s1df[k].to_numpy()) for k in ("a0", "a1", "a2")}
-            out[method] = tsl_loss(n_positions, a["a0"], a["a1"], a["a2"], start=cfg.position_start)
-    if want(VARIANT):
-        # Ours: the same law in its identifiable parametrisation L_i = c / (b + i) + a2, c = a0/a1, b = 1/a1 (spec
-        # §8: a0 and a1 are individually ill-determined when a1·i >> 1; c and b are not). Same forms on (c, b, a2).
-        c = fit(forms["a0"], s1df["a0"].to_numpy() / s1df["a1"].to_numpy())
-        b = np.clip(fit(forms["a1"], 1.0 / s1df["a1"].to_numpy()), 1e-8, None)
-        out[VARIANT] = tsl_loss(n_positions, c / b, 1.0 / b, fit(forms["a2"], s1df["a2"].to_numpy()),
-                                start=cfg.position_start)
-    s1, s2 = lr_areas(steps, horizon.opt, cfg.tissue_lambda)
-    for name, label in (("power_irreducible", "E + A·N^-α"), ("power_pure", "(N_c/N)^α"),
-                        ("lr_annealing", "LR-annealing law (Tissue et al.)")):
-        if want(label):
-            out[label] = fit_baseline(name, u[obs], L[obs], s1[obs], s2[obs])(u, s1, s2)
-    if want("cosine form on L(N) (ablation)"):
-        out["cosine form on L(N) (ablation)"] = fit("piecewise_cosine", L)
+            f = fit_form(form, oc, L[obs], Lse[obs], **kw)
+            out[method] = checked(f.predict(ck), [("L", f)])
+    if want(PURE):  # ln L = ln(N_c) α − α ln N: a straight line in log-log
+        slope, icpt = np.polyfit(np.log(ck.u[obs]), np.log(L[obs]), 1)
+        out[PURE] = checked(np.exp(icpt + slope * np.log(ck.u)), [])
     return out
 
 
 def scores(actual: np.ndarray, pred: np.ndarray) -> dict:
-    ok = np.isfinite(pred)
-    if not ok.all():
+    if len(pred) == 0 or not np.all(np.isfinite(pred)):
         return {"r2": float("nan"), "mse": float("nan"), "mae": float("nan"), "mape": float("nan"),
                 "max_rel_err": float("nan")}
     rel = np.abs(pred - actual) / actual
@@ -289,8 +329,8 @@ def scores(actual: np.ndarray, pred: np.ndarray) -> dict:
             "mae": float(np.mean(np.abs(pred - actual))), "mape": float(np.mean(rel)), "max_rel_err": float(rel.max())}
 
 
-def post_warmup(cfg: TSLConfig, df: pd.DataFrame, total: int) -> pd.DataFrame:
-    return df[df["step"] / total >= cfg.drop_before_frac]
+def e1_schedule(cfg: TSLConfig) -> tuple:
+    return checkpoint_schedule(cfg.steps, cfg.n_checkpoints, 0)
 
 
 @plan.step
@@ -300,139 +340,185 @@ def positions(cfg: TSLConfig, e1: dict) -> pd.DataFrame:
     rows = []
     for name, ev in e1["evals"].items():
         for step, (L, se) in curves(ev).items():
-            i = position_index(cfg, len(L))
-            rows.append(pd.DataFrame({"set": name, "step": step, "tokens": step * h.tokens_per_step, "position": i,
-                                      "loss": L, "se": se}))
+            rows.append(pd.DataFrame({"set": name, "step": step, "tokens": step * h.tokens_per_step,
+                                      "position": position_index(cfg, len(L)), "loss": L, "se": se}))
     return pd.concat(rows, ignore_index=True)
 
 
 @plan.step
 def fits(cfg: TSLConfig, e1: dict) -> pd.DataFrame:
-    """Stage-1 fits of E1: one row per (set, checkpoint)."""
-    h = e1_horizon(cfg)
+    """Stage-1 fits of E1: one row per (set, checkpoint); ``uniform`` marks the uniform schedule, ``fitted`` the
+    checkpoints after ``drop_before_frac`` that every temporal fit and claim uses."""
+    h, sched = e1_horizon(cfg), e1_schedule(cfg)
     out = []
     for name, ev in e1["evals"].items():
         df = stage1(cfg, curves(ev))
         df.insert(0, "set", name)
         df.insert(2, "tokens", df["step"] * h.tokens_per_step)
-        df["post_warmup"] = df["step"] / h.total_steps >= cfg.drop_before_frac
+        df["uniform"] = df["step"].isin(sched)
+        df["fitted"] = df["uniform"] & (df["step"] / h.total_steps >= cfg.drop_before_frac - 1e-9)
         out.append(df)
     return pd.concat(out, ignore_index=True)
 
 
 @plan.step
 def forms(cfg: TSLConfig, fits: pd.DataFrame) -> pd.DataFrame:
-    """Every candidate form fitted to every parameter: R² over all post-warm-up checkpoints (shape), and the
-    MSE of extrapolation from the main fit fraction (prediction)."""
+    """Every candidate form fitted to every parameter (identifiable c, b, a2 and the spec's derived a0, a1):
+    R² over all fitted checkpoints (shape), the MSE of extrapolating from the main fraction (prediction), and
+    whether the fit passed its checks."""
     h = e1_horizon(cfg)
     rows = []
+    spec = {"a0": "log", "a1": "hyperbolic", "a2": "piecewise_cosine"}
     for name, df in fits.groupby("set", sort=False):
-        df = post_warmup(cfg, df.sort_values("step"), h.total_steps)
-        u = df["step"].to_numpy() / h.total_steps
-        obs = u <= cfg.main_fit_fraction + 1e-9
-        for p in ("a0", "a1", "a2"):
-            y = df[p].to_numpy()
+        d = df[df["fitted"]].sort_values("step")
+        ck = h.clock(d["step"].to_numpy())
+        obs = ck.u <= cfg.main_fit_fraction + 1e-9
+        for p in ("c", "b", "a2", "a0", "a1"):
+            y = d[p].to_numpy()
             for form in FORMS:
-                full = fit_form(form, u, y, h.uw, cfg.cosine_linear_term)(u)
-                ext = fit_form(form, u[obs], y[obs], h.uw, cfg.cosine_linear_term)(u[~obs])
-                rows.append({"set": name, "parameter": p, "form": form, "r2_full": r2(y, full),
-                             "extrapolation_mse": float(np.mean((ext - y[~obs]) ** 2)) if (~obs).any() else np.nan,
-                             "spec_form": form == {"a0": cfg.a0_form, "a1": cfg.a1_form, "a2": cfg.a2_form}[p]})
+                kw = {"decreasing": p == "a2", "anneal": _anneal(cfg, ck, obs)}
+                full = fit_form(form, ck, y, **kw)
+                ext = fit_form(form, ck.at(obs), y[obs], **kw)
+                rows.append({"set": name, "parameter": p, "form": form,
+                             "r2_full": r2(y, full.predict(ck)) if np.all(np.isfinite(y)) else np.nan,
+                             "fit_ok": full.ok, "max_corr": full.max_corr,
+                             "extrapolation_mse": float(np.mean((ext.predict(ck.at(~obs)) - y[~obs]) ** 2)),
+                             "spec_form": spec.get(p) == form,
+                             "configured": p in ("c", "b", "a2") and getattr(cfg, f"{p}_form") == form})
     return pd.DataFrame(rows)
 
 
+@dataclass(frozen=True)
+class Trajectories:
+    points: pd.DataFrame  # per (set, checkpoint): the c, b, a2 TSL extrapolates, with standard errors
+    curves: pd.DataFrame  # per (set, parameter): its fitted form on a fine grid of steps
+
+
 @plan.step
-def form_curves(cfg: TSLConfig, fits: pd.DataFrame) -> pd.DataFrame:
-    """The configured temporal form of each parameter fitted on the main prefix (post warm-up), evaluated on a grid
-    of progress from the first post-warm-up checkpoint to the end: what fig2 draws over the per-checkpoint fits."""
+def trajectories(cfg: TSLConfig, e1: dict, fits: pd.DataFrame) -> Trajectories:
+    """What TSL extrapolates at the main fraction, for fig2: the per-checkpoint parameters (c and a2 at the shared
+    b) and the configured forms fitted on the prefix, evaluated from the first fitted checkpoint to the end."""
     h = e1_horizon(cfg)
-    forms_ = {"a0": cfg.a0_form, "a1": cfg.a1_form, "a2": cfg.a2_form}
-    rows = []
+    pts, crv = [], []
     for name, df in fits.groupby("set", sort=False):
-        d = post_warmup(cfg, df.sort_values("step"), h.total_steps)
-        u = d["step"].to_numpy() / h.total_steps
-        obs = u <= cfg.main_fit_fraction + 1e-9
-        uu = np.linspace(u.min(), 1, 200)
-        for p, form in forms_.items():
-            f = fit_form(form, u[obs], d[p].to_numpy()[obs], h.uw, cfg.cosine_linear_term)
-            rows.append(pd.DataFrame({"set": name, "parameter": p, "form": form, "progress": uu,
-                                      "tokens": uu * h.total_steps * h.tokens_per_step, "value": f(uu),
-                                      "fitted_range": uu <= cfg.main_fit_fraction}))
-    return pd.concat(rows, ignore_index=True)
+        d = df.sort_values("step")
+        steps = d["step"].to_numpy()
+        ck = h.clock(steps)
+        obs = fit_mask(cfg, steps, h.total_steps, cfg.main_fit_fraction, e1_schedule(cfg))
+        points, forms_, _ = tsl_trajectories(cfg, d, ck, obs, curves(e1["evals"][name]), cfg.seq_len,
+                                             _anneal(cfg, ck, obs))
+        keep = d["fitted"].to_numpy()
+        pts.append(pd.DataFrame({"set": name, "step": steps[keep], "tokens": steps[keep] * h.tokens_per_step,
+                                 **{k: v[keep] for k, v in points.items()}}))
+        grid = np.unique(np.linspace(steps[keep].min(), h.total_steps, 200).round().astype(int))
+        cg = h.clock(grid)
+        for p in ("c", "b", "a2"):
+            f = forms_.get(p)
+            crv.append(pd.DataFrame({"set": name, "parameter": p, "form": f.form if f else "shared (constant)",
+                                     "step": grid, "tokens": grid * h.tokens_per_step,
+                                     "value": f.predict(cg) if f else np.full(len(grid), points["b"][0]),
+                                     "fitted_range": grid / h.total_steps <= cfg.main_fit_fraction + 1e-9,
+                                     "fit_ok": f.ok if f else True}))
+    return Trajectories(pd.concat(pts, ignore_index=True), pd.concat(crv, ignore_index=True))
 
 
 @plan.step
-def predictions(cfg: TSLConfig, fits: pd.DataFrame) -> pd.DataFrame:
-    """Predicted vs actual L(N) for every set, fit fraction, method and checkpoint."""
+def predictions(cfg: TSLConfig, e1: dict, fits: pd.DataFrame) -> pd.DataFrame:
+    """Predicted vs actual L(N) for every set, fit fraction, method and checkpoint, with the method's validity."""
     h = e1_horizon(cfg)
     rows = []
     for name, df in fits.groupby("set", sort=False):
         df = df.sort_values("step")
+        cv = curves(e1["evals"][name])
         for frac in cfg.fit_fractions:
-            for method, pred in predict(cfg, df, h, frac, cfg.seq_len).items():
+            for method, (pred, v) in predict(cfg, df, h, frac, cfg.seq_len, e1_schedule(cfg), cv,
+                                             log_v=float(np.log(cfg.vocab_size))).items():
                 rows.append(pd.DataFrame({"set": name, "fit_fraction": frac, "method": method, "step": df["step"],
                                           "tokens": df["tokens"], "actual": df["loss"], "predicted": pred,
-                                          "future": df["step"] / h.total_steps > frac + 1e-9}))
+                                          "future": df["step"] / h.total_steps > frac + 1e-9,
+                                          "scored": df["uniform"].to_numpy(), "valid": v.ok,
+                                          "validity": "; ".join(v.failures)}))
     return pd.concat(rows, ignore_index=True)
 
 
 @plan.step
-def bootstrap(cfg: TSLConfig, e1: dict, fits: pd.DataFrame) -> pd.DataFrame:
+def bootstrap(cfg: TSLConfig, e1: dict) -> pd.DataFrame:
     """Paired bootstrap over evaluation windows of the main-fraction prediction scores: every resample refits stage 1
-    (warm-started at the point estimate) and every method. One row per (set, resample, method)."""
-    h = e1_horizon(cfg)
+    and every claim method. One row per (set, resample, method), with the method's validity on that resample."""
+    h, sched = e1_horizon(cfg), e1_schedule(cfg)
     rng = np.random.default_rng(cfg.seed)
     rows = []
     for name, ev in e1["evals"].items():
-        point = fits[fits["set"] == name].set_index("step")
-        p0 = {s: tuple(point.loc[s, ["a0", "a1", "a2"]]) for s in point.index}
         W = next(iter(ev.values())).shape[0]
+        ev = {s: m for s, m in ev.items() if s in sched}
         for b in range(cfg.n_boot):
-            idx = rng.integers(0, W, W)
-            df = stage1(cfg, curves(ev, idx), p0).sort_values("step")
+            cv = curves(ev, rng.integers(0, W, W))
+            df = stage1(cfg, cv).sort_values("step")
             fut = (df["step"] / h.total_steps > cfg.main_fit_fraction + 1e-9).to_numpy()
-            for method, pred in predict(cfg, df, h, cfg.main_fit_fraction, cfg.seq_len, only=CLAIM_METHODS).items():
-                rows.append({"set": name, "boot": b, "method": method,
+            for method, (pred, v) in predict(cfg, df, h, cfg.main_fit_fraction, cfg.seq_len, sched, cv,
+                                             only=CLAIM_METHODS, log_v=float(np.log(cfg.vocab_size))).items():
+                rows.append({"set": name, "boot": b, "method": method, "valid": v.ok,
                              **scores(df["loss"].to_numpy()[fut], pred[fut])})
     return pd.DataFrame(rows)
 
 
+@dataclass(frozen=True)
+class MixtureSelection:
+    table: pd.DataFrame  # one row per (code fraction, seed): predictions from the prefix, actual final loss
+    boot: pd.DataFrame  # window bootstrap of the seed-mean actual final loss per candidate (resample, r, loss)
+
+
 @plan.step
-def mixture_selection(cfg: TSLConfig, mixtures: dict) -> pd.DataFrame:
-    """E3: per candidate r, TSL's and the baselines' predicted final loss from the prefix, and the actual."""
+def mixture_selection(cfg: TSLConfig, mixtures: dict) -> MixtureSelection:
+    """E3: per candidate r and seed, each rule's predicted final loss from the prefix (TSL, the whole-loss law,
+    the loss at the cut-off) and the actual final loss on the blend; a bootstrap over the blend's windows of the
+    actual final losses averaged over seeds (the same resample for every candidate: the differences are paired)."""
     h = mix_horizon(cfg)
-    rows = []
-    for r, res in mixtures.items():
-        df = stage1(cfg, curves(res["evals"]["blend"])).sort_values("step")
-        pred = predict(cfg, df, h, cfg.main_fit_fraction, cfg.mix_seq_len)
-        obs = df["step"] / h.total_steps <= cfg.main_fit_fraction + 1e-9
+    sched = checkpoint_schedule(cfg.mix_steps, cfg.mix_n_checkpoints, 0)
+    rows, finals = [], {}
+    for (r, seed), res in mixtures.items():
+        cv = curves(res["evals"]["blend"])
+        df = stage1(cfg, cv).sort_values("step")
+        pred = predict(cfg, df, h, cfg.main_fit_fraction, cfg.mix_seq_len, sched, cv, only=(TSL, ANNEALING),
+                       log_v=float(np.log(cfg.vocab_size)))
+        obs = fit_mask(cfg, df["step"].to_numpy(), h.total_steps, cfg.main_fit_fraction, sched)
         final = res["final"]["blend"].numpy()
-        rows.append({"code_fraction": r, "predicted_TSL": float(pred["TSL"][-1]),
-                     "predicted_power_law": float(pred["E + A·N^-α"][-1]),
+        finals.setdefault(r, []).append(final.mean(1))
+        rows.append({"code_fraction": r, "seed": seed, "predicted_TSL": float(pred[TSL][0][-1]),
+                     "TSL_valid": pred[TSL][1].ok, "predicted_annealing_law": float(pred[ANNEALING][0][-1]),
+                     "annealing_law_valid": pred[ANNEALING][1].ok,
                      "prefix_loss": float(df["loss"][obs].iloc[-1]), "actual_final": float(final.mean()),
-                     "actual_final_se": float(final.mean(1).std(ddof=1) / np.sqrt(len(final)))})
-    return pd.DataFrame(rows)
+                     "TSL_validity": "; ".join(pred[TSL][1].failures)})
+    rng = np.random.default_rng(cfg.seed + 3)
+    W = len(next(iter(finals.values()))[0])
+    boot = []
+    for k in range(max(cfg.n_boot, 200)):
+        idx = rng.integers(0, W, W)
+        boot += [{"boot": k, "code_fraction": r, "actual_final": float(np.mean([f[idx].mean() for f in fs]))}
+                 for r, fs in finals.items()]
+    return MixtureSelection(pd.DataFrame(rows), pd.DataFrame(boot))
 
 
 def relative_improvement(cfg: TSLConfig, ev: dict, idx=None) -> tuple[pd.DataFrame, float]:
-    """v1 insight: relative improvement r_i = (L_i(N_a) − L_i(N_b)) / L_i(N_a) between the first post-warm-up
-    checkpoint a and the last b, per position (ID). Returns the frame and the normalised slope
-    d r / d ln i × ln(n) / mean(r): the relative change of r across the whole position range (0 = uniform)."""
+    """v1 insight over consecutive checkpoints (spec §3.6): r_i^k = (L_i(N_k) − L_i(N_{k+1})) / L_i(N_k) for every
+    consecutive pair of fitted checkpoints, averaged over the pairs: r_i. Returns the per-position profile and its
+    normalised slope d r / d ln i × ln(n) / mean(r), the relative change of r across the positions (0 = uniform)."""
     h = e1_horizon(cfg)
-    steps = [s for s in sorted(ev) if s / h.total_steps >= cfg.drop_before_frac]
-    a, b = steps[0], steps[-1]
-    La, Lb = curves({a: ev[a]}, idx)[a][0], curves({b: ev[b]}, idx)[b][0]
-    r = (La - Lb) / La
+    sched = e1_schedule(cfg)
+    steps = [s for s in sorted(ev) if s in sched and s / h.total_steps >= cfg.drop_before_frac - 1e-9]
+    c = curves({s: ev[s] for s in steps}, idx)
+    L = np.stack([c[s][0] for s in steps])  # (K, n)
+    r = ((L[:-1] - L[1:]) / L[:-1]).mean(0)
     i = position_index(cfg, len(r))
     x = np.log(i + (1 - cfg.position_start))
     slope = np.polyfit(x, r, 1)[0]
-    norm = float(slope * x.max() / r.mean())
-    return pd.DataFrame({"position": i, "rel_improvement": r, "from_step": a, "to_step": b}), norm
+    return (pd.DataFrame({"position": i, "rel_improvement": r, "from_step": steps[0], "to_step": steps[-1],
+                          "pairs": len(steps) - 1}), float(slope * x.max() / r.mean()))
 
 
 @dataclass(frozen=True)
 class Uniformity:
-    frame: pd.DataFrame  # per position: relative improvement
+    frame: pd.DataFrame  # per position: mean relative improvement over consecutive checkpoints
     slope: float  # normalised slope (0 = uniform)
     boot: np.ndarray  # the slope over window bootstrap resamples
 
@@ -469,6 +555,26 @@ def reweight_gains(cfg: TSLConfig, reweighting: dict) -> ReweightGains | None:
     rng = np.random.default_rng(cfg.seed + 2)
     boot = np.array([gb[rng.integers(0, len(gb), len(gb))].mean() for _ in range(max(cfg.n_boot, 200))])
     return ReweightGains(table, best, float(gb.mean()), boot)
+
+
+@plan.step
+def validity(cfg: TSLConfig, data: Data, e1: dict, fits: pd.DataFrame, mixtures: dict) -> dict[str, Validity]:
+    """The experiment's own checks, per evaluation set: the model learned (its final ID loss is below the unigram
+    entropy of the ID training text), the set's loss fell from the first fitted checkpoint to the end (an OOD set
+    whose loss rises tests nothing about forecasting learning), and E3's candidates learned too."""
+    out = {}
+    final_id = float(e1["final"]["id"].mean())
+    learned = (final_id < data.unigram_nats,
+               f"E1's final ID loss {final_id:.3f} nats is not below the unigram entropy {data.unigram_nats:.3f}")
+    for s in ("id", "ood"):
+        d = fits[(fits["set"] == s) & fits["fitted"]].sort_values("step")
+        first, last = float(d["loss"].iloc[0]), float(d["loss"].iloc[-1])
+        out[s] = Validity.check(learned=learned, falls=(last < first, f"{s.upper()} loss rose from {first:.3f} to "
+                                                        f"{last:.3f} nats over the fitted checkpoints"))
+    mix_final = max(float(r["final"]["blend"].mean()) for r in mixtures.values())
+    out["mixtures"] = Validity.check(learned=(mix_final < np.log(cfg.vocab_size) - 1.0,
+                                              f"an E3 candidate ends at {mix_final:.3f} nats, within 1 nat of uniform"))
+    return out
 
 
 run_experiments = plan.run_all

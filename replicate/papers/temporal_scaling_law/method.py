@@ -1,35 +1,71 @@
 """What the Temporal Scaling Law contributes, beside the spec (``../shared/papers/temporal_scaling_law.md`` §3).
 
-- the dynamic hyperbolic law of the per-position loss at one checkpoint, its closed-form mean over positions and
-  its bounded least-squares fit (stage 1, §3.2);
-- the candidate temporal forms of each parameter over training progress u = N / N_T and their fits (stage 2, §3.3);
-- the position-weighted loss of the v1 re-weighting experiment (§3.6).
+Stage 1, one checkpoint (§3.2). The dynamic hyperbolic law L_i = a0 / (1 + a1 i) + a2 is fitted in its
+identifiable form
+
+    L_i = c / (b + i) + a2,        c = a0 / a1 >= 0,  b = 1 / a1 in [0, n],  a2 > 0,
+
+by weighted least squares against the per-position standard errors. For fixed b the law is linear in (c, a2), so
+the fit profiles b: the weighted linear solution on a grid of b (0 and log-spaced up to n), then a bounded scalar
+refinement around the best grid point. That is the global optimum by construction; a second grid minimum within
+Δχ² < 1 is flagged (``multimodal``), a b at either end of its range is flagged (``b_at_bound``), and the Fisher
+covariance gives standard errors and the parameters' correlations. The spec's a0 = c / b and a1 = 1 / b are
+derived (infinite when b = 0). A constant and a power law in i (L_i = E + A i^-α, profiled over α the same way) are
+fitted beside it for the model comparison of claim C1 (AIC = χ² + 2k).
+
+Stage 2, a trajectory over training (§3.3). A ``Clock`` holds, per checkpoint, the progress u = N / N_T, the
+cumulative learning rate S1 and the annealing area S2 of Tissue et al. (2024) (both normalised to 1 at the end of
+the run) and the post-warm-up progress p. A temporal form is linear in its coefficients given at most one shape
+parameter θ, which is profiled on a bounded grid and refined:
+
+    lr_power          y = v1 + (v0 − v1) h(S1)  [− C S2]   h = (g(S1) − g(S1e)) / (g(S1s) − g(S1e)),
+                      g(x) = (x^-α − 1)/α, α in [−2, 10]     (a power law in S1; α = 0 is ln S1, the Box-Cox limit)
+    power             the same in u (schedule-unaware)
+    log               y = α + β ln u                         (the spec's a0 form)
+    hyperbolic        y = α + β / (u + γ),  γ in [1e-4, 100] (the spec's a1 form)
+    piecewise_cosine  y = α + β cos(π p)                     (the spec's a2 form: it follows the cosine schedule)
+    constant          y = α
+
+``lr_power`` and ``power`` are anchored (v0, v1 are the trajectory's values at the first and last observed
+checkpoint), so their coefficients are not a ridge of (asymptote, amplitude); the annealing term enters only when
+the observed prefix holds part of the decay (``anneal_min_frac`` of the final S2). Every fit reports whether it
+converged, whether θ sits at a bound, the largest correlation between its free parameters, and the predictions are
+checked against the quantity's domain (a loss in (0, ln V]) by the caller. The same forms fitted to the whole loss
+L(N) are the whole-loss baselines: ``lr_power`` on L(N) is the learning-rate-annealing law (the baseline with the
+schedule awareness TSL's a2 has), ``power`` on L(N) is E + A·N^-α.
+
+Also: the position-weighted loss of the v1 re-weighting experiment (§3.6).
 """
 
 from __future__ import annotations
 
-import warnings
+import math
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import optimize, special
 
-from replicate.models.lm import CausalLM, per_token_nll
-from replicate.papers.temporal_scaling_law import FORMS
+from replicate.models.lm import CausalLM, OptimConfig, lr_at, per_token_nll
 
-MAX_NFEV = 300  # function evaluations per temporal / whole-loss fit: converged fits need far fewer; fits of
-#                 degenerate (smoke-sized) data stop here instead of spending seconds on a hopeless search
+# ================================================================================================ stage 1
 
 
-def hyperbolic_law(i, a0, a1, a2):
-    """Dynamic hyperbolic law, per checkpoint:  L_i = a0 / (1 + a1 i) + a2."""
-    return a0 / (1.0 + a1 * i) + a2
+def hyperbolic(i, c, b, a2):
+    """The law in its identifiable form:  L_i = c / (b + i) + a2."""
+    return c / (b + np.asarray(i, dtype=float)) + a2
 
 
-def mean_hyperbolic(n: int, a0, a1, a2, start: int = 1):
-    """(1/n) Σ_{i=start}^{start+n-1} L_i in closed form:  Σ 1/(1 + a1 i) = (ψ(m + 1/a1) − ψ(start + 1/a1)) / a1 with
-    m = start + n (digamma identity), so L(N) = a2 + a0 / (n a1) * (ψ(start + n + 1/a1) − ψ(start + 1/a1))."""
-    a1 = np.asarray(a1, dtype=float)
-    return a2 + a0 / (n * a1) * (special.digamma(start + n + 1 / a1) - special.digamma(start + 1 / a1))
+def mean_hyperbolic(n: int, c, b, a2, start: int = 1):
+    """(1/n) Σ_{i=start}^{start+n-1} L_i in closed form (digamma): Σ 1/(b + i) = ψ(b + start + n) − ψ(b + start)."""
+    c, b, a2 = (np.asarray(x, dtype=float) for x in (c, b, a2))
+    return a2 + c / n * (special.digamma(b + start + n) - special.digamma(b + start))
+
+
+def spec_parameters(c, b, a2) -> tuple:
+    """The spec's (a0, a1, a2) of a fit in the identifiable form: a1 = 1/b, a0 = c/b (infinite when b = 0)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        b = np.asarray(b, dtype=float)
+        return np.where(b > 0, c / b, np.inf), np.where(b > 0, 1.0 / b, np.inf), a2
 
 
 def r2(y, yhat) -> float:
@@ -38,83 +74,266 @@ def r2(y, yhat) -> float:
     return 1.0 - float(np.sum((y - yhat) ** 2)) / ss if ss > 0 else float("nan")
 
 
-def fit_positions(i: np.ndarray, L: np.ndarray, se: np.ndarray | None = None, p0=None) -> dict:
-    """Stage 1: fit (a0, a1, a2) > 0 to the position-wise mean losses by bounded least squares (TRF).
-
-    Initial guess (spec §3.2): a2 = mean of the last 10 % of positions, a0 = L_1 − a2, a1 = 1 / (the i where the
-    gap first halves). Returns the parameters, R² over positions, the reduced χ² against the per-position standard
-    errors ``se`` (≈ 1 when the law fits to within evaluation noise) and corr(a0, a1) from the covariance."""
-    if p0 is None:
-        a2 = float(np.mean(L[-max(1, len(L) // 10):]))
-        gap = L - a2
-        a0 = max(float(gap[0]), 1e-3)
-        half = np.flatnonzero(gap <= gap[0] / 2)
-        a1 = 1.0 / float(i[half[0]] if len(half) and i[half[0]] > 0 else i[len(i) // 2] + 1)
-        p0 = (a0, a1, max(a2, 1e-3))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optimize.OptimizeWarning)
-        try:
-            popt, pcov = optimize.curve_fit(hyperbolic_law, i, L, p0=p0, bounds=(1e-8, np.inf), method="trf",
-                                            max_nfev=2000)
-        except (RuntimeError, ValueError):
-            popt, pcov = np.full(3, np.nan), np.full((3, 3), np.nan)
-    yhat = hyperbolic_law(i, *popt)
-    sd = np.sqrt(np.diag(pcov)) if np.all(np.isfinite(pcov)) else np.full(3, np.nan)
-    corr = float(pcov[0, 1] / (sd[0] * sd[1])) if np.all(sd[:2] > 0) else float("nan")
-    chi2 = float(np.mean(((L - yhat) / se) ** 2) * len(L) / max(1, len(L) - 3)) if se is not None else float("nan")
-    return {"a0": popt[0], "a1": popt[1], "a2": popt[2], "r2": r2(L, yhat), "chi2_red": chi2, "corr_a0_a1": corr}
+def _two_param(g_KN, L_N, w_N, nonneg: bool = True):
+    """Weighted least squares of L on [g_k, 1] for every row g_k at once: (slope_K, intercept_K, chi2_K); with
+    ``nonneg`` a negative slope is replaced by the constant fit (slope 0)."""
+    W = w_N.sum()
+    gbar, Lbar = g_KN @ w_N / W, float(L_N @ w_N / W)
+    dg = g_KN - gbar[:, None]
+    sxx = (dg**2) @ w_N
+    slope = np.where(sxx > 0, (dg * (L_N - Lbar)) @ w_N / np.where(sxx > 0, sxx, 1.0), 0.0)
+    if nonneg:
+        slope = np.maximum(slope, 0.0)
+    icpt = Lbar - slope * gbar
+    resid = L_N[None, :] - slope[:, None] * g_KN - icpt[:, None]
+    return slope, icpt, (resid**2) @ w_N
 
 
-# Temporal forms f(u; θ) of progress u = N / N_T ∈ (0, 1]; ``uw`` is the end of warm-up as a fraction of N_T.
-def progress(u, uw):
-    """Post-warm-up progress p = (u − u_w) / (1 − u_w), clipped to [0, 1] (the cosine schedule's own clock)."""
-    return np.clip((u - uw) / (1.0 - uw), 0.0, 1.0)
+def _profile(design, lo: float, hi: float, L, w, grid: np.ndarray):
+    """Minimise χ²(θ) of the two-parameter fit with basis ``design(θ)`` over θ in [lo, hi]: grid, then a bounded
+    refinement between the best grid point's neighbours. Returns (θ, slope, intercept, χ², grid χ², grid)."""
+    G = np.stack([design(t) for t in grid])
+    _, _, chi = _two_param(G, L, w)
+    k = int(np.argmin(chi))
+    a, z = grid[max(k - 1, 0)], grid[min(k + 1, len(grid) - 1)]
+    f = lambda t: float(_two_param(design(t)[None], L, w)[2][0])
+    if a < z:
+        res = optimize.minimize_scalar(f, bounds=(a, z), method="bounded", options={"xatol": 1e-10 * max(1, z)})
+        t = float(res.x) if res.fun <= chi[k] else float(grid[k])
+    else:
+        t = float(grid[k])
+    s, c, x = (v[0] for v in _two_param(design(t)[None], L, w))
+    return t, float(s), float(c), float(x), chi, grid
 
 
-def temporal_form(name: str, uw: float, linear: bool = False):
-    """(f, p0, bounds) for one candidate temporal form (spec §3.3)."""
-    if name == "log":  # α + β ln u
-        return (lambda u, a, b: a + b * np.log(u)), (1.0, 0.0), (-np.inf, np.inf)
-    if name == "hyperbolic":  # α + β / (u + γ),  γ > 0
-        return (lambda u, a, b, g: a + b / (u + g)), (1.0, 0.1, 0.1), ([-np.inf, -np.inf, 1e-6], np.inf)
-    if name == "piecewise_cosine":  # α + β cos(π p) [+ δ p],  p = (u − u_w)/(1 − u_w) after warm-up
-        if linear:
-            return (lambda u, a, b, d: a + b * np.cos(np.pi * progress(u, uw)) + d * progress(u, uw)), \
-                (1.0, 0.1, 0.0), (-np.inf, np.inf)
-        return (lambda u, a, b: a + b * np.cos(np.pi * progress(u, uw))), (1.0, 0.1), (-np.inf, np.inf)
-    if name == "power":  # E + A u^-α  (TSL-power, ours)
-        return (lambda u, e, a, al: e + a * u ** (-al)), (1.0, 0.1, 0.5), ([-np.inf, -np.inf, 0.0], [np.inf, np.inf, 5])
-    raise ValueError(f"temporal form: unknown {name!r}; allowed: {', '.join(FORMS)}")
+def fit_positions(i: np.ndarray, L: np.ndarray, se: np.ndarray | None = None) -> dict:
+    """Stage 1: the hyperbolic law L_i = c/(b+i) + a2 (b in [0, n]) by weighted least squares against ``se``, with
+    its diagnostics and the constant / power-law fits beside it (module docstring)."""
+    i, L = np.asarray(i, dtype=float), np.asarray(L, dtype=float)
+    w = 1.0 / np.asarray(se, dtype=float) ** 2 if se is not None else np.ones_like(L)
+    n = len(L)
+    b_max = float(n)
+    grid = np.concatenate([[0.0], np.geomspace(1e-3, b_max, 160)])
+    b, c, a2, chi, chi_grid, _ = _profile(lambda t: 1.0 / (t + i), 0.0, b_max, L, w, grid)
+    # another local minimum of the profile, as good within Δχ² < 1, away from the best one: the optimum is ambiguous
+    mins = [k for k in range(1, len(grid) - 1) if chi_grid[k] <= chi_grid[k - 1] and chi_grid[k] <= chi_grid[k + 1]]
+    far = [k for k in mins if chi_grid[k] <= chi + 1 and abs(math.log((grid[k] + 1e-3) / (b + 1e-3))) > 1.0]
+    # Fisher covariance of (c, b, a2): J = [1/(b+i), -c/(b+i)^2, 1], weights w
+    J = np.stack([1.0 / (b + i), -c / (b + i) ** 2, np.ones_like(i)], axis=1)
+    cov = _inverse(J.T @ (J * w[:, None]))
+    sd = np.sqrt(np.clip(np.diag(cov), 0, None))
+    corr = cov / np.outer(sd, sd) if np.all(sd > 0) else np.full((3, 3), np.nan)
+    chi_const = float(((L - L @ w / w.sum()) ** 2) @ w)
+    _, _, _, chi_power, _, _ = _profile(lambda t: i ** (-t), 0.0, 3.0, L, w, np.linspace(0.01, 3.0, 120))
+    a0, a1, _ = spec_parameters(c, b, a2)
+    dof = max(1, n - 3)
+    return {"c": c, "b": b, "a2": a2, "se_c": sd[0], "se_b": sd[1], "se_a2": sd[2],
+            "corr_cb": corr[0, 1], "corr_ca2": corr[0, 2], "corr_ba2": corr[1, 2],
+            "chi2_red": chi / dof, "r2": r2(L, hyperbolic(i, c, b, a2)),
+            "b_at_bound": bool(b <= 1e-3 or b >= b_max * (1 - 1e-6)), "multimodal": bool(far),
+            "aic_hyperbolic": chi + 6.0, "aic_constant": chi_const + 2.0, "aic_power": chi_power + 6.0,
+            "a0": float(a0), "a1": float(a1)}
 
 
-def fit_form(name: str, u, y, uw: float, linear: bool = False):
-    """Least-squares fit of a temporal form; returns a callable predictor (NaN everywhere if every start fails).
-    Nonlinear forms are fitted from several starting points (the last constant on a log grid) and the best kept."""
-    f, p0, bounds = temporal_form(name, uw, linear)
-    starts = [(float(np.mean(y)), *p0[1:])]
-    if name in ("hyperbolic", "power"):
-        starts = [(float(np.mean(y)), *p0[1:-1], g) for g in (0.01, 0.1, 0.5, 2.0)]
-    best, best_sse = None, np.inf
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for start in starts:
-            try:
-                popt, _ = optimize.curve_fit(f, u, y, p0=start, bounds=bounds, method="trf", max_nfev=MAX_NFEV)
-            except (RuntimeError, ValueError, TypeError):
-                continue
-            sse = float(np.sum((f(u, *popt) - y) ** 2))
-            if sse < best_sse:
-                best, best_sse = popt, sse
-    if best is None:
-        return lambda x: np.full(np.shape(x), np.nan)
-    return lambda x: f(np.asarray(x, dtype=float), *best)
+def shared_b(i: np.ndarray, curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[float, bool]:
+    """One b for several checkpoints: the minimum over b in [0, n] of the summed χ² of the per-checkpoint fits with
+    c and a2 free (linear given b); returns (b, at a bound). Sharing b is what makes c and a2 precise: alone, each
+    checkpoint's b is loosely determined and correlated with its c (corr ≈ 0.9 at this scale)."""
+    i = np.asarray(i, dtype=float)
+    b_max = float(len(i))
+    grid = np.concatenate([[0.0], np.geomspace(1e-3, b_max, 160)])
+    total = lambda bs: sum(_two_param(1.0 / (np.atleast_1d(bs)[:, None] + i), L, 1.0 / se**2)[2] for L, se in curves)
+    chi = total(grid)
+    k = int(np.argmin(chi))
+    a, z = grid[max(k - 1, 0)], grid[min(k + 1, len(grid) - 1)]
+    res = optimize.minimize_scalar(lambda t: float(total(t)[0]), bounds=(a, z), method="bounded",
+                                   options={"xatol": 1e-10 * max(1.0, z)})
+    b = float(res.x) if res.fun <= chi[k] else float(grid[k])
+    return b, bool(b <= 1e-3 or b >= b_max * (1 - 1e-6))
 
 
-def tsl_loss(n_positions: int, a0, a1, a2, start: int = 1):
-    """The temporal law's prediction of the whole loss L(N) from its (extrapolated) parameters: the closed-form
-    mean of the hyperbolic law over the n positions (a1 floored at 1e-8 so a form extrapolated below zero stays
-    defined)."""
-    return mean_hyperbolic(n_positions, a0, np.clip(a1, 1e-8, None), a2, start=start)
+def fit_at_b(i: np.ndarray, L: np.ndarray, se: np.ndarray, b: float) -> tuple[float, float, float, float]:
+    """c and a2 of the law at a given b (weighted linear least squares, c >= 0) and their standard errors."""
+    i, w = np.asarray(i, dtype=float), 1.0 / np.asarray(se, dtype=float) ** 2
+    g = 1.0 / (b + i)
+    c, a2, _ = (float(v[0]) for v in _two_param(g[None], np.asarray(L, dtype=float), w))
+    cov = _inverse(np.array([[g**2 @ w, g @ w], [g @ w, w.sum()]]))
+    return c, a2, float(np.sqrt(cov[0, 0])), float(np.sqrt(cov[1, 1]))
+
+
+def _inverse(F: np.ndarray) -> np.ndarray:
+    try:
+        return np.linalg.inv(F)
+    except np.linalg.LinAlgError:
+        return np.full_like(F, np.nan)
+
+
+# ================================================================================================ stage 2
+
+
+@dataclass(frozen=True)
+class Clock:
+    """The training schedule at given checkpoints: progress u = step / total, cumulative learning rate S1 and
+    annealing area S2 (Tissue et al. 2024, each normalised to 1 at the end of the run), post-warm-up progress p."""
+
+    steps: np.ndarray
+    u: np.ndarray
+    s1: np.ndarray
+    s2: np.ndarray
+    p: np.ndarray
+
+    def at(self, idx) -> "Clock":
+        return Clock(*(getattr(self, f)[idx] for f in ("steps", "u", "s1", "s2", "p")))
+
+
+def clock(steps, opt: OptimConfig, momentum: float) -> Clock:
+    """S1(s) = Σ_{τ≤s} η_τ and S2(s) = Σ_{τ≤s} m_τ, m_τ = λ m_{τ−1} + (η_{τ−1} − η_τ), in units of the final value
+    (warm-up is not annealing: its steps count at the peak rate for S2, so S2 grows once the decay starts)."""
+    total = opt.max_steps
+    eta = np.array([lr_at(s, opt) for s in range(total)]) / opt.lr
+    s1 = np.cumsum(eta)
+    ann = np.where(np.arange(total) < opt.warmup_steps, 1.0, eta)
+    m = np.zeros_like(ann)
+    for t in range(1, total):
+        m[t] = momentum * m[t - 1] + (ann[t - 1] - ann[t])
+    s2 = np.cumsum(m)
+    steps = np.asarray(steps, dtype=int)
+    idx = np.clip(steps - 1, 0, total - 1)
+    uw = opt.warmup_steps / total
+    u = steps / total
+    return Clock(steps, u, s1[idx] / s1[-1], s2[idx] / max(s2[-1], 1e-12), np.clip((u - uw) / (1 - uw), 0, 1))
+
+
+@dataclass(frozen=True)
+class FormFit:
+    """A fitted temporal form: ``predict(clock)``; the diagnostics every claim checks before resting on it."""
+
+    form: str
+    theta: float | None
+    coef: tuple
+    anchors: tuple  # (x at the first observed point, x at the last) for the anchored forms
+    anneal: bool
+    converged: bool
+    theta_at_bound: bool
+    max_corr: float
+    n_points: int
+    _basis: object = field(repr=False, compare=False, default=None)
+
+    def predict(self, ck: Clock) -> np.ndarray:
+        if not self.converged:
+            return np.full(len(ck.u), np.nan)
+        return self._basis(ck, self.theta) @ np.asarray(self.coef)
+
+    @property
+    def ok(self) -> bool:
+        return self.converged and not self.theta_at_bound and self.max_corr <= 0.99
+
+
+THETA = {"lr_power": (-2.0, 10.0), "power": (-2.0, 10.0), "hyperbolic": (1e-4, 100.0)}  # α up to 10: c saturates within
+# the first ~15 % of training, which a power of S1 only follows with α of 3-8
+
+
+def _boxcox(x, t):
+    """x^-t, shifted and scaled so the limit t -> 0 is -ln x: (x^-t - 1) / t (the Box-Cox family of the power laws,
+    which holds the logarithm at t = 0; the anchored forms only use its differences)."""
+    return -np.log(x) if abs(t) < 1e-8 else (x ** -t - 1.0) / t
+
+
+def _basis(form: str, obs: Clock, anneal: bool):
+    """(basis(clock, θ) -> (N, k) design matrix, coefficient signs) of a form, anchored at the observed points."""
+    if form in ("lr_power", "power"):
+        xs = (lambda ck: ck.s1) if form == "lr_power" else (lambda ck: ck.u)
+        x0, x1 = float(xs(obs)[0]), float(xs(obs)[-1])
+
+        def basis(ck, t):
+            h = (_boxcox(xs(ck), t) - _boxcox(x1, t)) / (_boxcox(x0, t) - _boxcox(x1, t))
+            cols = [1.0 - h, h] + ([-ck.s2] if anneal else [])
+            return np.stack(cols, axis=1)  # coefficients: (v1, v0[, C])
+
+        return basis, (x0, x1)
+    if form == "log":
+        return (lambda ck, t: np.stack([np.ones_like(ck.u), np.log(ck.u)], axis=1)), ()
+    if form == "hyperbolic":
+        return (lambda ck, t: np.stack([np.ones_like(ck.u), 1.0 / (ck.u + t)], axis=1)), ()
+    if form == "piecewise_cosine":
+        return (lambda ck, t: np.stack([np.ones_like(ck.u), np.cos(np.pi * ck.p)], axis=1)), ()
+    if form == "constant":
+        return (lambda ck, t: np.ones((len(ck.u), 1))), ()
+    raise ValueError(f"temporal form: unknown {form!r}")
+
+
+def fit_form(form: str, obs: Clock, y: np.ndarray, se: np.ndarray | None = None, *, decreasing: bool = False,
+             anneal: bool = False) -> FormFit:
+    """Weighted least squares of a temporal form on the observed points (``obs``, ``y``, standard errors ``se``):
+    linear coefficients solved exactly for each shape θ (with ``decreasing``: v0 >= v1 and C >= 0, as a loss that
+    falls with learning), θ profiled over its bounded range and refined."""
+    y = np.asarray(y, dtype=float)
+    w = 1.0 / np.asarray(se, dtype=float) ** 2 if se is not None else np.ones_like(y)
+    if not np.all(np.isfinite(y)) or not np.all(np.isfinite(w)) or len(y) < 3:
+        return FormFit(form, None, (), (), anneal, False, False, float("nan"), len(y))
+    anneal = anneal and form == "lr_power"
+    basis, anchors = _basis(form, obs, anneal)
+    sw = np.sqrt(w)
+
+    def solve(t):
+        X = basis(obs, t)
+        if not np.all(np.isfinite(X)):
+            return None, np.inf
+        if form in ("lr_power", "power") and decreasing:
+            # v1 free, d = v0 - v1 >= 0, C >= 0: reparametrised columns so the bounds are plain non-negativity
+            A = np.stack([X[:, 0] + X[:, 1], X[:, 1]] + ([X[:, 2]] if anneal else []), axis=1)
+            lb = [-np.inf, 0.0] + ([0.0] if anneal else [])
+            r = optimize.lsq_linear(A * sw[:, None], y * sw, bounds=(lb, np.inf))
+            coef = np.array([r.x[0], r.x[0] + r.x[1], *r.x[2:]])
+        elif anneal:
+            r = optimize.lsq_linear(X * sw[:, None], y * sw, bounds=([-np.inf, -np.inf, 0.0], np.inf))
+            coef = r.x
+        else:
+            coef = np.linalg.lstsq(X * sw[:, None], y * sw, rcond=None)[0]
+        return coef, float((((X @ coef) - y) ** 2) @ w)
+
+    if form in THETA:
+        lo, hi = THETA[form]
+        grid = np.linspace(lo, hi, 61) if lo < 0 else np.geomspace(lo, hi, 40)
+        chis = [solve(t)[1] for t in grid]
+        k = int(np.argmin(chis))
+        a, z = grid[max(k - 1, 0)], grid[min(k + 1, len(grid) - 1)]
+        res = optimize.minimize_scalar(lambda t: solve(t)[1], bounds=(a, z), method="bounded",
+                                       options={"xatol": 1e-8})
+        theta = float(res.x) if res.fun <= chis[k] else float(grid[k])
+        at_bound = theta <= lo + 1e-3 * (hi - lo) or theta >= hi - 1e-3 * (hi - lo) if lo < 0 else \
+            theta <= lo * 1.01 or theta >= hi * 0.99
+    else:
+        theta, at_bound = None, False
+    coef, chi = solve(theta)
+    if coef is None or not np.isfinite(chi):
+        return FormFit(form, theta, (), anchors, anneal, False, at_bound, float("nan"), len(y))
+    return FormFit(form, theta, tuple(float(v) for v in coef), anchors, anneal, True, at_bound,
+                   _max_corr(basis, obs, theta, coef, w), len(y), basis)
+
+
+def _max_corr(basis, obs: Clock, theta, coef, w) -> float:
+    """Largest |correlation| between the free parameters (coefficients and θ) from the Fisher matrix; a
+    coefficient pinned at its bound (C = 0) is not free."""
+    cols = [basis(obs, theta)[:, j] for j in range(len(coef))]
+    if theta is not None:
+        h = 1e-6 * max(abs(theta), 1e-3)
+        cols.append((basis(obs, theta + h) @ coef - basis(obs, theta - h) @ coef) / (2 * h))
+    J = np.stack(cols, axis=1)
+    free = [j for j in range(J.shape[1]) if np.any(J[:, j] != 0)]
+    J = J[:, free]
+    if J.shape[1] < 2:
+        return 0.0
+    cov = _inverse(J.T @ (J * w[:, None]))
+    sd = np.sqrt(np.abs(np.diag(cov)))
+    if not np.all(np.isfinite(sd)) or np.any(sd == 0):
+        return 1.0
+    corr = np.abs(cov / np.outer(sd, sd))
+    np.fill_diagonal(corr, 0.0)
+    return float(corr.max())
+
+
+# ============================================================================================ re-weighting
 
 
 class PositionWeightedLM(CausalLM):

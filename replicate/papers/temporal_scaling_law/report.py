@@ -9,11 +9,11 @@ from scipy import stats
 
 from replicate import claims as C
 from replicate import plotting
+from replicate.claims import Validity
 from replicate.experiments import Bundle
+from replicate.papers.temporal_scaling_law.experiments import ANNEALING, POWER, SPEC, TSL, e1_horizon, scores
+from replicate.papers.temporal_scaling_law.method import hyperbolic
 from replicate.tables import quantities
-from replicate.papers.temporal_scaling_law import FORMS
-from replicate.papers.temporal_scaling_law.experiments import VARIANT, e1_horizon, post_warmup, scores
-from replicate.papers.temporal_scaling_law.method import hyperbolic_law
 
 # ================================================================================================== set-up
 
@@ -25,59 +25,84 @@ def setup(b: Bundle) -> pd.DataFrame:
 
 def _setup_rows(b: Bundle) -> list[tuple[str, object]]:
     cfg, s = b.cfg, b.data.sizes
-    rows = [("plays used for training", s["id_train_docs"]), ("plays held out (ID evaluation)", s["id_heldout_docs"]),
-            ("training text of the plays (MB)", round(s["id_train_bytes"] / 1e6, 2)),
-            ("training tokens of the plays", s["id_train_tokens"]),
-            ("Python reference topics (OOD evaluation)", s["ood_docs"]),
+    ood = {"histories": "history plays (never trained on)", "python_docs": "Python reference topics"}[cfg.ood_set]
+    return [("ID plays used for training", s["id_train_docs"]), ("ID plays held out (ID evaluation)", s["id_heldout_docs"]),
+            ("training text of the ID plays (MB)", round(s["id_train_bytes"] / 1e6, 2)),
+            ("training tokens of the ID plays", s["id_train_tokens"]), (f"OOD evaluation: {ood}", s["ood_docs"]),
             ("stdlib modules for the E3 mixtures", s["code_train_docs"]),
             ("vocabulary (byte-level BPE)", cfg.vocab_size), ("evaluation windows per set", cfg.eval_windows),
             ("context length n (positions)", cfg.seq_len),
             ("E1 non-embedding parameters", b.e1["n_params"]), ("E1 steps", cfg.steps),
             ("E1 training tokens", cfg.steps * cfg.batch_size * cfg.seq_len),
+            ("E1 epochs over the ID training text", round(cfg.steps * cfg.batch_size * cfg.seq_len
+                                                          / s["id_train_tokens"], 2)),
             ("E1 checkpoints evaluated", len(b.e1["evals"]["id"])),
-            ("E3 candidates (code fractions)", len(b.mixtures)), ("E3 steps per candidate", cfg.mix_steps),
-            ("bootstrap resamples", cfg.n_boot),
+            ("unigram entropy of the ID training text (nats)", round(b.data.unigram_nats, 3)),
+            ("E1 final ID loss (nats)", round(float(b.e1["final"]["id"].mean()), 3)),
+            ("E1 final OOD loss (nats)", round(float(b.e1["final"]["ood"].mean()), 3)),
+            ("E3 candidates (code fractions)", len(cfg.mixture_code_fractions)), ("E3 seeds per candidate", cfg.mix_seeds),
+            ("E3 steps per run", cfg.mix_steps), ("bootstrap resamples", cfg.n_boot),
             ("training wall time, all runs (s)", round(sum(r["wall_s"] for r in (b.e1, *b.mixtures.values(),
                                                                                 *[v for g, v in b.reweighting.items()
                                                                                   if g])), 1))]
-    return rows
 
 
 def describe(b: Bundle) -> str:
     """The notebook's 'what ran' paragraph, generated from :func:`setup` (Markdown)."""
     v = dict(_setup_rows(b))
+    ood = next(k for k in v if k.startswith("OOD evaluation"))
     return (f"E1 is a {v['E1 non-embedding parameters']:,}-parameter (non-embedding) decoder trained for "
-            f"{v['E1 steps']:,} steps ({v['E1 training tokens']:,} tokens) on {v['plays used for training']} plays "
-            f"({v['training text of the plays (MB)']} MB); ID evaluation uses {v['plays held out (ID evaluation)']} "
-            f"held-out plays, OOD evaluation {v['Python reference topics (OOD evaluation)']} topics of the Python "
-            f"reference, {v['evaluation windows per set']} windows of {v['context length n (positions)']} positions "
-            f"each, scored at {v['E1 checkpoints evaluated']} checkpoints. E3 trains "
-            f"{v['E3 candidates (code fractions)']} candidates for {v['E3 steps per candidate']} steps each.")
+            f"{v['E1 steps']:,} steps ({v['E1 training tokens']:,} tokens, {v['E1 epochs over the ID training text']} "
+            f"epochs) on {v['ID plays used for training']} plays ({v['training text of the ID plays (MB)']} MB); it ends "
+            f"at {v['E1 final ID loss (nats)']} nats on {v['ID plays held out (ID evaluation)']} held-out plays "
+            f"(the unigram entropy of its training text is {v['unigram entropy of the ID training text (nats)']}) and "
+            f"{v['E1 final OOD loss (nats)']} nats on the OOD set ({v[ood]} {ood.split(': ')[1]}). Each set has "
+            f"{v['evaluation windows per set']} windows of {v['context length n (positions)']} positions, scored at "
+            f"{v['E1 checkpoints evaluated']} checkpoints. E3 trains {v['E3 candidates (code fractions)']} candidates "
+            f"× {v['E3 seeds per candidate']} seeds for {v['E3 steps per run']} steps each.")
 
 
 # ================================================================================================== tables
 
 
 def table1(b: Bundle) -> pd.DataFrame:
-    """Main table analogue: future-loss prediction scores by set, fit fraction and method."""
+    """Main table analogue: future-loss prediction scores by set, fit fraction and method (future uniform
+    checkpoints), with each method's validity."""
     preds = b.predictions
     rows = []
-    for (s, f, m), g in preds[preds["future"]].groupby(["set", "fit_fraction", "method"], sort=False):
-        rows.append({"set": s, "fit_fraction": f, "method": m, **scores(g["actual"].to_numpy(), g["predicted"].to_numpy())})
+    keys = ["set", "fit_fraction", "method"]
+    for (s, f, m), g in preds[preds["future"] & preds["scored"]].groupby(keys, sort=False):
+        rows.append({"set": s, "fit_fraction": f, "method": m, **scores(g["actual"].to_numpy(), g["predicted"].to_numpy()),
+                     "valid": bool(g["valid"].iloc[0]), "validity": g["validity"].iloc[0]})
     return pd.DataFrame(rows)
 
 
 def table2(b: Bundle) -> pd.DataFrame:
-    """Data-mixture selection: predicted vs actual final loss per candidate and the pick of each rule."""
-    t = b.mixture_selection.copy()
-    for col in ("predicted_TSL", "predicted_power_law", "prefix_loss", "actual_final"):
+    """Data-mixture selection: per candidate, each rule's prediction (mean over seeds), the actual final loss and
+    each rule's pick."""
+    t = b.mixture_selection.table.groupby("code_fraction").agg(
+        predicted_TSL=("predicted_TSL", "mean"), TSL_valid=("TSL_valid", "all"),
+        predicted_annealing_law=("predicted_annealing_law", "mean"),
+        annealing_law_valid=("annealing_law_valid", "all"), prefix_loss=("prefix_loss", "mean"),
+        actual_final=("actual_final", "mean"), seeds=("seed", "count")).reset_index()
+    for col in ("predicted_TSL", "predicted_annealing_law", "prefix_loss", "actual_final"):
         t[f"pick_{col}"] = t[col] == t[col].min()
     return t
 
 
 def fit_quality(b: Bundle) -> pd.DataFrame:
-    """Median R², reduced χ² and corr(a0, a1) of the stage-1 fits, by set, before / after the warm-up cut."""
-    return b.fits.groupby(["set", "post_warmup"])[["r2", "chi2_red", "corr_a0_a1"]].median().reset_index()
+    """Stage-1 fits, by set, over the fitted checkpoints: median χ²_red and R², ΔAIC against a constant and a power
+    law in i, how many fits had b at a bound, an ambiguous optimum, or parameters correlated beyond 0.99."""
+    rows = []
+    for s, d in b.fits[b.fits["fitted"]].groupby("set", sort=False):
+        corr = d[["corr_cb", "corr_ca2", "corr_ba2"]].abs().max(axis=1)
+        rows.append({"set": s, "checkpoints": len(d), "median_chi2_red": d["chi2_red"].median(),
+                     "median_r2": d["r2"].median(),
+                     "median_dAIC_vs_constant": (d["aic_constant"] - d["aic_hyperbolic"]).median(),
+                     "median_dAIC_vs_power_in_i": (d["aic_power"] - d["aic_hyperbolic"]).median(),
+                     "b_at_bound": int(d["b_at_bound"].sum()), "multimodal": int(d["multimodal"].sum()),
+                     "corr_above_0.99": int((corr > 0.99).sum()), "median_b": d["b"].median()})
+    return pd.DataFrame(rows)
 
 
 def forms_r2(b: Bundle) -> pd.DataFrame:
@@ -86,10 +111,12 @@ def forms_r2(b: Bundle) -> pd.DataFrame:
 
 
 def bootstrap_summary(b: Bundle) -> pd.DataFrame:
-    """2.5 / 50 / 97.5 % quantiles of the bootstrap MSE and mean relative error per set and method."""
-    q = b.bootstrap.groupby(["set", "method"])[["mse", "mape"]].quantile([0.025, 0.5, 0.975])
-    return q.unstack().reset_index().pipe(lambda d: d.set_axis(
-        [c if isinstance(c, str) else "_".join(str(x) for x in c if x != "") for c in d.columns], axis=1))
+    """2.5 / 50 / 97.5 % quantiles of the bootstrap MSE and mean relative error per set and method, and the share of
+    resamples on which the method passed its checks."""
+    bt = b.bootstrap
+    q = bt[bt["valid"]].groupby(["set", "method"])[["mse", "mape"]].quantile([0.025, 0.5, 0.975]).unstack()
+    q.columns = [f"{a}_{c}" for a, c in q.columns]
+    return q.join(bt.groupby(["set", "method"])["valid"].mean().rename("valid_share")).reset_index()
 
 
 def reweighting_table(b: Bundle) -> pd.DataFrame:
@@ -112,58 +139,70 @@ def fig1(b: Bundle, n_show: int = 5):
         colors = plt.cm.viridis(np.linspace(0, 0.9, len(show)))
         for c, st in zip(colors, show):
             d = positions[(positions["set"] == s) & (positions["step"] == st)]
-            xb, yb = plotting.log_bins(d["position"], d["loss"])
-            ax.plot(xb, yb, "o", ms=3, color=c, alpha=0.8)
+            ax.plot(*plotting.log_bins(d["position"], d["loss"]), "o", ms=3, color=c, alpha=0.8)
             f = fits[(fits["set"] == s) & (fits["step"] == st)].iloc[0]
-            ax.plot(d["position"], hyperbolic_law(d["position"].to_numpy(), f["a0"], f["a1"], f["a2"]), "-", color=c,
-                    label=f"step {st}: R²={f['r2']:.3f}")
+            ax.plot(d["position"], hyperbolic(d["position"].to_numpy(), f["c"], f["b"], f["a2"]), "-", color=c,
+                    label=f"step {st}: χ²/dof={f['chi2_red']:.2f}")
         ax.set_xscale("log")
         ax.set_xlabel("position i (tokens of context)")
         ax.set_ylabel("loss L_i (nats)")
-        ax.set_title(f"{s.upper()}: L_i = a0/(1+a1·i) + a2")
+        ax.set_title(f"{s.upper()}: L_i = c/(b+i) + a2")
         ax.legend(fontsize=7)
     return plotting.finish(fig)
 
 
 def fig2(b: Bundle):
-    """Trajectories of a0, a1, a2 over training tokens, with the temporal forms fitted on the main prefix
-    (solid: fitted range, dashed: extrapolation)."""
+    """What TSL extrapolates: c, b and a2 per checkpoint (with ``share_b``, c and a2 at the one b fitted to the
+    prefix; error bars: standard errors), and their forms fitted on the main prefix (solid: fitted range, dashed:
+    extrapolation)."""
     cfg, h = b.cfg, e1_horizon(b.cfg)
+    t = b.trajectories
     fig, axes = plotting.axes(3, 4.4, 3.4)
-    forms = {"a0": cfg.a0_form, "a1": cfg.a1_form, "a2": cfg.a2_form}
-    for ax, p in zip(axes, ("a0", "a1", "a2")):
-        for s, m in zip(b.fits["set"].unique(), ("o", "s")):
-            d = post_warmup(cfg, b.fits[b.fits["set"] == s].sort_values("step"), h.total_steps)
-            ax.plot(d["tokens"], d[p], m, ms=4, label=f"{s} (fitted per checkpoint)")
-            c = b.form_curves[(b.form_curves["set"] == s) & (b.form_curves["parameter"] == p)]
-            ax.plot(c["tokens"][c["fitted_range"]], c["value"][c["fitted_range"]], "-", color="k", lw=1)
-            ax.plot(c["tokens"][~c["fitted_range"]], c["value"][~c["fitted_range"]], "--", color="k", lw=1)
+    for ax, p in zip(axes, ("c", "b", "a2")):
+        for k, s in enumerate(t.points["set"].unique()):
+            d = t.points[t.points["set"] == s]
+            ax.errorbar(d["tokens"], d[p], yerr=d[f"se_{p}"], fmt="os"[k], ms=3, lw=0.6, color=f"C{k}",
+                        label=f"{s} (per checkpoint)")
+            c = t.curves[(t.curves["set"] == s) & (t.curves["parameter"] == p)]
+            tag = "" if c["fit_ok"].all() else " (fit failed its checks)"
+            ax.plot(c["tokens"][c["fitted_range"]], c["value"][c["fitted_range"]], "-", color=f"C{k}", lw=1.2)
+            ax.plot(c["tokens"][~c["fitted_range"]], c["value"][~c["fitted_range"]], "--", color=f"C{k}", lw=1.2,
+                    label=f"{s}: {c['form'].iloc[0]}{tag}")
+        if p == "b":
+            ax.set_ylim(0, 2 * max(t.points["b"].max(), 1e-3))
         ax.axvline(cfg.main_fit_fraction * h.total_steps * h.tokens_per_step, color="grey", lw=0.5)
-        ax.set_title(f"{p}: {forms[p]} form")
+        ax.set_title({"c": "c = a0/a1 (context benefit, nats)", "b": "b = 1/a1 (positions)", "a2": "a2 (nats)"}[p])
         ax.set_xlabel("training tokens N")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=6)
     return plotting.finish(fig)
 
 
 def fig3(b: Bundle):
-    """Predicted vs actual L(N) from the fit cut-off to the end of training, per set and method."""
-    preds, fit_fraction = b.predictions, b.cfg.main_fit_fraction
+    """Predicted vs actual L(N) from the main cut-off to the end of training, per set; methods whose prediction
+    failed its checks are listed, not drawn."""
+    preds, frac = b.predictions, b.cfg.main_fit_fraction
     sets = list(preds["set"].unique())
     fig, axes = plotting.axes(len(sets), 5.2)
     for ax, s in zip(axes, sets):
-        d = preds[(preds["set"] == s) & (preds["fit_fraction"] == fit_fraction)]
+        d = preds[(preds["set"] == s) & (preds["fit_fraction"] == frac) & preds["scored"]]
         act = d[d["method"] == d["method"].iloc[0]]
-        ax.plot(act["tokens"], act["actual"], "ko", ms=4, label="actual")
+        ax.plot(act["tokens"], act["actual"], "ko", ms=3, label="actual")
+        start = b.fits.loc[b.fits["fitted"], "step"].min()
         for m, g in d.groupby("method", sort=False):
-            ax.plot(g["tokens"], g["predicted"], "-", lw=1.2, label=m)
-        cut = act["tokens"][~act["future"]].max()
-        ax.axvline(cut, color="grey", lw=0.6)
-        lo, hi = act["actual"].min(), act["actual"][act["future"]].max()
-        ax.set_ylim(lo - 0.15 * (hi - lo + 0.1), hi + 0.6 * (hi - lo + 0.1))
-        ax.set_title(f"{s.upper()}: fitted on the first {fit_fraction:.0%}")
+            g = g[g["step"] >= start]  # forecasts from the first fitted checkpoint on
+            if g["valid"].iloc[0]:  # TSL on top, so a baseline that overlaps it cannot hide it
+                tsl = m == TSL
+                ax.plot(g["tokens"], g["predicted"], "-", lw=1.8 if tsl else 1.1, zorder=3 if tsl else 2, label=m)
+            else:
+                ax.plot([], [], " ", label=f"{m}: failed its checks, not drawn")
+        ax.axvline(act["tokens"][~act["future"]].max(), color="grey", lw=0.6)
+        drawn = d[d["valid"] & (d["step"] >= start)]["predicted"]
+        lo, hi = min(act["actual"].min(), drawn.min()), act["actual"].max()
+        ax.set_ylim(lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
+        ax.set_title(f"{s.upper()}: fitted on the first {frac:.0%}", fontsize=9)
         ax.set_xlabel("training tokens N")
         ax.set_ylabel("L(N), mean over positions")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.17), ncol=2)  # below: off the data
     return plotting.finish(fig)
 
 
@@ -174,8 +213,9 @@ def fig_uniformity(b: Bundle):
     ax.plot(*plotting.log_bins(frame["position"], frame["rel_improvement"], 25), "k-", label="log-binned")
     ax.set_xscale("log")
     ax.set_xlabel("position i")
-    ax.set_ylabel("relative improvement r_i")
-    ax.set_title(f"ID, step {frame['from_step'].iloc[0]} → {frame['to_step'].iloc[0]}")
+    ax.set_ylabel("relative improvement per checkpoint interval")
+    ax.set_title(f"ID, mean over {frame['pairs'].iloc[0]} consecutive pairs, steps {frame['from_step'].iloc[0]}"
+                 f"-{frame['to_step'].iloc[0]}", fontsize=8)
     ax.legend(fontsize=7)
     return plotting.finish(fig)
 
@@ -183,90 +223,157 @@ def fig_uniformity(b: Bundle):
 # ===================================================================================================== claims
 
 
-def _mape(t1, s, frac, method):
-    return float(t1[(t1["set"] == s) & (t1["fit_fraction"] == frac) & (t1["method"] == method)]["mape"].iloc[0])
+def _main(b: Bundle, s: str, method: str):
+    t = table1(b)
+    return t[(t["set"] == s) & (t["fit_fraction"] == b.cfg.main_fit_fraction) & (t["method"] == method)].iloc[0]
+
+
+def stage1_validity(b: Bundle, s: str) -> Validity:
+    """Stage 1 is trustworthy for a set when at most 10 % of its fitted checkpoints have an ambiguous optimum or
+    parameters correlated beyond 0.99."""
+    d = b.fits[(b.fits["set"] == s) & b.fits["fitted"]]
+    q = {"checkpoints": len(d)}
+    bad = int((d["multimodal"] | (d[["corr_cb", "corr_ca2", "corr_ba2"]].abs().max(axis=1) > 0.99)).sum())
+    return Validity.check(stage1=(bad <= 0.1 * q["checkpoints"], f"{bad} of {int(q['checkpoints'])} stage-1 fits "
+                                                                  "ambiguous or not identifiable"))
+
+
+def c1_verdict(chi2_red, d_aic_constant, d_aic_power, margin: float) -> str:
+    """C1's rule over the fitted checkpoints: reproduced when the law beats a constant decisively almost everywhere
+    (10th percentile of ΔAIC > margin), fits within noise (90th percentile of χ²/dof ≤ 2) and no power law in i fits
+    decisively better (median ΔAIC > −margin); not_reproduced when it does not beat the constant (median), a power
+    law wins (median), or it misses the noise (median χ²/dof > 2); inconclusive in between."""
+    if np.quantile(d_aic_constant, 0.1) > margin and np.quantile(chi2_red, 0.9) <= 2 and np.median(d_aic_power) > -margin:
+        return "reproduced"
+    if np.median(d_aic_constant) <= margin or np.median(d_aic_power) < -margin or np.median(chi2_red) > 2:
+        return "not_reproduced"
+    return "inconclusive"
+
+
+def c2_verdict(spec_fits: pd.DataFrame, threshold: float = 0.9) -> tuple[str, float | None, Validity]:
+    """C2's rule on the spec-form fits (columns ``r2_full``, ``fit_ok``): "every parameter follows its form" is
+    refuted by one fit that passed its checks and has R² below ``threshold``, and confirmed only when every fit passed
+    and reaches it; a fit that failed its checks (at a bound, |corr| > 0.99) can neither, so when the passing ones
+    all reach the threshold the claim is ``invalid``. Returns (verdict, the lowest passing R², validity)."""
+    ok = spec_fits[spec_fits["fit_ok"] & np.isfinite(spec_fits["r2_full"])]
+    n_bad = len(spec_fits) - len(ok)
+    misses = ok[ok["r2_full"] < threshold]
+    if len(misses):
+        return "not_reproduced", float(misses["r2_full"].min()), Validity()
+    v = Validity.check(fits=(n_bad == 0, f"{n_bad} of {len(spec_fits)} spec-form fits failed their checks (bound or "
+                             f"|corr| > 0.99) and every other one reaches {threshold}"))
+    return "reproduced", (float(ok["r2_full"].min()) if len(ok) else None), v
 
 
 def claims(cfg, b: Bundle) -> list[C.Claim]:
-    fits, forms, boot, mix = b.fits, b.forms, b.bootstrap, b.mixture_selection
-    t1 = table1(b)
     out = []
-    frac = cfg.main_fit_fraction
-    # C1: the hyperbolic law fits the per-position loss (to within evaluation noise), ID and OOD.
+    frac, m = cfg.main_fit_fraction, cfg.c1_aic_margin
+    learned = {s: Validity(tuple(f for f in b.validity[s].failures if "unigram" in f)) for s in ("id", "ood")}
+    # C1: the hyperbolic law fits the per-position loss within noise, beats a constant, and no power law in i
+    # fits decisively better.
     for s in ("id", "ood"):
-        d = fits[(fits["set"] == s) & fits["post_warmup"]]
+        d = b.fits[(b.fits["set"] == s) & b.fits["fitted"]]
         chi = d["chi2_red"].to_numpy()
-        ci = (float(np.quantile(chi, 0.1)), float(np.quantile(chi, 0.9)))
-        out.append(C.Claim(
+        d_const = (d["aic_constant"] - d["aic_hyperbolic"]).to_numpy()
+        d_pow = (d["aic_power"] - d["aic_hyperbolic"]).to_numpy()
+        q90 = float(np.quantile(chi, 0.9))
+        verdict = c1_verdict(chi, d_const, d_pow, m)
+        q = fit_quality(b).set_index("set").loc[s]
+        out.append(C.judged(C.Claim(
             f"C1-{s}", f"The per-position loss follows L_i = a0/(1+a1·i) + a2 at every checkpoint ({s.upper()})",
-            "reduced χ² of the fit vs per-position standard errors, median over post-warm-up checkpoints "
-            "(≈1: fits within noise; rule: 90th percentile ≤ 2)",
-            None, float(np.median(chi)), C.fmt_ci(ci, f"10th-90th pct over {len(d)} checkpoints; median R² "
-                                               f"{d['r2'].median():.3f}"),
-            C.verdict_threshold(float(np.median(chi)), ci, at_most=2.0), "fig1, extra_fit_quality"))
-    # C2: the parameters follow the spec's temporal forms (shape over the whole run).
-    d = forms[forms["spec_form"]]
-    r2 = d["r2_full"].to_numpy()
-    best = forms.loc[forms.groupby(["set", "parameter"])["r2_full"].idxmax()]
-    agree = int((best["spec_form"]).sum())
-    out.append(C.Claim(
+            f"median reduced χ² of the law against the per-position standard errors; rule: 10th pct of ΔAIC vs a "
+            f"constant > {m:g}, 90th pct of χ²/dof ≤ 2, and a power law in i not better by > {m:g} (median)", None,
+            float(np.median(chi)),
+            f"χ²/dof 90th pct {q90:.3f}; ΔAIC vs constant median {np.median(d_const):.1f} (10th pct "
+            f"{np.quantile(d_const, 0.1):.1f}); ΔAIC vs power law in i median {np.median(d_pow):.1f}; over "
+            f"{len(d)} checkpoints, b at a bound in {int(q['b_at_bound'])}", verdict, "fig1, extra_fit_summary"),
+            learned[s] + stage1_validity(b, s)))
+    # C2: the spec's (a0, a1, a2) follow logarithmic / hyperbolic / piecewise-cosine trajectories (rule: c2_verdict).
+    d = b.forms[b.forms["spec_form"]]
+    verdict, value, v = c2_verdict(d)
+    ok = d["fit_ok"] & np.isfinite(d["r2_full"])
+    each = "; ".join(f"{r.set} {r.parameter} {r.form} R² {r.r2_full:.3f}" + ("" if r.fit_ok else " (fit failed its "
+                     "checks)") for r in d.itertuples())
+    conf = b.forms[b.forms["configured"]]
+    out.append(C.judged(C.Claim(
         "C2", "a0, a1, a2 drift smoothly and follow logarithmic / hyperbolic / piecewise-cosine forms",
-        "R² of the spec's form on each parameter trajectory (post warm-up, ID and OOD), minimum over the six; "
-        "rule: minimum ≥ 0.9", None, float(np.min(r2)),
-        f"range [{np.min(r2):.3f}, {np.max(r2):.3f}]; spec's form is the best of {len(FORMS)} candidates for "
-        f"{agree}/{len(best)} parameter-set pairs",
-        C.verdict_threshold(float(np.min(r2)), None, at_least=0.9), "fig2, extra_temporal_forms"))
+        "R² of the spec's form on each parameter trajectory (fitted checkpoints, ID and OOD), the lowest among the "
+        "fits that passed their checks; rule: all six ≥ 0.9 (one passing fit below refutes)", None, value,
+        f"{int(ok.sum())} of {len(d)} spec-form fits passed their checks; the configured forms on (c, b, a2): R² "
+        f"[{conf['r2_full'].min():.3f}, {conf['r2_full'].max():.3f}]",
+        verdict, f"fig2, extra_temporal_forms; {each}"), v))
     # C3: accurate future-loss prediction (mean relative error), ID and OOD.
     for s in ("id", "ood"):
-        bs = boot[(boot["set"] == s) & (boot["method"] == "TSL")]["mape"]
-        v = t1[(t1["set"] == s) & (t1["fit_fraction"] == frac) & (t1["method"] == "TSL")]["mape"].iloc[0]
-        ci = C.percentile_interval(bs)
-        out.append(C.Claim(
+        row = _main(b, s, TSL)
+        bs = b.bootstrap[(b.bootstrap["set"] == s) & (b.bootstrap["method"] == TSL)]
+        ci = C.percentile_interval(bs["mape"][bs["valid"]])
+        v = b.validity[s] + Validity(tuple(f"TSL: {x}" for x in row["validity"].split("; ") if x))
+        spec_row = _main(b, s, SPEC)
+        out.append(C.judged(C.Claim(
             f"C3-{s}", f"The temporal law predicts future test loss accurately ({s.upper()})",
-            f"mean relative error of predicted L(N) at future checkpoints, fitted on the first {frac:.0%}; "
-            "rule: whole interval ≤ 0.5 %",
-            "< 0.5 % (third-party summary, low confidence)", float(v),
-            C.fmt_ci(ci, f"95% paired bootstrap over {cfg.eval_windows} eval windows, {cfg.n_boot} resamples"),
-            C.verdict_threshold(float(v), ci, at_most=0.005),
-            f"table1, fig3; the identifiable parametrisation (ours) reaches {_mape(t1, s, frac, VARIANT):.2%}"))
-    # C4: more precise than whole-loss baselines: ΔMSE = MSE(baseline) − MSE(TSL) > 0.
+            f"mean relative error of TSL's predicted L(N) at future checkpoints, fitted on the first {frac:.0%}; "
+            "rule: whole interval ≤ 0.5 %", "< 0.5 % (third-party summary, low confidence)", float(row["mape"]),
+            C.fmt_ci(ci, f"95% paired bootstrap over {cfg.eval_windows} eval windows, {int(bs['valid'].sum())} of "
+                         f"{len(bs)} resamples valid"),
+            C.verdict_threshold(float(row["mape"]), ci, at_most=0.005),
+            f"table1, fig3; the spec's forms: {spec_row['mape']:.2%}" + ("" if spec_row["valid"] else
+                                                                         f" (invalid: {spec_row['validity']})")), v))
+    # C4: more precise than a whole-loss law with the same schedule awareness (the claim's test), and than the
+    # schedule-unaware power law (extra).
     for s in ("id", "ood"):
-        for base, tag in (("E + A·N^-α", "power"), ("LR-annealing law (Tissue et al.)", "annealing")):
-            bt = boot[boot["set"] == s].pivot(index="boot", columns="method", values="mse")
-            pt = t1[(t1["set"] == s) & (t1["fit_fraction"] == frac)].set_index("method")["mse"]
-            out.append(C.bootstrap_gap_claim(
+        for base, tag, note in ((ANNEALING, "annealing", " [the same schedule awareness as TSL's a2]"),
+                                (POWER, "power", " [extra: a schedule-unaware law]")):
+            bt = b.bootstrap[b.bootstrap["set"] == s]
+            ok = bt.groupby("boot")["valid"].all()
+            piv = bt.pivot(index="boot", columns="method", values="mse")[ok]
+            t, r = _main(b, s, TSL), _main(b, s, base)
+            v = b.validity[s] + Validity(tuple(f"{mm}: {x}" for mm, row in ((TSL, t), (base, r))
+                                               for x in row["validity"].split("; ") if x))
+            out.append(C.judged(C.bootstrap_gap_claim(
                 f"C4-{s}-{tag}", f"TSL predicts future loss more precisely than the whole-loss {base} ({s.upper()})"
-                + (" [extra: the paper may not compare with this law]" if tag == "annealing" else ""),
-                float(pt[base] - pt["TSL"]), (bt[base] - bt["TSL"]).to_numpy(),
+                + note, float(r["mse"] - t["mse"]), (piv[base] - piv[TSL]).to_numpy(),
                 metric=f"ΔMSE = MSE({base}) − MSE(TSL) at future checkpoints, fit on first {frac:.0%} (nats²)",
-                what="95% paired bootstrap over eval windows", direction="positive", evidence="table1, fig3",
-                detail=f"MSE TSL {pt['TSL']:.2e}, {base} {pt[base]:.2e}"))
+                what=f"95% paired bootstrap over eval windows, {int(ok.sum())} valid resamples",
+                direction="positive", evidence="table1, fig3", detail=f"MSE TSL {t['mse']:.2e}, {base} {r['mse']:.2e}"),
+                v))
     # C5: data-mixture selection on the target model.
-    best_actual = mix.loc[mix["actual_final"].idxmin()]
-    pick = mix.loc[mix["predicted_TSL"].idxmin()] if mix["predicted_TSL"].notna().any() else best_actual * np.nan
-    second = mix["actual_final"].nsmallest(2).iloc[-1]
-    gap = float(second - best_actual["actual_final"])
-    noise = float(2 * np.sqrt(2) * mix["actual_final_se"].max())  # ~95% band of a difference of two means
-    rho = float(stats.spearmanr(mix["predicted_TSL"], mix["actual_final"]).statistic) if len(mix) > 2 else float("nan")
-    right = bool(pick["code_fraction"] == best_actual["code_fraction"])
-    verdict = ("inconclusive" if gap <= noise or not np.isfinite(pick["code_fraction"]) else
-               "reproduced" if right else "not_reproduced")
-    out.append(C.Claim(
+    t2, ms = table2(b), b.mixture_selection
+    best = float(t2.loc[t2["actual_final"].idxmin(), "code_fraction"])
+    pick = float(t2.loc[t2["predicted_TSL"].idxmin(), "code_fraction"]) if t2["predicted_TSL"].notna().all() else None
+    bt = ms.boot.pivot(index="boot", columns="code_fraction", values="actual_final")
+    runner = float(t2.sort_values("actual_final")["code_fraction"].iloc[1])
+    margin_ci = C.percentile_interval((bt[runner] - bt[best]).to_numpy())
+    regret_ci = C.percentile_interval((bt[pick] - bt[best]).to_numpy()) if pick is not None else None
+    regret = float(t2.set_index("code_fraction").loc[pick, "actual_final"] - t2["actual_final"].min()) \
+        if pick is not None else None
+    if pick == best:
+        verdict = "reproduced" if margin_ci[0] > 0 else "inconclusive"
+    else:
+        verdict = "not_reproduced" if regret_ci is not None and regret_ci[0] > 0 else "inconclusive"
+    rho = float(stats.spearmanr(t2["predicted_TSL"], t2["actual_final"]).statistic) if len(t2) > 2 else float("nan")
+    greedy = float(t2.loc[t2["prefix_loss"].idxmin(), "code_fraction"])
+    law = float(t2.loc[t2["predicted_annealing_law"].idxmin(), "code_fraction"])
+    bad = ms.table[~ms.table["TSL_valid"]]
+    v = b.validity["mixtures"] + Validity.check(tsl=(bad.empty, f"TSL's forecast failed its checks for {len(bad)} of "
+                                                     f"{len(ms.table)} E3 runs ({'; '.join(sorted(set(bad['TSL_validity'])))})"))
+    out.append(C.judged(C.Claim(
         "C5", "Fitting the law on a short prefix of the target model selects the best data mixture",
-        f"TSL's pick vs the true best code fraction after full training (Spearman ρ predicted vs actual over "
-        f"{len(mix)} candidates)", None, rho,
-        f"TSL picks r={pick['code_fraction']}, true best r={best_actual['code_fraction']}; best-vs-runner-up gap "
-        f"{gap:.4f} nats vs noise band {noise:.4f}; one seed",
-        verdict, "table2"))
-    # C6: uniform learning across positions (v1).
+        f"regret of TSL's pick: its actual final loss minus the best candidate's (nats, mean over {cfg.mix_seeds} "
+        "seeds); rule: TSL picks the best and the best beats the runner-up beyond the paired window bootstrap",
+        None, regret,
+        f"TSL picks r={pick}, true best r={best} (runner-up r={runner}, margin "
+        + C.fmt_ci(margin_ci, "95% paired bootstrap over windows") + f"); regret "
+        + C.fmt_ci(regret_ci, "same bootstrap") + f"; Spearman ρ {rho:.2f}; prefix-loss pick r={greedy}, "
+        f"whole-loss law pick r={law}", verdict, "table2"), v))
+    # C6: uniform learning across positions (v1), over consecutive checkpoints.
     u = b.uniformity
     ci = C.percentile_interval(u.boot)
-    out.append(C.Claim(
+    out.append(C.judged(C.Claim(
         "C6", "The model improves at the same relative rate at every token position (v1 insight)",
-        "relative change of r_i across positions: slope of r_i on ln i × ln n / mean r (0 = uniform); "
-        f"rule: interval within ±{cfg.equivalence_margin}", None, u.slope,
+        "relative improvement between consecutive checkpoints, averaged over the pairs: slope of r_i on ln i × ln n "
+        f"/ mean r (0 = uniform); rule: interval within ±{cfg.equivalence_margin}", None, u.slope,
         C.fmt_ci(ci, "95% bootstrap over eval windows"),
-        C.verdict_equivalence(ci, margin=cfg.equivalence_margin), "extra_position_dynamics"))
+        C.verdict_equivalence(ci, margin=cfg.equivalence_margin), "extra_position_dynamics"), learned["id"]))
     # C7: position re-weighting gives no gain (paper scale).
     rw = b.reweight_gains
     if rw is None:
@@ -283,21 +390,50 @@ def claims(cfg, b: Bundle) -> list[C.Claim]:
 
 
 def diagnosis(b: Bundle) -> str:
-    """Plain-language reading of table 1, computed from it: which method predicts best, and whether TSL's error
-    tracks its temporal forms (the same forms with power laws, 'TSL-power') or the cosine piece alone (the ablation)."""
-    t1, fit_fraction = table1(b), b.cfg.main_fit_fraction
+    """Plain-language reading of table 1 at the main fraction, computed from it: the best valid method per set, each
+    method's error, and which methods failed their checks and why."""
+    t1 = table1(b)
     lines = []
-    for s, g in t1[t1["fit_fraction"] == fit_fraction].groupby("set", sort=False):
-        m = g.set_index("method")["mape"]
-        best = m.idxmin()
-        lines.append(f"{s.upper()}: best {best} ({m[best]:.2%} mean error); TSL {m['TSL']:.2%}, TSL-power (ours) "
-                     f"{m['TSL-power (ours)']:.2%}, E + A·N^-α {m['E + A·N^-α']:.2%}, cosine form on L(N) "
-                     f"{m['cosine form on L(N) (ablation)']:.2%}.")
-        if m["TSL"] > 2 * m["TSL-power (ours)"]:
-            lines.append(f"  TSL's error comes from its temporal forms: with power laws for the same three parameters "
-                         f"it drops to {m['TSL-power (ours)']:.2%}.")
-        if m["TSL"] > 2 * m["E + A·N^-α"] and m["cosine form on L(N) (ablation)"] > 2 * m["E + A·N^-α"]:
-            lines.append("  The piecewise-cosine form, fitted on a prefix where the loss still falls because the model is "
-                         "learning (not because the learning rate anneals), extrapolates that fall along the schedule; "
-                         "the ablation that puts it directly on L(N) fails the same way.")
+    for s, g in t1[t1["fit_fraction"] == b.cfg.main_fit_fraction].groupby("set", sort=False):
+        ok = g[g["valid"]].set_index("method")["mape"]
+        best = ok.idxmin() if len(ok) else None
+        lines.append(f"{s.upper()}: " + (f"best valid method {best} ({ok[best]:.2%} mean error). " if best else
+                                         "no method passed its checks. ")
+                     + "; ".join(f"{m} {e:.2%}" for m, e in ok.items()) + ".")
+        for _, r in g[~g["valid"]].iterrows():
+            lines.append(f"  {r['method']}: failed its checks ({r['validity']}).")
     return "\n".join(lines)
+
+
+def reading(claims_df: pd.DataFrame) -> str:
+    """The closing paragraph, generated from the verdicts: which claims rest on a failed check, which stay open
+    because the effect is within noise, which hold or fail clearly."""
+    by = {v: list(claims_df.loc[claims_df["verdict"] == v, "claim_id"]) for v in C.VERDICTS}
+    parts = []
+    if by["invalid"]:
+        parts.append(f"**Invalid** (a validity check failed, so nothing about the paper follows; the evidence column "
+                     f"says which): {', '.join(by['invalid'])}.")
+    if by["inconclusive"]:
+        parts.append(f"**Inconclusive** (the effect is within the bootstrap or seed spread): "
+                     f"{', '.join(by['inconclusive'])}.")
+    if by["reproduced"]:
+        parts.append(f"**Reproduced**: {', '.join(by['reproduced'])}.")
+    if by["not_reproduced"]:
+        parts.append(f"**Not reproduced** (the measured effect goes against the claim beyond the spread): "
+                     f"{', '.join(by['not_reproduced'])}.")
+    if by["not_run"]:
+        parts.append(f"**Not run** (needs the `paper` scale): {', '.join(by['not_run'])}.")
+    return " ".join(parts)
+
+
+def validity_table(b: Bundle) -> pd.DataFrame:
+    """Every validity check of the experiment and of each method at the main fraction: what passed, what failed
+    and why (the reasons a claim is ``invalid``)."""
+    rows = [{"check": f"experiment ({k})", "ok": v.ok, "failures": "; ".join(v.failures)} for k, v in b.validity.items()]
+    for s in ("id", "ood"):
+        v = stage1_validity(b, s)
+        rows.append({"check": f"stage-1 fits ({s})", "ok": v.ok, "failures": "; ".join(v.failures)})
+    t = table1(b)
+    for _, r in t[t["fit_fraction"] == b.cfg.main_fit_fraction].iterrows():
+        rows.append({"check": f"{r['method']} ({r['set']})", "ok": bool(r["valid"]), "failures": r["validity"]})
+    return pd.DataFrame(rows)
