@@ -204,5 +204,5 @@ def judged(claim: Claim, validity: Validity) -> Claim:
     """``claim`` as computed when ``validity`` holds; otherwise the same claim with verdict ``invalid``."""
     if validity.ok:
         return claim
-    return invalid(claim.claim_id, claim.claim, claim.metric, validity, claim.paper_value, claim.ours_value,
-                   claim.evidence)
+    what = "; ".join(x for x in (claim.ours_ci, claim.evidence) if x)  # the interval's text stays readable
+    return invalid(claim.claim_id, claim.claim, claim.metric, validity, claim.paper_value, claim.ours_value, what)

@@ -133,7 +133,8 @@ class TSLConfig(LMConfig):
     mix_steps: int = param(600, help="E3 steps per candidate", source="ours (spec §6: 300, where the runs end far "
                            "from converged and a 30 % prefix is the steep start)", min=10, max=10_000_000)
     mix_lr: float = param(3e-3, help="E3 peak learning rate", source="ours", min=1e-6, max=1.0)
-    mix_n_checkpoints: int = param(20, help="E3 evaluated checkpoints (uniform)", source="ours", min=4, max=1000)
+    mix_n_checkpoints: int = param(60, help="E3 evaluated checkpoints (uniform)", source="ours (at 20 the 30% prefix "
+                                   "held 5 fitted checkpoints and c's form sat at its bound)", min=4, max=1000)
     mix_eval_windows: int = param(256, help="E3 evaluation windows (half plays, half code)", source="ours", min=4,
                                   max=4096)
     # --- position re-weighting (v1 insight; paper scale) ---
@@ -194,7 +195,7 @@ class TSLConfig(LMConfig):
                    n_layers=8, n_heads=8, d_ff=1376, seq_len=1024, batch_size=32, steps=30_000, lr=6e-4,
                    code_max_bytes=20_000_000, eval_windows=1024, n_checkpoints=60, n_boot=500, mix_d_model=512,
                    mix_n_layers=8, mix_n_heads=8, mix_d_ff=1376, mix_seq_len=1024, mix_steps=10_000, mix_lr=6e-4,
-                   mix_n_checkpoints=40, mix_eval_windows=512, mix_seeds=3,
+                   mix_n_checkpoints=60, mix_eval_windows=512, mix_seeds=3,
                    mixture_code_fractions=(0.05, 0.1, 0.2, 0.3, 0.4, 0.5), run_reweighting=True)
 
 
