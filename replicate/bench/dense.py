@@ -117,19 +117,25 @@ def _time(step, batches, k: int) -> float:
     return time.perf_counter() - t
 
 
+def alternate(fns: dict, rounds: int, after_round=lambda r, out: None) -> dict[str, list[float]]:
+    """Each function's return value (a measurement) per round, the order alternating round by round (the first one
+    first on even rounds), so a noisy neighbour slows both; ``after_round(r, out)`` runs after each round."""
+    out: dict[str, list[float]] = {name: [] for name in fns}
+    for r in range(rounds):
+        for name in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
+            out[name].append(fns[name]())
+        after_round(r, out)
+    return out
+
+
 def _rounds(impls: dict, batches, rounds: int, steps: int, warmup: int = 2,
             after_round=lambda r, tps: None) -> dict[str, list[float]]:
-    """tokens/s of each step function per round, after ``warmup`` steps each; the order alternates round by round
-    (the first one first on even rounds); ``after_round(r, tps)`` runs after each round (a measurement, a log)."""
+    """tokens/s of each step function per round (:func:`alternate`), after ``warmup`` steps each."""
     for step in impls.values():
         _time(step, batches, warmup)
     tokens = batches[0].shape[0] * (batches[0].shape[1] - 1) * steps
-    tps: dict[str, list[float]] = {name: [] for name in impls}
-    for r in range(rounds):
-        for name in (list(impls) if r % 2 == 0 else list(impls)[::-1]):
-            tps[name].append(tokens / _time(impls[name], batches, steps))
-        after_round(r, tps)
-    return tps
+    return alternate({name: (lambda s=step: tokens / _time(s, batches, steps)) for name, step in impls.items()},
+                     rounds, after_round)
 
 
 def run(cfg: DecoderConfig = SMALL, batch: int = BATCH, seq_len: int = SEQ_LEN, rounds: int = 7, steps: int = 5,

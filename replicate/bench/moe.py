@@ -176,17 +176,18 @@ def profile_decoder_step(batch: int = 8, seq_len: int = 256, d_model: int = 256,
 
 
 def _alternate(fns: dict, rounds: int, steps: int) -> dict[str, list[float]]:
-    """ms per call of each function, alternating within every round (first one first on even rounds)."""
+    """ms per call of each function, ``steps`` calls per round, alternating (``replicate.bench.dense.alternate``)."""
+    from replicate.bench.dense import alternate
+
+    def ms(f):
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            f()
+        return (time.perf_counter() - t0) / steps * 1e3
+
     for f in fns.values():
         f()
-    times: dict[str, list[float]] = {n: [] for n in fns}
-    for r in range(rounds):
-        for name in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                fns[name]()
-            times[name].append((time.perf_counter() - t0) / steps * 1e3)
-    return times
+    return alternate({name: (lambda f=f: ms(f)) for name, f in fns.items()}, rounds)
 
 
 def against_revision(rev: str, experts, ks, d_expert: int, rounds: int, steps: int) -> list[dict]:
