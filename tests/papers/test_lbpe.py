@@ -17,17 +17,7 @@ from replicate.papers import lbpe, resolve_config
 from replicate.papers.lbpe import experiments as lbpe_experiments
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("REPLICATE_RUNS", str(tmp_path_factory.mktemp("runs")))
-    yield
-    mp.undo()
-
-
-@pytest.fixture(scope="module")
-def cfg():
-    return resolve_config("lbpe", "smoke")
+PAPER = "lbpe"  # the shared fixtures (conftest.py): env, cfg = its smoke config
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +31,10 @@ def data(env, cfg):
 def test_scales_resolve_and_unconfirmed_choices_switch(cfg):
     assert resolve_config("lbpe", "small").n_seeds == 3
     assert resolve_config("lbpe", "small").run_cpt is False  # continual pre-training is paper scale
-    assert resolve_config("lbpe", "paper").run_cpt and cfg.run_cpt  # ... and its path runs at smoke
+    with pytest.raises(ConfigError, match="budget"):  # paper scale on this CPU: refused without force
+        resolve_config("lbpe", "paper")
+    with pytest.warns(UserWarning, match="budget"):
+        assert resolve_config("lbpe", "paper", force=True).run_cpt and cfg.run_cpt  # ... and its path runs at smoke
     assert (cfg.lbpe_mode, cfg.tie_break) == ("scan", "leftmost")
     merge = resolve_config("lbpe", "smoke", lbpe_mode="merge", tie_break="rank")
     assert lbpe.lbpe_name(merge) != lbpe.lbpe_name(cfg)  # a different encoding is a different token cache / run

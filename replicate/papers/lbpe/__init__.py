@@ -77,10 +77,10 @@ class LBPEConfig(LMConfig):
     long_min_len: int = param(4, help="tokens of at least this many bytes are 'long' in claims C1/C3",
                               source="ours", min=2, max=64)
     util_ks: tuple[int, ...] = param((1, 10, 100), help="utilisation thresholds k", source="spec §5 analysis 4",
-                                     min=1, max=10**9, min_len=1)
+                                     min=1, max=10**9, min_len=1, increasing=True)
     ablation_vocab_sizes: tuple[int, ...] = param((2048, 4096, 8192), help="vocabularies of the table2 ablation",
                                                   source="spec §5 Table 2 (scaled down)", min=300, max=262_144,
-                                                  min_len=1)
+                                                  min_len=1, increasing=True)
     ablation_max_bytes: int = param(1_000_000, help="held-out bytes counted in the table2 ablation",
                                     source="ours", min=1_000, max=10**12)
     n_boot: int = param(1000, help="bootstrap resamples over documents (frequency claims)", source="ours", min=10,
@@ -96,7 +96,8 @@ class LBPEConfig(LMConfig):
     n_eval_checkpoints: int = param(2, help="intermediate evaluations (at equal fractions of the byte budget)",
                                     source="ours", min=0, max=100)
     loss_length_bins: tuple[int, ...] = param((1, 2, 3, 4, 6), help="lower edges of token-length buckets",
-                                              source="spec §5 analysis 6", min=1, max=256, min_len=1)
+                                              source="spec §5 analysis 6", min=1, max=256, min_len=1,
+                                              increasing=True)
     # --- continual pre-training (paper scale; on at smoke to test the path) ---
     run_cpt: bool = param(False, help="run the continual pre-training arm (BPE, then BPE vs LBPE)",
                           source="spec §6: paper")
@@ -119,17 +120,29 @@ class LBPEConfig(LMConfig):
     speed_repeats: int = param(2, help="fresh encoders timed per row (best kept)", source="ours", min=1, max=20)
     complexity_lengths: tuple[int, ...] = param((250, 500, 1000, 2000), help="lengths (bytes) of the single long "
                                                 "pre-token timed for the O(m|T|) claim", source="ours", min=8,
-                                                max=100_000, min_len=3)
+                                                max=100_000, min_len=3, increasing=True)
 
     CONSTRAINTS = LMConfig.CONSTRAINTS + (
-        constraint("loss_length_bins", lambda c: list(c.loss_length_bins) == sorted(set(c.loss_length_bins))
-                   and c.loss_length_bins[0] == 1, "must be strictly increasing from 1", loss_length_bins=(1, 3, 2)),
+        constraint("loss_length_bins", lambda c: c.loss_length_bins[0] == 1, "must start at 1 (every token in a "
+                   "bucket)", loss_length_bins=(2, 3)),
     )
 
     def validate(self):
         if not (self.corpus in CORPORA or self.corpus.startswith("hf:")):
             raise ConfigError(f"parameter 'corpus': must be one of {' | '.join(CORPORA)} | hf:<dataset>, "
                               f"got {self.corpus!r}")
+
+    BYTES_PER_TOKEN = 3.5  # ours: byte-level BPE on English text, for the budget estimate only
+
+    def workload(self) -> list:
+        """The LM runs for ``replicate.budget``: steps estimated from the byte budget (``BYTES_PER_TOKEN``)."""
+        from replicate.budget import Run
+
+        steps = max(1, round(self.train_bytes / (self.BYTES_PER_TOKEN * self.batch_size * self.seq_len)))
+        count = 2 * self.n_seeds + (2 * self.n_seeds if self.run_scaffold else 0) \
+            + (3 * self.cpt_n_seeds if self.run_cpt else 0)  # cpt: phase 1 + two continuations (shorter)
+        return [Run("LM", self.d_model, self.n_layers, self.d_ff, self.vocab_size, self.seq_len, self.batch_size,
+                    steps, count=count)]
 
     @classmethod
     def smoke(cls):  # spec §6 smoke: seconds; every code path, no evidence
