@@ -1,0 +1,73 @@
+"""Count models: the bar a neural LM must clear before it is compared (DESIGN.md §7, PAPER_DONE item 10).
+
+A model that has not beaten a smoothed bigram on its own training text has not learned the text yet, and a comparison
+of two such models measures how fast each starts, not how well each models language. Both models here are fitted
+on a training token stream and score held-out windows position by position, in nats, like
+``replicate.models.lm.per_token_nll`` does for a network, so they sit in the same tables and buckets.
+
+- :func:`unigram_nll`: add-one unigram, p(b) = (c(b) + 1) / (N + V).
+- :class:`KneserNeyBigram`: interpolated Kneser-Ney (Chen & Goodman 1999, "interpolated KN" with one discount),
+
+      p(b | a)   = max(c(a, b) - D, 0) / c(a)  +  D · N1+(a, •) / c(a) · p_cont(b)        (c(a) > 0)
+      p(b | a)   = p_cont(b)                                                                 (c(a) = 0)
+      p_cont(b)  = max(N1+(•, b) - D, 0) / N1+(•, •)  +  D · |{b : N1+(•, b) > 0}| / N1+(•, •) · 1 / V
+
+  with N1+(a, •) the number of distinct successors of a, N1+(•, b) the number of distinct predecessors of b, and
+  the discount from the count-of-counts, D = n1 / (n1 + 2 n2) (Ney, Essen & Kneser 1994): nothing is tuned on the
+  held-out text. Every probability is positive and each row sums to 1 (tested).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def _targets(windows) -> tuple[np.ndarray, np.ndarray]:
+    w = windows.numpy() if isinstance(windows, torch.Tensor) else np.asarray(windows)
+    return w[:, :-1].astype(np.int64), w[:, 1:].astype(np.int64)
+
+
+def unigram_nll(stream: np.ndarray, vocab_size: int, windows) -> np.ndarray:
+    """(W, T) nats of the add-one unigram of ``stream`` on the targets of ``windows`` (W, T+1)."""
+    counts = np.bincount(np.asarray(stream, dtype=np.int64), minlength=vocab_size).astype(np.float64)
+    p = (counts + 1.0) / (counts.sum() + vocab_size)
+    return -np.log(p[_targets(windows)[1]])
+
+
+class KneserNeyBigram:
+    """Interpolated Kneser-Ney bigram of a token stream (module docstring); :meth:`nll` scores held-out windows."""
+
+    def __init__(self, stream: np.ndarray, vocab_size: int, discount: float | None = None):
+        s = np.asarray(stream, dtype=np.int64)
+        V = self.vocab_size = int(vocab_size)
+        keys, counts = np.unique(s[:-1] * V + s[1:], return_counts=True)  # distinct bigrams and c(a, b)
+        self.keys, self.counts = keys, counts.astype(np.float64)
+        a, b = keys // V, keys % V
+        if discount is None:
+            n1, n2 = int((counts == 1).sum()), int((counts == 2).sum())
+            discount = n1 / (n1 + 2 * n2) if n1 + n2 else 0.75
+        self.discount = D = float(discount)
+        self.c_a = np.bincount(s[:-1], minlength=V).astype(np.float64)  # c(a) as a context
+        self.succ_a = np.bincount(a, minlength=V).astype(np.float64)  # N1+(a, •)
+        pred_b = np.bincount(b, minlength=V).astype(np.float64)  # N1+(•, b)
+        total = pred_b.sum()  # N1+(•, •) = number of distinct bigrams
+        self.p_cont = np.maximum(pred_b - D, 0) / total + D * (pred_b > 0).sum() / total / V
+
+    def prob(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """p(b | a), elementwise over equal-shaped id arrays."""
+        a, b = np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
+        q = a * self.vocab_size + b
+        i = np.clip(np.searchsorted(self.keys, q), 0, len(self.keys) - 1)
+        c_ab = np.where(self.keys[i] == q, self.counts[i], 0.0)
+        c_a = self.c_a[a]
+        seen = c_a > 0
+        safe = np.where(seen, c_a, 1.0)
+        first = np.maximum(c_ab - self.discount, 0) / safe
+        weight = np.where(seen, self.discount * self.succ_a[a] / safe, 1.0)
+        return np.where(seen, first, 0.0) + weight * self.p_cont[b]
+
+    def nll(self, windows) -> np.ndarray:
+        """(W, T) nats on the targets of ``windows`` (W, T+1), each predicted from the token before it."""
+        a, b = _targets(windows)
+        return -np.log(self.prob(a, b))

@@ -1,0 +1,50 @@
+"""Count models (replicate/data/ngram.py): proper distributions, the textbook KN quantities, and the bar they set."""
+
+import numpy as np
+import pytest
+
+from replicate.data.ngram import KneserNeyBigram, unigram_nll
+
+
+def test_kn_rows_are_distributions_and_unseen_events_get_mass():
+    rng = np.random.default_rng(0)
+    V = 12
+    stream = rng.integers(0, V - 2, 400)  # ids 10 and 11 never occur
+    kn = KneserNeyBigram(stream, V)
+    a = np.repeat(np.arange(V), V)
+    b = np.tile(np.arange(V), V)
+    p = kn.prob(a, b).reshape(V, V)
+    assert np.all(p > 0)  # unseen successors and unseen contexts keep some mass
+    assert np.allclose(p.sum(1), 1.0, atol=1e-12)  # every context, seen or not, is a distribution
+    assert np.allclose(kn.p_cont.sum(), 1.0, atol=1e-12)
+    n1, n2 = (kn.counts == 1).sum(), (kn.counts == 2).sum()
+    assert kn.discount == pytest.approx(n1 / (n1 + 2 * n2))  # Ney's estimate from the count-of-counts
+
+
+def test_kn_by_hand_on_a_tiny_stream():
+    # stream a b a b a c (ids 0 1 0 1 0 2), V = 3, D = 0.5: bigrams ab x2, ba x2, ac x1
+    kn = KneserNeyBigram(np.array([0, 1, 0, 1, 0, 2]), 3, discount=0.5)
+    # p_cont: predecessors of a: {b} -> 1, of b: {a} -> 1, of c: {a} -> 1; N1+(., .) = 3 distinct bigrams
+    p_cont = (np.array([1, 1, 1]) - 0.5) / 3 + 0.5 * 3 / 3 / 3
+    assert np.allclose(kn.p_cont, p_cont)
+    # p(b | a): c(a) = 3 as a context, c(a, b) = 2, N1+(a, .) = 2
+    assert kn.prob(np.array([0]), np.array([1]))[0] == pytest.approx((2 - 0.5) / 3 + 0.5 * 2 / 3 * p_cont[1])
+    # c is never a context: its row is the continuation distribution
+    assert np.allclose(kn.prob(np.array([2, 2, 2]), np.arange(3)), p_cont)
+
+
+def test_bigram_beats_unigram_on_structured_text_and_a_model_of_the_truth_beats_both():
+    rng = np.random.default_rng(1)
+    V = 50
+    nxt = rng.integers(0, V, V)  # a deterministic successor 90% of the time
+    s = [0]
+    for _ in range(20_000):
+        s.append(int(nxt[s[-1]]) if rng.random() < 0.9 else int(rng.integers(V)))
+    s = np.array(s)
+    train, held = s[:18_000], s[18_000:]
+    windows = np.lib.stride_tricks.sliding_window_view(held, 33)[::32]
+    uni = unigram_nll(train, V, windows).mean()
+    bi = KneserNeyBigram(train, V).nll(windows).mean()
+    truth = -np.log(np.where(windows[:, 1:] == nxt[windows[:, :-1]], 0.9 + 0.1 / V, 0.1 / V)).mean()
+    assert truth < bi < uni
+    assert bi - truth < 0.05  # with 18k tokens and 50 types the bigram is nearly the true model
