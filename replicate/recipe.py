@@ -10,6 +10,7 @@ prefixed field it does not declare falls back to the unprefixed one (``mix_`` sh
     cfg.decoder(vocab_size)            -> DecoderConfig (SwiGLU, RoPE, SDPA: the standard LLaMA block)
     cfg.optim(steps)                   -> OptimConfig (AdamW, warm-up, cosine to min_lr_ratio)
     cfg.trainer_kwargs()               -> accelerator / devices / strategy / precision / threads for ``train()``
+    cfg.workers                        -> how many independent runs ``prefetch`` trains side by side
 
 Nothing here imports torch at import time: configs validate before the heavy imports.
 """
@@ -36,6 +37,9 @@ class LMConfig(PaperConfig):
                                 max=1.0)
     threads: int = param(0, help="torch intra-op threads while training (0 = torch's default: all cores); 1 avoids "
                          "oversubscribing cores that other jobs share", source="ours", min=0, max=1024)
+    workers: int = param(1, help="independent training runs trained at once, each in its own process at `threads` "
+                         "threads (replicate.models.trainer.prefetch); 1 = one after another in this process",
+                         source="ours", min=1, max=256)
 
     CONSTRAINTS = (constraint("n_heads", lambda c: c.d_model % c.n_heads == 0, "must divide d_model ({d_model})",
                               n_heads=3),)

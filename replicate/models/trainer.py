@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import shutil
+import sys
 import time
 import warnings
 import dataclasses
@@ -213,6 +214,46 @@ def train(paper_id: str, spec: TrainSpec, batches: Batches, eval_sets: dict[str,
         return _train(paper_id, spec, batches, eval_sets, accelerator=accelerator, devices=devices,
                       num_nodes=num_nodes, strategy=strategy, precision=precision, module=module,
                       keep_weights=keep_weights, parent=parent)
+
+
+def _worker_init(threads: int) -> None:
+    """A prefetch worker: ``threads`` torch threads; on Linux it dies with its parent (a killed notebook leaves no
+    orphan holding a run's lock)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    torch.set_num_threads(max(1, threads))
+
+
+def prefetch(calls: list[Callable[[], object]], workers: int, threads: int = 1) -> None:
+    """Train independent runs side by side: each of ``calls`` (picklable zero-argument callables that train through
+    :func:`train`, e.g. ``functools.partial(run_variant, cfg, data, "smoe", 0)``) runs in one of ``workers``
+    processes with ``threads`` torch threads each, and its result lands in the run cache; the caller then makes the
+    same calls, in its own order, and reads them from the cache. Small models train faster as two one-thread
+    processes on two cores than as one two-thread process, and a run's numbers do not depend on which process
+    trained it (at a fixed thread count). ``workers <= 1`` does nothing (the caller's own calls train). A call that
+    fails raises here; the calls not yet started are cancelled."""
+    if workers <= 1 or len(calls) <= 1:
+        return
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    with cf.ProcessPoolExecutor(min(workers, len(calls)), mp_context=mp.get_context("spawn"),
+                                initializer=_worker_init, initargs=(threads,)) as pool:
+        futures = [pool.submit(_call, c) for c in calls]
+        try:
+            for f in cf.as_completed(futures):
+                f.result()
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+
+
+def _call(fn: Callable[[], object]) -> None:
+    fn()  # the result stays in the worker: the caller reads it from the run cache
 
 
 @contextlib.contextmanager

@@ -1,6 +1,7 @@
 """The run cache: finished runs are reused, killed runs resume to the same numbers, corrupt files are rebuilt."""
 
 import dataclasses
+import functools
 import os
 import signal
 import subprocess
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 from replicate.models.lm import CausalLM, LRMap, OptimConfig, lr_at
-from replicate.models.trainer import continued, train
+from replicate.models.trainer import continued, prefetch, train
 
 sys.path.insert(0, str(Path(__file__).parent))
 import tiny_run  # noqa: E402
@@ -55,6 +56,22 @@ def test_a_finished_run_is_reused(runs):
     assert time.perf_counter() - t < 1.0  # loaded, not retrained
     _same(first, again)
     assert not (runs / "tiny" / tiny_run.spec(20).key / "ckpt").exists()
+
+
+def test_prefetch_trains_in_workers_and_the_caller_reads_the_cache(runs, tmp_path, monkeypatch):
+    calls = [functools.partial(tiny_run.train_seed, 20, s) for s in (0, 1)]
+    prefetch(calls, workers=2, threads=1)
+    for s in (0, 1):
+        assert (runs / "tiny" / dataclasses.replace(tiny_run.spec(20), seed=s).key / "result.pt").exists()
+    t = time.perf_counter()
+    cached = [c() for c in calls]
+    assert time.perf_counter() - t < 2.0  # read from the cache, not retrained
+    assert not torch.equal(cached[0]["final"]["val"], cached[1]["final"]["val"])  # two runs, not one twice
+    monkeypatch.setenv("REPLICATE_RUNS", str(tmp_path / "fresh"))
+    for c, r in zip(calls, cached):
+        _same(c(), r)  # trained here, at the same thread count: the same numbers as in the worker
+    with pytest.raises(ValueError, match="fails in its worker"):
+        prefetch([tiny_run.fail, functools.partial(tiny_run.train_seed, 20, 2)], workers=2)
 
 
 def _kill_at_checkpoint(cmd, env, ckpt: Path, out: Path):

@@ -41,6 +41,16 @@ def data(slow: bool = False):
     return batches, {"val": lm.eval_windows([tokens[:4000]], 8, 32)}
 
 
+def train_seed(steps: int, seed: int):
+    """The tiny run with another seed, at one thread (a picklable call for ``prefetch``'s workers)."""
+    b, ev = data()
+    return train("tiny", dataclasses.replace(spec(steps), seed=seed), b, ev, threads=1)
+
+
+def fail():
+    raise ValueError("this call fails in its worker")
+
+
 PARENT_STEPS = 10
 
 
