@@ -169,6 +169,66 @@ def bootstrap_gap_claim(claim_id: str, claim: str, point: float, replicates, *, 
                  verdict_from_interval(ci, paper_direction=direction), evidence)
 
 
+def seeds_needed(gap: float, std: float, power: float = 0.8, level: float = 0.95) -> int | None:
+    """Paired seeds a two-sided t-test needs to detect a per-seed gap ``gap`` at seed-to-seed std ``std`` with
+    ``power`` (smallest n with sqrt(n)·|gap|/std >= t_{level, n-1} + t_{power, n-1}); None where it is undefined."""
+    from scipy import stats
+
+    if not (np.isfinite(gap) and np.isfinite(std) and gap != 0 and std > 0):
+        return None
+    for n in range(2, 100_001):
+        if np.sqrt(n) * abs(gap) / std >= stats.t.ppf(0.5 + level / 2, n - 1) + stats.t.ppf(power, n - 1):
+            return n
+    return None
+
+
+def seeds_needed_text(gap: float, std: float) -> str:
+    n = seeds_needed(gap, std)
+    return "" if n is None else (f"at seed std {std:.4f} a gap of {abs(gap):.4f} needs about {n} paired seeds "
+                                 "(80% power)")
+
+
+def single_seed_gap_claim(claim_id: str, claim: str, gap: float, replicates, seed_gaps, *, metric: str, what: str,
+                          direction: str = "positive", evidence: str = "", detail: str = "",
+                          paper_value=None) -> Claim:
+    """A comparison with a baseline trained on one seed, paired with the method's run of that seed. Two intervals
+    must agree: the paired bootstrap over held-out data (``replicates``, drawn by the experiment: evaluation noise)
+    and the 95 % prediction interval of one seed's gap, ``gap ± t_{.975, n-1} · s · sqrt(1 + 1/n)``, with ``s`` the
+    std of the ``n`` per-seed gaps ``seed_gaps`` of a comparison run with several seeds (seed noise, which one seed
+    cannot show). ``reproduced`` when both exclude 0 on the paper's side, ``not_reproduced`` when both exclude it on
+    the other, else ``inconclusive``; fewer than 2 seed gaps: inconclusive."""
+    from scipy import stats
+
+    boot = percentile_interval(replicates)
+    sg = np.asarray(seed_gaps, dtype=float)
+    pred = None
+    if len(sg) >= 2:
+        h = stats.t.ppf(0.975, len(sg) - 1) * sg.std(ddof=1) * np.sqrt(1 + 1 / len(sg))
+        pred = (float(gap - h), float(gap + h))
+    v1, v2 = (verdict_from_interval(ci, paper_direction=direction) for ci in (boot, pred))
+    verdict = v1 if v1 == v2 else "inconclusive"
+    side = "> 0" if direction == "positive" else "< 0"
+    text = fmt_ci(boot, what) + "; " + fmt_ci(pred, f"95% prediction interval of one seed's gap, seed std "
+                                                    f"{sg.std(ddof=1) if len(sg) > 1 else float('nan'):.4f} over "
+                                                    f"{len(sg)} seeds")
+    if verdict == "inconclusive" and len(sg) >= 2:
+        need = seeds_needed_text(gap, float(sg.std(ddof=1)))
+        text += f"; {need}" if need else ""
+    return Claim(claim_id, claim, f"{metric}; rule: the paired bootstrap and the one-seed prediction interval both "
+                 f"{side}", paper_value, float(gap), text + (f"; {detail}" if detail else ""), verdict, evidence)
+
+
+def second_metric(claim: Claim, verdict: str, text: str) -> Claim:
+    """``claim`` judged on a second metric that expresses the same property (DESIGN §7, metrics that agree): where
+    the two point opposite ways (one ``reproduced``, the other ``not_reproduced``) the evidence says ``mixed`` and
+    the verdict is ``inconclusive``; otherwise the first metric's verdict stands, the second's result beside it."""
+    opposite = {claim.verdict, verdict} == {"reproduced", "not_reproduced"}
+    return Claim(claim.claim_id, claim.claim, claim.metric, claim.paper_value, claim.ours_value,
+                 f"{claim.ours_ci}; second metric: {text} ({verdict})",
+                 "inconclusive" if opposite else claim.verdict,
+                 ("mixed: the metrics disagree; " if opposite else "") + claim.evidence)
+
+
 # ------------------------------------------------------------------------------------------------ validity
 
 

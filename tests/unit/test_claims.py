@@ -60,3 +60,32 @@ def test_a_failed_validity_check_makes_the_claim_invalid():
     bad = C.judged(ok, v)
     assert bad.verdict == "invalid" and "predicted loss -3 nats < 0" in bad.evidence and bad.ours_ci == ""
     assert C.judged(ok, C.Validity()) is ok
+
+
+def test_single_seed_rule_needs_both_the_bootstrap_and_the_seed_noise():
+    rng = np.random.default_rng(0)
+    tight = rng.normal(0.05, 0.005, 2000)  # evaluation noise alone says: a clear gap
+    seed_gaps_noisy, seed_gaps_quiet = [0.0, 0.08, 0.04], [0.049, 0.051, 0.050]
+    c = C.single_seed_gap_claim("X", "x", 0.05, tight, seed_gaps_noisy, metric="m", what="boot")
+    assert c.verdict == "inconclusive" and "paired seeds" in c.ours_ci  # seed noise swamps it; seeds needed said
+    assert C.single_seed_gap_claim("X", "x", 0.05, tight, seed_gaps_quiet, metric="m", what="b").verdict == "reproduced"
+    neg = C.single_seed_gap_claim("X", "x", -0.05, -tight, seed_gaps_quiet, metric="m", what="b")
+    assert neg.verdict == "not_reproduced"
+    null = C.single_seed_gap_claim("X", "x", 0.0, rng.normal(0, 0.005, 2000), seed_gaps_quiet, metric="m", what="b")
+    assert null.verdict == "inconclusive"  # two identical arms: never a verdict
+    assert C.single_seed_gap_claim("X", "x", 0.05, tight, [0.05], metric="m", what="b").verdict == "inconclusive"
+
+
+def test_seeds_needed_grows_with_noise_and_shrinks_with_the_gap():
+    assert C.seeds_needed(0.05, 0.01) < C.seeds_needed(0.05, 0.04) < C.seeds_needed(0.01, 0.04)
+    assert C.seeds_needed(0.0, 0.01) is None and C.seeds_needed(0.05, 0.0) is None
+    assert 9 <= C.seeds_needed(0.046, 0.041) <= 10  # ~(2.8 sd / gap)^2 plus the t correction
+
+
+def test_a_second_metric_pointing_the_other_way_makes_the_claim_mixed():
+    base = C.seed_gap_claim("X", "x", [0.05, 0.06, 0.055], metric="loss")
+    assert base.verdict == "reproduced"
+    mixed = C.second_metric(base, "not_reproduced", "accuracy gap -0.002")
+    assert mixed.verdict == "inconclusive" and mixed.evidence.startswith("mixed")
+    same = C.second_metric(base, "inconclusive", "accuracy gap +0.001")
+    assert same.verdict == "reproduced" and "accuracy" in same.ours_ci
