@@ -6,7 +6,7 @@ F expert width, V vocabulary.
 Building blocks (each written once):
 - ``ExpertBank`` (``experts.py``): E stacked SwiGLU experts; routed forward through ``replicate.kernels``;
   ``all_outputs``; ``from_dense`` / ``to_dense`` (partition of a trained SwiGLU, sum of experts == dense).
-- routers (``routers.py``): ``TopKRouter``, ``MaskedRouter`` (+ ``frequency_routing_mask``), ``TopPRouter``,
+- routers (``routers.py``): ``TopKRouter``, ``MaskedRouter`` (MaskMoE builds its mask), ``TopPRouter``,
   ``HashRouter`` (+ ``hash_table``), ``SigmoidGate`` (threshold + STE), ``OutputSigmoidGate``.
 - layers (``layer.py``): ``MoE`` (routed + shared expert, "add" or "gate" mix) and ``SigmoidGatedMoE``.
 - losses (``losses.py``): ``load_balancing_loss``, ``router_z_loss``, ``load_stats``.
@@ -54,7 +54,6 @@ from replicate.moe.routers import (
     SigmoidGate,
     TopKRouter,
     TopPRouter,
-    frequency_routing_mask,
     hash_table,
 )
 
@@ -64,7 +63,8 @@ ROUTERS = ("topk", "topp", "hash", "masked")
 def build_router(router: str, *, d_model: int, n_experts: int, k: int = 2, renormalize: bool | None = None,
                  top_p: float = 0.4, k_max: int | None = None, vocab_size: int | None = None,
                  routing_mask: torch.Tensor | None = None, hash_seed: int = 0,
-                 hash_counts: torch.Tensor | None = None, init_std: float | None = None):
+                 hash_counts: torch.Tensor | None = None, init_std: float | None = None,
+                 mask_gate: str = "masked"):
     if router == "topk":
         return TopKRouter(d_model, n_experts, k, renormalize, init_std)
     if router == "topp":
@@ -74,7 +74,7 @@ def build_router(router: str, *, d_model: int, n_experts: int, k: int = 2, renor
             raise ValueError("moe: router='hash' needs vocab_size")
         return HashRouter(vocab_size, n_experts, k, hash_seed, hash_counts)
     if router == "masked":
-        return MaskedRouter(d_model, n_experts, k, routing_mask, renormalize, init_std)
+        return MaskedRouter(d_model, n_experts, k, routing_mask, renormalize, init_std, mask_gate)
     raise ValueError(f"moe: unknown router {router!r}; allowed: {', '.join(ROUTERS)}")
 
 
@@ -84,11 +84,12 @@ def build_moe(*, d_model: int, d_ff: int, n_experts: int = 8, k: int = 2, router
               vocab_size: int | None = None, routing_mask: torch.Tensor | None = None, hash_seed: int = 0,
               hash_counts: torch.Tensor | None = None, d_shared: int = 0, shared_mix: str = "gate",
               balance_coef: float = 0.01, z_coef: float = 0.0, balance_first_choice: bool = False,
-              init_std: float | None = None) -> MoE:
-    """A routed MoE whose experts each have width ``d_ff``."""
+              init_std: float | None = None, mask_gate: str = "masked") -> MoE:
+    """A routed MoE whose experts each have width ``d_ff`` (``mask_gate``: the masked router's gate,
+    see ``MaskedRouter``)."""
     r = build_router(router, d_model=d_model, n_experts=n_experts, k=k, renormalize=renormalize, top_p=top_p,
                      k_max=k_max, vocab_size=vocab_size, routing_mask=routing_mask, hash_seed=hash_seed,
-                     hash_counts=hash_counts, init_std=init_std)
+                     hash_counts=hash_counts, init_std=init_std, mask_gate=mask_gate)
     return MoE(d_model, d_ff, n_experts, r, d_shared=d_shared, shared_mix=shared_mix, balance_coef=balance_coef,
                z_coef=z_coef, balance_first_choice=balance_first_choice, init_std=init_std)
 
@@ -102,7 +103,7 @@ def build_sigmoid_moe(*, d_model: int, d_ff: int, n_experts: int = 8, **kwargs) 
 __all__ = [
     "ExpertBank", "HashRouter", "MaskedRouter", "MoE", "OutputSigmoidGate", "ParamCount", "Routing", "SigmoidGate",
     "SigmoidGatedMoE", "TopKRouter", "TopPRouter", "build_moe", "build_router", "build_sigmoid_moe", "check_budgets",
-    "dense_width_for_active", "expert_width_for_total", "ffn_flops_per_token", "frequency_routing_mask", "hash_table",
+    "dense_width_for_active", "expert_width_for_total", "ffn_flops_per_token", "hash_table",
     "load_balancing_loss", "load_stats", "moe_params", "param_counts", "relative_gap", "router_z_loss",
     "swiglu_params",
 ]

@@ -98,13 +98,23 @@ class TopKRouter(_LogitRouter):
 class MaskedRouter(TopKRouter):
     """Top-k among the experts a token may see (MaskMoE). ``mask_VE[v, e]`` (bool buffer, saved with the model):
     token id v may use expert e. A token with fewer than k visible experts gets empty slots; a token with one
-    visible expert gets weight exactly 1 (p = 1 there) and sends no gradient to the router."""
+    visible expert gets weight exactly 1 (p = 1 there) and sends no gradient to the router.
+
+    ``gate="full"``: the experts are chosen among the visible ones as above, but each slot's weight is the chosen
+    expert's probability under the softmax over *all* experts (and the balance statistics use those
+    probabilities), so a token with one visible expert keeps a learned gate below 1: routing frozen by the mask,
+    gates still trained (a StableMoE-like stage 2)."""
+
+    GATES = ("masked", "full")
 
     def __init__(self, d_model: int, n_experts: int, k: int = 1, mask_VE: torch.Tensor | None = None,
-                 renormalize: bool | None = None, init_std=None):
+                 renormalize: bool | None = None, init_std=None, gate: str = "masked"):
         super().__init__(d_model, n_experts, k, renormalize, init_std)
         if mask_VE is None or mask_VE.dtype != torch.bool or mask_VE.shape[1] != n_experts:
             raise ValueError(f"MaskedRouter: mask_VE must be a bool tensor [vocab, {n_experts}]")
+        if gate not in self.GATES:
+            raise ValueError(f"MaskedRouter: gate must be one of {', '.join(self.GATES)}, got {gate!r}")
+        self.gate = gate
         self.register_buffer("mask_VE", mask_VE.clone())
 
     def forward(self, x_TD: torch.Tensor, token_ids_T: torch.Tensor | None = None) -> Routing:
@@ -113,7 +123,15 @@ class MaskedRouter(TopKRouter):
         logits_TE = self.logits(x_TD)
         mask_TE = self._mask(logits_TE, self.mask_VE[token_ids_T])
         r = route(logits_TE, self.k, renormalize=self.renormalize, mask_TE=mask_TE)
-        return Routing(r.topk_idx_TK, r.topk_w_TK, r.counts_E, r.probs_TE, logits_TE)
+        if self.gate == "masked":
+            return Routing(r.topk_idx_TK, r.topk_w_TK, r.counts_E, r.probs_TE, logits_TE)
+        probs_TE = torch.softmax(logits_TE, -1)
+        filled_TK = r.topk_idx_TK >= 0
+        w_TK = probs_TE.gather(1, r.topk_idx_TK.clamp(min=0)) * filled_TK
+        return Routing(r.topk_idx_TK, w_TK, r.counts_E, probs_TE, logits_TE)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", gate={self.gate}"
 
 
 class TopPRouter(_LogitRouter):
@@ -190,23 +208,6 @@ def hash_table(vocab_size: int, n_experts: int, k: int = 1, seed: int = 0,
             load[e] += int(balanced_counts[v])
         table[v] = torch.tensor(chosen)
     return table
-
-
-def frequency_routing_mask(token_counts_V: torch.Tensor, n_experts: int, frequent_fraction: float = 0.1,
-                           n_visible_frequent: int | None = None, seed: int = 0) -> torch.Tensor:
-    """MaskMoE's mask (Sec. 3.3 of our notes): the top ``frequent_fraction`` of token types by count (stable:
-    count desc, id asc) see ``n_visible_frequent`` random experts (default E/2), every other type sees one.
-    Returns a bool ``[V, E]``; drawn from its own generator. Limits: fraction 1 and E visible → plain SMoE;
-    fraction 0 → a random hash."""
-    V = token_counts_V.numel()
-    n_vis = n_visible_frequent or max(1, n_experts // 2)
-    order = sorted(range(V), key=lambda v: (-int(token_counts_V[v]), v))
-    frequent = torch.zeros(V, dtype=torch.bool)
-    frequent[order[: round(frequent_fraction * V)]] = True
-    g = torch.Generator().manual_seed(seed)
-    ranks_VE = torch.rand(V, n_experts, generator=g).argsort(-1).argsort(-1)  # a random permutation per row
-    n_open_V = torch.where(frequent, n_vis, 1)
-    return ranks_VE < n_open_V[:, None]
 
 
 class SigmoidGate(nn.Module):

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 import replicate.moe as moe
 from replicate.models.ffn import SwiGLU, build_ffn
 from replicate.moe import (
-    ExpertBank, HashRouter, MaskedRouter, MoE, SigmoidGatedMoE, TopKRouter, TopPRouter, frequency_routing_mask,
+    ExpertBank, HashRouter, MaskedRouter, MoE, SigmoidGatedMoE, TopKRouter, TopPRouter,
     load_balancing_loss, router_z_loss,
 )
 
@@ -183,7 +183,8 @@ def test_hash_router_is_a_fixed_function_of_the_token_id():
 
 def test_masked_router_follows_the_mask_and_limits():
     V, E = 30, 6
-    mask = frequency_routing_mask(torch.arange(V, 0, -1), E, frequent_fraction=0.2, n_visible_frequent=3, seed=0)
+    rank_VE = torch.rand(V, E, generator=torch.Generator().manual_seed(0)).argsort(-1).argsort(-1)
+    mask = rank_VE < torch.where(torch.arange(V) < 6, 3, 1)[:, None]  # ids 0-5 see 3 random experts, the rest 1
     assert mask.sum(-1)[:6].eq(3).all() and mask.sum(-1)[6:].eq(1).all()  # top 20% of types see 3 experts
     router = MaskedRouter(D, E, 1, mask_VE=mask)
     ids = torch.randint(0, V, (40,))
@@ -199,7 +200,7 @@ def test_masked_router_follows_the_mask_and_limits():
     a, b = full(x, ids), plain(x)
     assert torch.equal(a.topk_idx_TK, b.topk_idx_TK) and torch.equal(a.topk_w_TK, b.topk_w_TK)
     # one visible expert per token == a hash layer with that table
-    one = frequency_routing_mask(torch.ones(V), E, frequent_fraction=0.0, seed=1)
+    one = rank_VE < 1
     hashed = HashRouter(V, E, 1, table_VK=one.float().argmax(-1, keepdim=True))
     m = MaskedRouter(D, E, 1, mask_VE=one)(x, ids)
     h = hashed(x, ids)
@@ -331,3 +332,22 @@ def test_registry_and_errors():
     with pytest.raises(ValueError, match="k=9"):
         build_ffn("moe", d_model=D, d_ff=FW, n_experts=4, k=9)
     assert isinstance(moe.build_moe(d_model=D, d_ff=FW), MoE)
+
+
+def test_masked_router_full_gate_keeps_the_routing_and_learns_the_gate():
+    V, E = 20, 4
+    one = torch.nn.functional.one_hot(torch.arange(V) % E, E).bool()  # one visible expert per token
+    masked = MaskedRouter(D, E, 1, mask_VE=one)
+    full = MaskedRouter(D, E, 1, mask_VE=one, gate="full")
+    full.weight.data.copy_(masked.weight.data)
+    ids = torch.randint(0, V, (30,))
+    x = torch.randn(30, D)
+    a, b = masked(x, ids), full(x, ids)
+    assert torch.equal(a.topk_idx_TK, b.topk_idx_TK)  # the mask alone decides where a token goes
+    assert a.topk_w_TK.eq(1).all()  # masked softmax: gate exactly 1
+    p = torch.softmax(x @ full.weight.T, -1)
+    assert torch.allclose(b.topk_w_TK[:, 0], p[torch.arange(30), ids % E])  # the chosen expert's full probability
+    b.topk_w_TK.sum().backward()
+    assert full.weight.grad.abs().sum() > 0  # the gate is learned although the routing is frozen
+    with pytest.raises(ValueError, match="gate"):
+        MaskedRouter(D, E, 1, mask_VE=one, gate="soft")
