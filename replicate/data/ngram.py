@@ -6,6 +6,7 @@ on a training token stream and score held-out windows position by position, in n
 ``replicate.models.lm.per_token_nll`` does for a network, so they sit in the same tables and buckets.
 
 - :func:`unigram_nll`: add-one unigram, p(b) = (c(b) + 1) / (N + V).
+- :func:`seen_windows`: the training windows a run consumed, for a count model fitted on exactly the run's data.
 - :class:`KneserNeyBigram`: interpolated Kneser-Ney (Chen & Goodman 1999, "interpolated KN" with one discount),
 
       p(b | a)   = max(c(a, b) - D, 0) / c(a)  +  D · N1+(a, •) / c(a) · p_cont(b)        (c(a) > 0)
@@ -36,19 +37,23 @@ def unigram_nll(stream: np.ndarray, vocab_size: int, windows) -> np.ndarray:
 
 
 class KneserNeyBigram:
-    """Interpolated Kneser-Ney bigram of a token stream (module docstring); :meth:`nll` scores held-out windows."""
+    """Interpolated Kneser-Ney bigram of a token stream (module docstring); :meth:`nll` scores held-out windows.
+    ``stream``: one sequence (1-D), or rows of independent sequences (2-D, e.g. the training windows a run saw:
+    no pair is counted across two rows)."""
 
     def __init__(self, stream: np.ndarray, vocab_size: int, discount: float | None = None):
         s = np.asarray(stream, dtype=np.int64)
+        s = s[None, :] if s.ndim == 1 else s
         V = self.vocab_size = int(vocab_size)
-        keys, counts = np.unique(s[:-1] * V + s[1:], return_counts=True)  # distinct bigrams and c(a, b)
+        a_, b_ = s[:, :-1].reshape(-1), s[:, 1:].reshape(-1)
+        keys, counts = np.unique(a_ * V + b_, return_counts=True)  # distinct bigrams and c(a, b)
         self.keys, self.counts = keys, counts.astype(np.float64)
         a, b = keys // V, keys % V
         if discount is None:
             n1, n2 = int((counts == 1).sum()), int((counts == 2).sum())
             discount = n1 / (n1 + 2 * n2) if n1 + n2 else 0.75
         self.discount = D = float(discount)
-        self.c_a = np.bincount(s[:-1], minlength=V).astype(np.float64)  # c(a) as a context
+        self.c_a = np.bincount(a_, minlength=V).astype(np.float64)  # c(a) as a context
         self.succ_a = np.bincount(a, minlength=V).astype(np.float64)  # N1+(a, •)
         pred_b = np.bincount(b, minlength=V).astype(np.float64)  # N1+(•, b)
         total = pred_b.sum()  # N1+(•, •) = number of distinct bigrams
@@ -71,3 +76,10 @@ class KneserNeyBigram:
         """(W, T) nats on the targets of ``windows`` (W, T+1), each predicted from the token before it."""
         a, b = _targets(windows)
         return -np.log(self.prob(a, b))
+
+
+def seen_windows(batches, steps: int) -> np.ndarray:
+    """(steps x B, T+1): every training window a run of ``steps`` steps on ``batches`` (a ``replicate.data.lm``
+    ``Batches``, a pure function of (seed, step)) consumes: the data a count model must be fitted on to be compared
+    with that run on "the same data"."""
+    return np.concatenate([np.asarray(batches.batch(step)) for step in range(steps)])

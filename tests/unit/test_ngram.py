@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from replicate.data.ngram import KneserNeyBigram, unigram_nll
+from replicate.data.ngram import KneserNeyBigram, seen_windows, unigram_nll
 
 
 def test_kn_rows_are_distributions_and_unseen_events_get_mass():
@@ -48,3 +48,15 @@ def test_bigram_beats_unigram_on_structured_text_and_a_model_of_the_truth_beats_
     truth = -np.log(np.where(windows[:, 1:] == nxt[windows[:, :-1]], 0.9 + 0.1 / V, 0.1 / V)).mean()
     assert truth < bi < uni
     assert bi - truth < 0.05  # with 18k tokens and 50 types the bigram is nearly the true model
+
+
+def test_rows_are_independent_sequences_and_seen_windows_are_the_runs_batches():
+    rows = np.array([[0, 1, 2], [2, 0, 1]])
+    kn = KneserNeyBigram(rows, 3, discount=0.5)
+    joined = KneserNeyBigram(np.array([0, 1, 2, 2, 0, 1]), 3, discount=0.5)
+    assert kn.counts.sum() == 4 and joined.counts.sum() == 5  # the pair (2, 2) across the rows is not counted
+    from replicate.data import lm
+
+    b = lm.Batches((lm.Stream(np.arange(1000) % 50),), (1.0,), 4, 16, seed=3)
+    w = seen_windows(b, 5)
+    assert w.shape == (20, 17) and np.array_equal(w[4:8], np.asarray(b.batch(1)))
