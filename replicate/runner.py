@@ -11,8 +11,8 @@
 3. on success adds the executed notebook to the staging folder, swaps it into ``results/<id>/<scale>/`` and
    rebuilds ``results/README.md``. A failed notebook exits 1 naming the executed notebook; Ctrl-C stops the kernel
    and exits 130. Either way ``results/`` is left as it was and the run's staging folder is removed;
-4. after a successful run appends the notebook's wall time and the kernel's peak resident memory to
-   ``results/benchmarks/notebooks.csv`` (:func:`record_run`), so every real run is also a measurement.
+4. after a successful run appends the notebook's wall time and the peak resident memory of the kernel and its
+   training workers to ``results/benchmarks/notebooks.csv`` (:func:`record_run`), so every real run is also a measurement.
 Training runs inside the notebook are cached by config hash under ``runs/<id>/``, so running the same command
 again after a failure, a Ctrl-C or a kill resumes where it stopped.
 """
@@ -207,11 +207,13 @@ def _stop_kernels(grace_s: float = 3.0) -> None:
 
 
 class _PeakChildMemory:
-    """Peak resident memory of the kernel (a child of this process) while a notebook runs, in MiB.
+    """Peak resident memory of the kernel (a child of this process) and of the processes it starts (training
+    workers, ``replicate.models.trainer.prefetch``) while a notebook runs, in MiB.
 
-    Two sources, the larger wins: Linux's high-water mark ``VmHWM`` of every child, polled every 0.25 s while the
-    kernel lives, and ``getrusage(RUSAGE_CHILDREN).ru_maxrss`` (exact, but a maximum over all children this process
-    ever waited for, so it only counts when it grew during this run)."""
+    Three sources, the largest wins: the largest sum of ``VmRSS`` over the whole tree below this process at one
+    poll (every 0.25 s; shared library pages count once per process, so it errs high), Linux's high-water mark
+    ``VmHWM`` of every direct child, and ``getrusage(RUSAGE_CHILDREN).ru_maxrss`` (exact, but a maximum over all
+    children this process ever waited for, so it only counts when it grew during this run)."""
 
     def __init__(self):
         self.before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
@@ -221,8 +223,10 @@ class _PeakChildMemory:
         self._thread.start()
 
     def _poll(self):
-        me = os.getpid()
+        me = str(os.getpid())
+        kb = lambda fields, key: int(fields[key].split()[0]) if key in fields else 0
         while not self._stop.wait(0.25):
+            procs = {}
             for entry in os.scandir("/proc") if os.path.isdir("/proc") else ():
                 if not entry.name.isdigit():
                     continue
@@ -230,9 +234,13 @@ class _PeakChildMemory:
                     status = open(f"/proc/{entry.name}/status").read()
                 except OSError:
                     continue
-                fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-                if fields.get("PPid", "").strip() == str(me) and "VmHWM" in fields:
-                    self.polled_kb = max(self.polled_kb, int(fields["VmHWM"].split()[0]))
+                procs[entry.name] = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+            tree, frontier = set(), {me}
+            while frontier:  # every process below this one, the kernel's workers included
+                frontier = {pid for pid, f in procs.items() if f.get("PPid", "").strip() in frontier} - tree
+                tree |= frontier
+            self.polled_kb = max([self.polled_kb, sum(kb(procs[p], "VmRSS") for p in tree)]
+                                 + [kb(procs[p], "VmHWM") for p in tree if procs[p].get("PPid", "").strip() == me])
 
     def stop(self):
         self._stop.set()
