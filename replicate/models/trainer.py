@@ -234,22 +234,28 @@ def prefetch(calls: list[Callable[[], object]], workers: int, threads: int = 1) 
     same calls, in its own order, and reads them from the cache. Small models train faster as two one-thread
     processes on two cores than as one two-thread process, and a run's numbers do not depend on which process
     trained it (at a fixed thread count). ``workers <= 1`` does nothing (the caller's own calls train). A call that
-    fails raises here; the calls not yet started are cancelled."""
+    fails raises here; the calls not yet started are cancelled. Workers that cannot start or die (a script read from
+    standard input, which spawned processes cannot import; a worker killed) are reported in one warning, and the
+    caller's own calls then train what is missing, one after another."""
     if workers <= 1 or len(calls) <= 1:
         return
     import concurrent.futures as cf
     import multiprocessing as mp
+    from concurrent.futures.process import BrokenProcessPool
 
-    with cf.ProcessPoolExecutor(min(workers, len(calls)), mp_context=mp.get_context("spawn"),
-                                initializer=_worker_init, initargs=(threads,)) as pool:
-        futures = [pool.submit(_call, c) for c in calls]
-        try:
-            for f in cf.as_completed(futures):
-                f.result()
-        except BaseException:
-            for f in futures:
-                f.cancel()
-            raise
+    try:
+        with cf.ProcessPoolExecutor(min(workers, len(calls)), mp_context=mp.get_context("spawn"),
+                                    initializer=_worker_init, initargs=(threads,)) as pool:
+            futures = [pool.submit(_call, c) for c in calls]
+            try:
+                for f in cf.as_completed(futures):
+                    f.result()
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+    except BrokenProcessPool as e:
+        log.warning("prefetch: the worker processes stopped (%s); the runs train one after another instead", e)
 
 
 def _call(fn: Callable[[], object]) -> None:

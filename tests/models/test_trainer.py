@@ -74,6 +74,19 @@ def test_prefetch_trains_in_workers_and_the_caller_reads_the_cache(runs, tmp_pat
         prefetch([tiny_run.fail, functools.partial(tiny_run.train_seed, 20, 2)], workers=2)
 
 
+def test_prefetch_from_a_script_on_stdin_warns_and_leaves_the_runs_to_the_caller(tmp_path):
+    script = ("import functools, sys\n"
+              f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+              "import tiny_run\n"
+              "from replicate.models.trainer import prefetch\n"
+              "prefetch([functools.partial(tiny_run.train_seed, 5, s) for s in (0, 1)], 2)\n"
+              "print('returned')\n")
+    env = dict(os.environ, REPLICATE_RUNS=str(tmp_path / "runs"))
+    out = subprocess.run([sys.executable, "-"], input=script, text=True, capture_output=True, env=env, timeout=300)
+    assert out.returncode == 0 and "returned" in out.stdout
+    assert "prefetch: the worker processes stopped" in out.stderr  # spawned workers cannot import <stdin>
+
+
 def _kill_at_checkpoint(cmd, env, ckpt: Path, out: Path):
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
