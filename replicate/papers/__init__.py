@@ -24,7 +24,7 @@ from replicate.config import ConfigError, registered, resolve
 PAPERS: dict[str, str] = {
     "temporal_scaling_law": "Temporal Scaling Law for Large Language Models",
     "lbpe": "LBPE: Long-token-first Tokenization to Improve Large Language Models",
-    "maskmoe": "MaskMoE: routing masks in Mixture-of-Experts",
+    "maskmoe": "MaskMoE: Boosting Token-Level Learning via Routing Mask in Mixture-of-Experts",
     "cartesian_moe": "CartesianMoE: Cartesian-product routing of experts",
     "finedeep": "Finedeep: Multi-Layer Fine-Grained Experts for Dense LLMs",
     "dsmoe": "DSMoE: Matrix-Partitioned Experts with Dynamic Routing",

@@ -3,6 +3,7 @@ draws), the routing invariants through the shared ``MaskedRouter`` (visible set,
 gradient on masked logits), the two limits (all visible = SMoE bit for bit, all rare = Hash Layer on the LM loss),
 equal active budgets, the StableMoE proxy's frozen table, and the whole plan at ``smoke``."""
 
+import dataclasses
 import types
 
 import numpy as np
@@ -14,6 +15,7 @@ from replicate.config import ConfigError
 from replicate.kernels import route
 from replicate.moe import MaskedRouter, check_budgets, hash_table, load_balancing_loss, param_counts
 from replicate.models.decoder import Decoder
+from replicate.models.probes import capture
 from replicate.papers import maskmoe, resolve_config
 from replicate.papers.maskmoe import experiments as X
 from replicate.papers.maskmoe import method as M
@@ -185,7 +187,26 @@ def test_verdict_rules_reject_a_null_case():
 # ------------------------------------------------------------------------------------------ the whole plan
 
 
-def test_plan_at_smoke_runs_every_step_and_claim(env, cfg):
+def test_proxy_stage2_routes_by_its_table_with_a_learned_gate(data, cfg):
+    table = torch.randint(0, cfg.n_experts, (data.n_ids,), generator=torch.Generator().manual_seed(0))
+    ids = data.windows[:4, :-1]
+    for gate in ("full", "masked"):
+        c = dataclasses.replace(cfg, stable_gate=gate)
+        torch.manual_seed(0)
+        model = Decoder(X.proxy_stage2_model(c, data, 0, [table] * len(c.moe_layers)))
+        with capture(model, ["router", "router_probs"]) as rec:
+            model(ids)
+        idx, probs = rec.by_layer("router"), rec.by_layer("router_probs")
+        for layer in c.moe_layers:
+            assert torch.equal(idx[layer][0][:, 0], table[ids.reshape(-1)])  # the voted table alone routes
+        ffn = model.layers[c.moe_layers[0]].ffn
+        assert ffn.balance_coef == 0.0  # nothing to balance: the routing cannot move
+        w = ffn.router(torch.randn(ids.numel(), c.d_model), ids.reshape(-1)).topk_w_TK[:, 0]
+        assert (w.eq(1).all() if gate == "masked" else (w < 1).all() and (w > 0).all())
+
+
+def test_plan_at_smoke_runs_every_step_and_claim(env):
+    cfg = resolve_config("maskmoe", "smoke", workers=2)  # the runs train in two worker processes first
     b = maskmoe.run_experiments(cfg)
     m = b.mechanism
     assert m["ok"].all() and (m["check"].str.contains("visible set")).sum() == cfg.n_seeds
@@ -210,3 +231,6 @@ def test_plan_at_smoke_runs_every_step_and_claim(env, cfg):
     assert list(t1["source"].unique()) == ["ours"] and len(t1) == len(maskmoe.VARIANTS)
     # smoke models do not learn in 8 steps: the validity check must catch it (invalid, never a judgement)
     assert all(c.verdict == "invalid" for c in cl[1:] if "unigram" in c.evidence)
+    assert any("Kneser-Ney bigram" in c.evidence for c in cl[1:9])  # ... and the bigram bar is checked too
+    v = maskmoe.validity_table(b)
+    assert (v["full_bigram"] < v["unigram"]).all() and not v["beats_bigram"].any()

@@ -3,11 +3,14 @@
 Steps, in order (the notebook runs one per cell):
 
 - ``data``: a byte-level BPE trained on the training documents; the training stream, its token counts c(t) (the
-  only input of the mask), the frequent set F, fixed held-out windows and the unigram cross-entropy (validity).
+  only input of the mask), the frequent set F, fixed held-out windows, and the held-out losses of count models:
+  the add-one unigram of the training split, and interpolated Kneser-Ney bigrams of the whole split and of exactly
+  the windows each seed's runs train on (the validity bar: every network must beat the bigram of its own data).
 - ``runs``: Dense, SMoE (learned top-1), Hash Layer (random), the StableMoE proxy and MaskMoE, on the same batches
   (a pure function of (seed, step)) at equal active parameters; SMoE and MaskMoE with ``n_seeds`` seeds (same
   seed: same initial weights and data), the others with ``n_seeds_baselines``. Every run records, at each
-  checkpoint, the per-position loss and each MoE layer's top-1 expert and gate on the held-out windows.
+  checkpoint, the per-position loss and each MoE layer's top-1 expert and gate on the held-out windows. With
+  ``workers`` > 1 the runs train side by side in worker processes first (``prefetch``), then are read in order.
 - ``budgets``: total / active parameters of every variant from ``replicate.moe.param_counts`` (asserted equal).
 - ``mechanism``: the mask's invariants on the trained models and its two limits (all visible = SMoE bit for bit,
   all rare = Hash on the LM loss) on short training runs.
@@ -19,6 +22,7 @@ Steps, in order (the notebook runs one per cell):
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,11 +31,12 @@ import torch
 
 from replicate.data import corpora, lm, tokenizer
 from replicate.data.evaluation import cut_text
+from replicate.data.ngram import KneserNeyBigram, seen_windows, unigram_nll
 from replicate.experiments import Plan
 from replicate.models.decoder import Decoder, LayerSpec
 from replicate.models.lm import LRMap
 from replicate.models.probes import capture
-from replicate.models.trainer import CONVERSIONS, TrainSpec, continued, register_conversion, train
+from replicate.models.trainer import CONVERSIONS, TrainSpec, continued, prefetch, register_conversion, train
 from replicate.moe import check_budgets, hash_table, param_counts
 from replicate.moe.losses import load_balancing_loss
 from replicate.kernels import route
@@ -76,7 +81,9 @@ class Data:
     counts_V: torch.Tensor  # c(t) over the training stream: the only input of the mask
     frequent_V: torch.Tensor  # bool [V]: the frequent set F under cfg's rule
     windows: torch.Tensor  # (W, T+1) fixed held-out windows
-    unigram_nats: float  # held-out cross-entropy of the add-one training unigram (the validity bar)
+    unigram_nats: float  # held-out cross-entropy of the add-one training unigram
+    bigram_nats: float  # ... of the interpolated Kneser-Ney bigram of the whole training split
+    seen_bigram_nats: dict  # seed -> ... of the Kneser-Ney bigram of exactly the windows a run of that seed trains on
     n_train_docs: int
     n_heldout_docs: int
     n_heldout_tokens: int
@@ -103,12 +110,16 @@ def data(cfg: MaskMoEConfig) -> Data:
     stream = lm.join(train_ids, eos)
     counts = token_counts(torch.from_numpy(stream.astype(np.int64)), n_ids)  # training split only (spec §3.3)
     windows = lm.eval_windows(held_ids, cfg.eval_windows, cfg.seq_len)
-    p = (counts.double() + 1) / (counts.sum() + n_ids)
-    unigram = float(-p[windows[:, 1:]].log().mean())
+    unigram = float(unigram_nll(stream, n_ids, windows).mean())
+    bigram = float(KneserNeyBigram(stream, n_ids).nll(windows).mean())
+    n_seeds = max(cfg.n_seeds, cfg.n_seeds_baselines, cfg.sweep_seeds if cfg.run_sweeps else 1)
+    seen = {s: float(KneserNeyBigram(seen_windows(lm.Batches((lm.Stream(stream),), (1.0,), cfg.batch_size,
+                                                                       cfg.seq_len, s), cfg.steps), n_ids)
+                     .nll(windows).mean()) for s in range(cfg.seed, cfg.seed + n_seeds)}
     desc = (f"corpus={cfg.corpus};cut={cfg.doc_max_bytes};held={cfg.heldout_fraction};"
             f"tok=bpe{cfg.vocab_size}:{tokenizer.tokenizer_fingerprint(tok)};train={corpora.fingerprint(train_docs)}")
-    return Data(tok, n_ids, eos, stream, counts, _frequent(cfg, counts), windows, unigram, len(train_docs),
-                len(held_docs), int(sum(len(x) for x in held_ids)), desc)
+    return Data(tok, n_ids, eos, stream, counts, _frequent(cfg, counts), windows, unigram, bigram, seen,
+                len(train_docs), len(held_docs), int(sum(len(x) for x in held_ids)), desc)
 
 
 # ============================================================================================ the variants
@@ -124,8 +135,8 @@ def masks_for(cfg: MaskMoEConfig, data: Data, seed: int, *, n_visible: int | Non
 
 
 def _moe(cfg: MaskMoEConfig, **kw) -> LayerSpec:
-    base = (("n_experts", cfg.n_experts), ("k", cfg.top_k), ("balance_coef", cfg.balance_coef))
-    return LayerSpec(ffn="moe", d_ff=cfg.d_ff, ffn_kwargs=base + tuple(kw.items()))
+    base = {"n_experts": cfg.n_experts, "k": cfg.top_k, "balance_coef": cfg.balance_coef} | kw
+    return LayerSpec(ffn="moe", d_ff=cfg.d_ff, ffn_kwargs=tuple(base.items()))
 
 
 def variant_model(cfg: MaskMoEConfig, data: Data, variant: str, seed: int, masks: list | None = None):
@@ -202,15 +213,24 @@ def stablemoe_proxy(cfg: MaskMoEConfig, data: Data, seed: int) -> tuple[dict, to
                                     accumulate=True)
     fallback = hash_table(data.n_ids, cfg.n_experts, 1, seed)[:, 0]
     tables = torch.stack([vote_table(votes[j], fallback) for j in range(L)])
-    frozen = variant_model(cfg, data, "masked", seed, [one_hot_mask(t, cfg.n_experts) for t in tables])
+    frozen = proxy_stage2_model(cfg, data, seed, tables)
     lr2 = LRMap(schedule, offset=s1)
     spec2 = continued(TrainSpec(frozen, dataclasses.replace(schedule, max_steps=cfg.steps - s1),
                                 data.description + f";variant=stable_stage2;votes={cfg.stable_vote_batches};"
-                                f"data_offset={s1}", cfg.batch_size, cfg.seq_len, seed,
+                                f"gate={cfg.stable_gate};data_offset={s1}", cfg.batch_size, cfg.seq_len, seed,
                                 ckpt_every=max(10, (cfg.steps - s1) // 4)), p1, "maskmoe_freeze", lr_map=lr2)
     res = train(PAPER_ID, spec2, dataclasses.replace(b, offset=s1), {"heldout": data.windows}, parent=p1,
                 module=lambda: RoutedLM(spec2.model, spec2.optim, spec2.lr_map), **cfg.trainer_kwargs())
     return res, tables
+
+
+def proxy_stage2_model(cfg: MaskMoEConfig, data: Data, seed: int, tables: torch.Tensor):
+    """The proxy's stage 2: routing frozen to the voted table (a one-expert mask per token id); the gate is the
+    frozen expert's probability under the full softmax (``stable_gate="full"``, still learned) or exactly 1
+    (``"masked"``); no load balancing (the routing can no longer move)."""
+    spec = [_moe(cfg, router="masked", routing_mask=tensor_ref(one_hot_mask(t, cfg.n_experts)),
+                 mask_gate=cfg.stable_gate, balance_coef=0.0) for t in tables]
+    return dataclasses.replace(cfg.decoder(data.n_ids), layers=dict(zip(cfg.moe_layers, spec)))
 
 
 @dataclass(frozen=True)
@@ -238,26 +258,39 @@ def frame_of(records: list, steps: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def run_variant(cfg: MaskMoEConfig, data: Data, variant: str, seed: int) -> dict:
+    """Train (or read from the run cache) one variant at one seed: ``{"result", "masks", "table"}``."""
+    ck = checkpoints(cfg)
+    masks = table = None
+    if variant == "dense":
+        res = _train(cfg, data, variant_model(cfg, data, "dense", seed), seed, "dense")
+    elif variant == "smoe":
+        res = _train(cfg, data, variant_model(cfg, data, "smoe", seed), seed, "smoe", ck)
+    elif variant == "hash":
+        res = _train(cfg, data, variant_model(cfg, data, "hash", seed), seed, f"hash:{cfg.hash_kind}")
+    elif variant == "stablemoe_proxy":
+        res, table = stablemoe_proxy(cfg, data, seed)
+    elif variant == "maskmoe":
+        masks = masks_for(cfg, data, seed)
+        res = _train(cfg, data, variant_model(cfg, data, "masked", seed, masks), seed,
+                     maskmoe_tag(cfg, cfg.n_visible_frequent, _frac_tag(cfg), cfg.mask_per_layer), ck)
+    else:
+        raise ValueError(f"variant: unknown {variant!r}; allowed: {', '.join(VARIANTS)}")
+    return {"result": res, "masks": masks, "table": table}
+
+
 @plan.step
 def runs(cfg: MaskMoEConfig, data: Data) -> Runs:
+    order = [(v, s) for v in VARIANTS for s in seeds_of(cfg, v)]
+    # the longest first (the proxy's two stages, then the MoEs), so two workers finish together
+    slow_first = sorted(order, key=lambda vs: (vs[0] != "stablemoe_proxy", vs[0] == "dense"))
+    prefetch([functools.partial(run_variant, cfg, data, v, s) for v, s in slow_first], cfg.workers, cfg.threads)
     recs, tables = [], {}
-    ck = checkpoints(cfg)
-    for variant in VARIANTS:
-        for seed in seeds_of(cfg, variant):
-            masks = None
-            if variant == "dense":
-                res = _train(cfg, data, variant_model(cfg, data, "dense", seed), seed, "dense")
-            elif variant == "smoe":
-                res = _train(cfg, data, variant_model(cfg, data, "smoe", seed), seed, "smoe", ck)
-            elif variant == "hash":
-                res = _train(cfg, data, variant_model(cfg, data, "hash", seed), seed, f"hash:{cfg.hash_kind}")
-            elif variant == "stablemoe_proxy":
-                res, tables[seed] = stablemoe_proxy(cfg, data, seed)
-            else:
-                masks = masks_for(cfg, data, seed)
-                res = _train(cfg, data, variant_model(cfg, data, "masked", seed, masks), seed,
-                             maskmoe_tag(cfg, cfg.n_visible_frequent, _frac_tag(cfg), cfg.mask_per_layer), ck)
-            recs.append({"variant": variant, "seed": seed, "result": res, "masks": masks})
+    for variant, seed in order:
+        out = run_variant(cfg, data, variant, seed)
+        if out["table"] is not None:
+            tables[seed] = out["table"]
+        recs.append({"variant": variant, "seed": seed, "result": out["result"], "masks": out["masks"]})
     return Runs(recs, frame_of(recs, cfg.steps), tables)
 
 
@@ -268,7 +301,8 @@ def budgets(cfg: MaskMoEConfig, data: Data) -> pd.DataFrame:
     masks = masks_for(cfg, data, cfg.seed)
     models = {"dense": variant_model(cfg, data, "dense", cfg.seed), "smoe": variant_model(cfg, data, "smoe", cfg.seed),
               "hash": variant_model(cfg, data, "hash", cfg.seed),
-              "stablemoe_proxy": variant_model(cfg, data, "masked", cfg.seed, masks),  # stage 2's shape
+              "stablemoe_proxy": proxy_stage2_model(cfg, data, cfg.seed, [hash_table(data.n_ids, cfg.n_experts, 1,
+                                                                                  cfg.seed)[:, 0]] * len(masks)),
               "maskmoe": variant_model(cfg, data, "masked", cfg.seed, masks)}
     counts = {v: param_counts(Decoder(m)) for v, m in models.items()}
     check_budgets(counts, field="active", rtol=0.005)  # raises naming the variant that breaks the budget
