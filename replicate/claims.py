@@ -253,6 +253,22 @@ class Validity:
         return Validity(tuple(msg for ok, msg in conditions.values() if not ok))
 
 
+def learning_validity(table, unigram: float, margin: float) -> Validity:
+    """Did every run learn? ``table``: one row per run with ``variant, seed, loss`` and the columns of
+    ``replicate.data.ngram.learning_row``. Fails naming the runs outside (0, ln V] or not ``margin`` nats below the
+    unigram, and the runs not below the bigram of their own training windows (still learning the text: a comparison
+    of such runs measures how fast each starts, DESIGN §7)."""
+    bad = table[~(table["learned"] & table["in_range"])]
+    weak = table[~table["beats_bigram"]]
+    return Validity.check(
+        learned=(bad.empty, f"runs outside (0, ln V] or not clearly below the unigram ({unigram:.3f} - {margin}): "
+                            + ", ".join(f"{r.variant}/seed {r.seed} ({r.loss:.3f})" for r in bad.itertuples())),
+        beats_bigram=(weak.empty, "runs not below the Kneser-Ney bigram of their own training windows (still "
+                                  "learning the text: a comparison would measure how fast each starts): "
+                                  + ", ".join(f"{r.variant}/seed {r.seed} ({r.loss:.3f} vs {r.seen_bigram:.3f})"
+                                              for r in weak.itertuples())))
+
+
 def invalid(claim_id: str, claim: str, metric: str, validity: Validity, paper_value=None, ours_value=None,
             evidence: str = "") -> Claim:
     """The claim whose experiment failed its own validity check: verdict ``invalid``, the failures in the evidence."""

@@ -7,6 +7,8 @@ on a training token stream and score held-out windows position by position, in n
 
 - :func:`unigram_nll`: add-one unigram, p(b) = (c(b) + 1) / (N + V).
 - :func:`seen_windows`: the training windows a run consumed, for a count model fitted on exactly the run's data.
+- :func:`count_bars` / :func:`learning_row`: a paper's bars and one run's validity columns
+  (``replicate.claims.learning_validity`` turns a table of them into the check).
 - :class:`KneserNeyBigram`: interpolated Kneser-Ney (Chen & Goodman 1999, "interpolated KN" with one discount),
 
       p(b | a)   = max(c(a, b) - D, 0) / c(a)  +  D · N1+(a, •) / c(a) · p_cont(b)        (c(a) > 0)
@@ -83,3 +85,26 @@ def seen_windows(batches, steps: int) -> np.ndarray:
     ``Batches``, a pure function of (seed, step)) consumes: the data a count model must be fitted on to be compared
     with that run on "the same data"."""
     return np.concatenate([np.asarray(batches.batch(step)) for step in range(steps)])
+
+
+def count_bars(stream: np.ndarray, vocab_size: int, windows, batches_of, steps: int, seeds) -> tuple:
+    """The validity bars of a paper's runs on its held-out ``windows``, in nats per token: ``(unigram, bigram,
+    seen)`` — the add-one unigram and the Kneser-Ney bigram of the whole training ``stream``, and ``seen[seed]``,
+    the bigram of exactly the windows a run of ``steps`` steps on ``batches_of(seed)`` trains on (the bar: a network
+    that has not beaten a bigram of its own data is still learning the text)."""
+    unigram = float(unigram_nll(stream, vocab_size, windows).mean())
+    bigram = float(KneserNeyBigram(stream, vocab_size).nll(windows).mean())
+    seen = {s: float(KneserNeyBigram(seen_windows(batches_of(s), steps), vocab_size).nll(windows).mean())
+            for s in seeds}
+    return unigram, bigram, seen
+
+
+def learning_row(loss: float, seed: int, unigram: float, bigram: float, seen: dict, vocab_size: int,
+                 margin: float) -> dict:
+    """One run's validity columns: the bars beside its final held-out ``loss``; ``learned`` (clearly below the
+    unigram, by ``margin`` nats), ``beats_bigram`` (below the bigram of its own training windows: the condition),
+    ``beats_full_bigram`` (below the whole split's: reported only, a run of less than an epoch need not),
+    ``in_range`` ((0, ln V])."""
+    return {"unigram": unigram, "seen_bigram": seen[seed], "full_bigram": bigram,
+            "learned": bool(loss < unigram - margin), "beats_bigram": bool(loss < seen[seed]),
+            "beats_full_bigram": bool(loss < bigram), "in_range": bool(0 < loss <= np.log(vocab_size))}

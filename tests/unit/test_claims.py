@@ -89,3 +89,20 @@ def test_a_second_metric_pointing_the_other_way_makes_the_claim_mixed():
     assert mixed.verdict == "inconclusive" and mixed.evidence.startswith("mixed")
     same = C.second_metric(base, "inconclusive", "accuracy gap +0.001")
     assert same.verdict == "reproduced" and "accuracy" in same.ours_ci
+
+
+def test_learning_validity_names_the_runs_that_did_not_beat_their_own_bigram():
+    import pandas as pd
+
+    from replicate.data.ngram import learning_row
+
+    seen = {0: 5.5, 1: 5.6}
+    rows = [{"variant": v, "seed": s, "loss": loss, **learning_row(loss, s, 6.5, 5.4, seen, 8192, 0.05)}
+            for v, s, loss in (("a", 0, 5.3), ("b", 1, 5.55), ("c", 0, 9.5))]
+    t = pd.DataFrame(rows)
+    assert t["beats_full_bigram"].tolist() == [True, False, False]  # reported, not a condition
+    v = C.learning_validity(t, 6.5, 0.05)
+    assert not v.ok and len(v.failures) == 2
+    assert "c/seed 0 (9.500)" in v.failures[0]  # above ln V and the unigram
+    assert "b/seed 1 (5.550 vs 5.600)" not in v.failures[1] and "c/seed 0" in v.failures[1]
+    assert C.learning_validity(t.iloc[:2], 6.5, 0.05).ok  # b beats its own bar though not the whole split's

@@ -31,7 +31,7 @@ import torch
 
 from replicate.data import corpora, lm, tokenizer
 from replicate.data.evaluation import cut_text
-from replicate.data.ngram import KneserNeyBigram, seen_windows, unigram_nll
+from replicate.data.ngram import count_bars
 from replicate.experiments import Plan
 from replicate.models.decoder import Decoder, LayerSpec
 from replicate.models.lm import LRMap
@@ -110,12 +110,10 @@ def data(cfg: MaskMoEConfig) -> Data:
     stream = lm.join(train_ids, eos)
     counts = token_counts(torch.from_numpy(stream.astype(np.int64)), n_ids)  # training split only (spec §3.3)
     windows = lm.eval_windows(held_ids, cfg.eval_windows, cfg.seq_len)
-    unigram = float(unigram_nll(stream, n_ids, windows).mean())
-    bigram = float(KneserNeyBigram(stream, n_ids).nll(windows).mean())
     n_seeds = max(cfg.n_seeds, cfg.n_seeds_baselines, cfg.sweep_seeds if cfg.run_sweeps else 1)
-    seen = {s: float(KneserNeyBigram(seen_windows(lm.Batches((lm.Stream(stream),), (1.0,), cfg.batch_size,
-                                                                       cfg.seq_len, s), cfg.steps), n_ids)
-                     .nll(windows).mean()) for s in range(cfg.seed, cfg.seed + n_seeds)}
+    batches_of = lambda s: lm.Batches((lm.Stream(stream),), (1.0,), cfg.batch_size, cfg.seq_len, s)  # = batches()
+    unigram, bigram, seen = count_bars(stream, n_ids, windows, batches_of, cfg.steps,
+                                       range(cfg.seed, cfg.seed + n_seeds))
     desc = (f"corpus={cfg.corpus};cut={cfg.doc_max_bytes};held={cfg.heldout_fraction};"
             f"tok=bpe{cfg.vocab_size}:{tokenizer.tokenizer_fingerprint(tok)};train={corpora.fingerprint(train_docs)}")
     return Data(tok, n_ids, eos, stream, counts, _frequent(cfg, counts), windows, unigram, bigram, seen,
