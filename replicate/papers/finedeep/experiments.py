@@ -33,9 +33,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from replicate.data import corpora, lm, tokenizer
-from replicate.data.evaluation import cut_text
+from replicate.data import lm
 from replicate.data.ngram import count_bars
+from replicate.data.text import lm_text
 from replicate.experiments import Plan
 from replicate.models.decoder import Decoder, LayerSpec
 from replicate.models.lm import CausalLM, per_token_nll
@@ -84,21 +84,13 @@ def all_seeds(cfg: FinedeepConfig) -> range:
 
 @plan.step
 def data(cfg: FinedeepConfig) -> Data:
-    docs = corpora.load(cfg.corpus)
-    if cfg.doc_max_bytes:
-        docs = tuple(corpora.Document(d.name, cut_text(d.text, cfg.doc_max_bytes)) for d in docs)
-    train_docs, held_docs = corpora.split(docs, cfg.heldout_fraction)
-    tok = tokenizer.train_bpe(train_docs, cfg.vocab_size, name=f"finedeep-{cfg.corpus}")
-    eos = tok.token_to_id(tokenizer.EOS)
-    n_ids = tok.get_vocab_size()
-    stream = lm.join(tokenizer.encode_documents(tok, train_docs), eos)
-    windows = lm.eval_windows(tokenizer.encode_documents(tok, held_docs), cfg.eval_windows, cfg.seq_len)
+    t = lm_text(cfg.corpus, cfg.vocab_size, cfg.heldout_fraction, cfg.doc_max_bytes, name=f"finedeep-{cfg.corpus}")
+    windows = lm.eval_windows(t.held_ids, cfg.eval_windows, cfg.seq_len)
     # the count models of validity (replicate.data.ngram): the bar is the bigram of the windows each seed's runs see
-    unigram, bigram, seen = count_bars(stream, n_ids, windows, lambda s: stream_batches(cfg, stream, s), cfg.steps,
-                                       all_seeds(cfg))
-    desc = (f"corpus={cfg.corpus};cut={cfg.doc_max_bytes};held={cfg.heldout_fraction};"
-            f"tok=bpe{cfg.vocab_size}:{tokenizer.tokenizer_fingerprint(tok)};train={corpora.fingerprint(train_docs)}")
-    return Data(tok, n_ids, stream, windows, unigram, bigram, seen, len(train_docs), len(held_docs), desc)
+    unigram, bigram, seen = count_bars(t.stream, t.n_ids, windows, lambda s: stream_batches(cfg, t.stream, s),
+                                       cfg.steps, all_seeds(cfg))
+    return Data(t.tok, t.n_ids, t.stream, windows, unigram, bigram, seen, len(t.train_docs), len(t.held_docs),
+                t.description)
 
 
 # ================================================================================================= models

@@ -29,9 +29,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from replicate.data import corpora, lm, tokenizer
-from replicate.data.evaluation import cut_text
+from replicate.data import lm
 from replicate.data.ngram import count_bars
+from replicate.data.text import lm_text
 from replicate.experiments import Plan
 from replicate.models.decoder import Decoder, LayerSpec
 from replicate.models.lm import LRMap
@@ -98,26 +98,16 @@ def _frequent(cfg: MaskMoEConfig, counts_V: torch.Tensor, **over) -> torch.Tenso
 
 @plan.step
 def data(cfg: MaskMoEConfig) -> Data:
-    docs = corpora.load(cfg.corpus)
-    if cfg.doc_max_bytes:
-        docs = tuple(corpora.Document(d.name, cut_text(d.text, cfg.doc_max_bytes)) for d in docs)
-    train_docs, held_docs = corpora.split(docs, cfg.heldout_fraction)
-    tok = tokenizer.train_bpe(train_docs, cfg.vocab_size, name=f"maskmoe-{cfg.corpus}")
-    eos = tok.token_to_id(tokenizer.EOS)
-    n_ids = tok.get_vocab_size()
-    train_ids = tokenizer.encode_documents(tok, train_docs)
-    held_ids = tokenizer.encode_documents(tok, held_docs)
-    stream = lm.join(train_ids, eos)
+    t = lm_text(cfg.corpus, cfg.vocab_size, cfg.heldout_fraction, cfg.doc_max_bytes, name=f"maskmoe-{cfg.corpus}")
+    stream, n_ids = t.stream, t.n_ids
     counts = token_counts(torch.from_numpy(stream.astype(np.int64)), n_ids)  # training split only (spec §3.3)
-    windows = lm.eval_windows(held_ids, cfg.eval_windows, cfg.seq_len)
+    windows = lm.eval_windows(t.held_ids, cfg.eval_windows, cfg.seq_len)
     n_seeds = max(cfg.n_seeds, cfg.n_seeds_baselines, cfg.sweep_seeds if cfg.run_sweeps else 1)
     batches_of = lambda s: lm.Batches((lm.Stream(stream),), (1.0,), cfg.batch_size, cfg.seq_len, s)  # = batches()
     unigram, bigram, seen = count_bars(stream, n_ids, windows, batches_of, cfg.steps,
                                        range(cfg.seed, cfg.seed + n_seeds))
-    desc = (f"corpus={cfg.corpus};cut={cfg.doc_max_bytes};held={cfg.heldout_fraction};"
-            f"tok=bpe{cfg.vocab_size}:{tokenizer.tokenizer_fingerprint(tok)};train={corpora.fingerprint(train_docs)}")
-    return Data(tok, n_ids, eos, stream, counts, _frequent(cfg, counts), windows, unigram, bigram, seen,
-                len(train_docs), len(held_docs), int(sum(len(x) for x in held_ids)), desc)
+    return Data(t.tok, n_ids, t.eos_id, stream, counts, _frequent(cfg, counts), windows, unigram, bigram, seen,
+                len(t.train_docs), len(t.held_docs), int(sum(len(x) for x in t.held_ids)), t.description)
 
 
 # ============================================================================================ the variants
