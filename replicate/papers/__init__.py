@@ -26,7 +26,7 @@ PAPERS: dict[str, str] = {
     "lbpe": "LBPE: Long-token-first Tokenization to Improve Large Language Models",
     "maskmoe": "MaskMoE: Boosting Token-Level Learning via Routing Mask in Mixture-of-Experts",
     "cartesian_moe": "CartesianMoE: Cartesian-product routing of experts",
-    "finedeep": "Finedeep: Multi-Layer Fine-Grained Experts for Dense LLMs",
+    "finedeep": "Finedeep: Mitigating Sparse Activation in Dense LLMs via Multi-Layer Fine-Grained Experts",
     "dsmoe": "DSMoE: Matrix-Partitioned Experts with Dynamic Routing",
     "uniattn": "UniAttn: Softmax Unification in Attention",
     "harpe": "HARPE: Head-Adaptive Rotary Position Encoding",
