@@ -244,13 +244,6 @@ def fig_scores(b: Bundle, seed: int | None = None):
 # ===================================================================================================== claims
 
 
-def _seed_std(b: Bundle) -> float:
-    """The seed-to-seed spread: the larger std of dense's and the deciding (M, K)'s final loss."""
-    f = b.runs.frame
-    s = [f[f["variant"] == v]["loss"].std(ddof=1) for v in ("dense", _dec(b)) if (f["variant"] == v).sum() > 1]
-    return float(max(s)) if s else float("nan")
-
-
 def seeds_needed(gap: float, std: float) -> str:
     """``"; at seed std ... needs about N paired seeds (80% power)"`` (``replicate.claims.seeds_needed``), or ""."""
     text = C.seeds_needed_text(gap, std)
@@ -272,16 +265,12 @@ def dataclass_replace(c: C.Claim, **kw) -> C.Claim:
 
 
 def _window_claim(b: Bundle, cid: str, text: str, point: float, reps, metric: str, evidence: str) -> C.Claim:
-    """A comparison with a single-seed arm: the paired bootstrap over held-out windows decides, guarded by seed
-    noise (a gap within 2x the dense / deciding seed std stays inconclusive)."""
-    std = _seed_std(b)
-    c = C.bootstrap_gap_claim(cid, text, point, reps, metric=metric + "; rule: 95% paired bootstrap over windows > 0 "
-                              "and |gap| > 2x the seed std", what=f"95% paired bootstrap over {len(b.data.windows)} "
-                              "held-out windows", direction="positive", evidence=evidence,
-                              detail=f"seed std {std:.4f}" + seeds_needed(point, std))
-    if c.verdict in ("reproduced", "not_reproduced") and not abs(point) > 2 * std:
-        c = dataclass_replace(c, verdict="inconclusive", evidence=c.evidence + "; gap within 2x the seed std")
-    return c
+    """A comparison with a single-seed arm (``claims.single_seed_gap_claim``): the paired bootstrap over held-out
+    windows and the prediction interval of one seed's gap must agree; that interval's spread comes from the per-seed
+    gaps of dense − the deciding (M, K), the comparison trained with ``n_seeds`` seeds."""
+    return C.single_seed_gap_claim(cid, text, point, reps, b.comparisons.per_seed.get(f"dense - {_dec(b)}", []),
+                                   metric=metric, what=f"95% paired bootstrap over {len(b.data.windows)} held-out "
+                                   "windows", direction="positive", evidence=evidence)
 
 
 def nsar_gaps(b: Bundle, kind: str, eps: float) -> list[float]:
