@@ -146,17 +146,21 @@ def paired_gap(frame, a: str, b: str, *, key: str = "encoding", value: str = "bp
 
 
 def seed_gap_claim(claim_id: str, claim: str, gaps, *, metric: str, direction: str = "positive",
-                   evidence: str = "", detail: str = "", paper_value=None) -> Claim:
+                   evidence: str = "", detail: str = "", paper_value=None, need: bool = False) -> Claim:
     """A comparison paired by seed: ``gaps`` holds one difference per seed; the verdict follows the 95 % Student-t
-    interval of their mean (``reproduced`` only when it excludes 0 on the paper's side; one seed: inconclusive)."""
+    interval of their mean (``reproduced`` only when it excludes 0 on the paper's side; one seed: inconclusive).
+    ``need``: an inconclusive claim also says how many paired seeds would resolve its gap (:func:`seeds_needed`)."""
     g = np.asarray(gaps, dtype=float)
     ci = t_interval(g)
     per_seed = " / ".join(f"{x:+.4f}" for x in g)
     side = "> 0" if direction == "positive" else "< 0"
+    verdict = verdict_from_interval(ci, paper_direction=direction)
+    text = fmt_ci(ci, f"95% t over {len(g)} seeds; per-seed {per_seed}" + (f"; {detail}" if detail else ""))
+    if need and verdict == "inconclusive" and len(g) > 1:
+        n = seeds_needed_text(float(g.mean()), float(g.std(ddof=1)))
+        text += f"; {n}" if n else ""
     return Claim(claim_id, claim, f"{metric}; rule: 95% t-interval over paired seeds {side}", paper_value,
-                 float(g.mean()) if len(g) else None,
-                 fmt_ci(ci, f"95% t over {len(g)} seeds; per-seed {per_seed}" + (f"; {detail}" if detail else "")),
-                 verdict_from_interval(ci, paper_direction=direction), evidence)
+                 float(g.mean()) if len(g) else None, text, verdict, evidence)
 
 
 def bootstrap_gap_claim(claim_id: str, claim: str, point: float, replicates, *, metric: str, what: str,

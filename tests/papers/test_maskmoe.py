@@ -133,7 +133,7 @@ def test_mechanism_checks_hold_and_can_fail(cfg, data):
     assert m["ok"].all(), m
     assert len(m) == 5  # gradient (3) + the two limits; the trained-model checks come with trained runs
     # the SMoE limit is not vacuous: with V_f < N for the frequent types the losses differ
-    few = [X.batches(cfg, data, 0).batch(s)[:4] for s in range(2)]
+    few = [X.batches(cfg, data.stream, 0).batch(s)[:4] for s in range(2)]
     torch.manual_seed(0)
     smoe = Decoder(X.variant_model(cfg, data, "smoe", 0))
     torch.manual_seed(0)

@@ -106,3 +106,10 @@ def test_learning_validity_names_the_runs_that_did_not_beat_their_own_bigram():
     assert "c/seed 0 (9.500)" in v.failures[0]  # above ln V and the unigram
     assert "b/seed 1 (5.550 vs 5.600)" not in v.failures[1] and "c/seed 0" in v.failures[1]
     assert C.learning_validity(t.iloc[:2], 6.5, 0.05).ok  # b beats its own bar though not the whole split's
+
+
+def test_seed_gap_claim_says_the_seeds_needed_when_asked():
+    noisy = [0.01, -0.02, 0.04]
+    assert "paired seeds" in C.seed_gap_claim("X", "x", noisy, metric="m", need=True).ours_ci
+    assert "paired seeds" not in C.seed_gap_claim("X", "x", noisy, metric="m").ours_ci  # off: other papers' text
+    assert "paired seeds" not in C.seed_gap_claim("X", "x", [0.05, 0.06, 0.055], metric="m", need=True).ours_ci

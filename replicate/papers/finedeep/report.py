@@ -244,24 +244,9 @@ def fig_scores(b: Bundle, seed: int | None = None):
 # ===================================================================================================== claims
 
 
-def seeds_needed(gap: float, std: float) -> str:
-    """``"; at seed std ... needs about N paired seeds (80% power)"`` (``replicate.claims.seeds_needed``), or ""."""
-    text = C.seeds_needed_text(gap, std)
-    return f"; {text}" if text else ""
-
-
 def _seed_claim(cid: str, text: str, gaps, metric: str, evidence: str, detail: str = "") -> C.Claim:
-    g = list(gaps)
-    c = C.seed_gap_claim(cid, text, g, metric=metric, direction="positive", evidence=evidence, detail=detail)
-    if c.verdict == "inconclusive" and len(g) > 1:
-        c = dataclass_replace(c, ours_ci=c.ours_ci + seeds_needed(float(np.mean(g)), float(np.std(g, ddof=1))))
-    return c
-
-
-def dataclass_replace(c: C.Claim, **kw) -> C.Claim:
-    import dataclasses
-
-    return dataclasses.replace(c, **kw)
+    return C.seed_gap_claim(cid, text, list(gaps), metric=metric, direction="positive", evidence=evidence,
+                            detail=detail, need=True)
 
 
 def _window_claim(b: Bundle, cid: str, text: str, point: float, reps, metric: str, evidence: str) -> C.Claim:

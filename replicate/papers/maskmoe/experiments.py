@@ -103,8 +103,7 @@ def data(cfg: MaskMoEConfig) -> Data:
     counts = token_counts(torch.from_numpy(stream.astype(np.int64)), n_ids)  # training split only (spec §3.3)
     windows = lm.eval_windows(t.held_ids, cfg.eval_windows, cfg.seq_len)
     n_seeds = max(cfg.n_seeds, cfg.n_seeds_baselines, cfg.sweep_seeds if cfg.run_sweeps else 1)
-    batches_of = lambda s: lm.Batches((lm.Stream(stream),), (1.0,), cfg.batch_size, cfg.seq_len, s)  # = batches()
-    unigram, bigram, seen = count_bars(stream, n_ids, windows, batches_of, cfg.steps,
+    unigram, bigram, seen = count_bars(stream, n_ids, windows, lambda s: batches(cfg, stream, s), cfg.steps,
                                        range(cfg.seed, cfg.seed + n_seeds))
     return Data(t.tok, n_ids, t.eos_id, stream, counts, _frequent(cfg, counts), windows, unigram, bigram, seen,
                 len(t.train_docs), len(t.held_docs), int(sum(len(x) for x in t.held_ids)), t.description)
@@ -146,8 +145,9 @@ def variant_model(cfg: MaskMoEConfig, data: Data, variant: str, seed: int, masks
     return dataclasses.replace(base, layers=dict(zip(cfg.moe_layers, spec)))
 
 
-def batches(cfg: MaskMoEConfig, data: Data, seed: int) -> lm.Batches:
-    return lm.Batches((lm.Stream(data.stream),), (1.0,), cfg.batch_size, cfg.seq_len, seed)
+def batches(cfg: MaskMoEConfig, stream: np.ndarray, seed: int) -> lm.Batches:
+    """The training batches of every run of ``seed`` (a pure function of (seed, step): all variants see them)."""
+    return lm.Batches((lm.Stream(stream),), (1.0,), cfg.batch_size, cfg.seq_len, seed)
 
 
 def checkpoints(cfg: MaskMoEConfig) -> tuple[int, ...]:
@@ -159,7 +159,7 @@ def checkpoints(cfg: MaskMoEConfig) -> tuple[int, ...]:
 def _train(cfg, data, model, seed, tag, eval_steps=(), **kw) -> dict:
     spec = TrainSpec(model, cfg.optim(cfg.steps), data.description + f";variant={tag};eval=routing", cfg.batch_size,
                      cfg.seq_len, seed, eval_steps=eval_steps, ckpt_every=max(10, cfg.steps // 4))
-    return train(PAPER_ID, spec, batches(cfg, data, seed), {"heldout": data.windows},
+    return train(PAPER_ID, spec, batches(cfg, data.stream, seed), {"heldout": data.windows},
                  module=lambda: RoutedLM(spec.model, spec.optim), **cfg.trainer_kwargs(), **kw)
 
 
@@ -181,7 +181,7 @@ def stablemoe_proxy(cfg: MaskMoEConfig, data: Data, seed: int) -> tuple[dict, to
     schedule = cfg.optim(cfg.steps)
     s1 = max(1, min(cfg.steps - 1, round(cfg.stable_freeze_frac * cfg.steps)))
     smoe = variant_model(cfg, data, "smoe", seed)
-    b = batches(cfg, data, seed)
+    b = batches(cfg, data.stream, seed)
     spec1 = TrainSpec(smoe, dataclasses.replace(schedule, max_steps=s1), data.description + ";variant=stable_stage1",
                       cfg.batch_size, cfg.seq_len, seed, ckpt_every=max(10, s1 // 4), lr_map=LRMap(schedule))
     p1 = train(PAPER_ID, spec1, b, {"heldout": data.windows}, keep_weights=True,
@@ -368,7 +368,7 @@ def mechanism(cfg: MaskMoEConfig, data: Data, runs: Runs) -> pd.DataFrame:
                  {"check": f"rare-token gates exactly 1 (seed {r['seed']}, {int(rare_WT.sum())} positions x layers)",
                   "value": float((gates == 1.0).float().mean()) if gates.numel() else 1.0, "expected": 1.0,
                   "ok": bool((gates == 1.0).all())}]
-    b = batches(cfg, data, cfg.seed)
+    b = batches(cfg, data.stream, cfg.seed)
     n = min(4, cfg.batch_size)
     few = [b.batch(s)[:n] for s in range(3)]
     masked_max, visible_max, rare_grad = masked_logit_grad(cfg, data, cfg.seed, few[0])

@@ -289,13 +289,8 @@ def _window_claim(b: Bundle, cid: str, text: str, comp: str, group: str, what: s
 
 
 def _seed_claim(b: Bundle, cid: str, text: str, gaps, metric: str, evidence: str, detail: str = "") -> C.Claim:
-    g = list(gaps)
-    c = C.seed_gap_claim(cid, text, g, metric=metric, direction="positive", evidence=evidence, detail=detail)
-    if c.verdict == "inconclusive" and len(g) > 1:
-        need = C.seeds_needed_text(float(np.mean(g)), float(np.std(g, ddof=1)))
-        c = C.Claim(c.claim_id, c.claim, c.metric, None, c.ours_value, c.ours_ci + (f"; {need}" if need else ""),
-                    c.verdict, c.evidence)
-    return c
+    return C.seed_gap_claim(cid, text, list(gaps), metric=metric, direction="positive", evidence=evidence,
+                            detail=detail, need=True)
 
 
 def chance_fluctuation(n_choices: int) -> float:
