@@ -14,7 +14,7 @@ A verdict is computed from numbers, never typed in:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -218,8 +218,28 @@ def single_seed_gap_claim(claim_id: str, claim: str, gap: float, replicates, see
     if verdict == "inconclusive" and len(sg) >= 2:
         need = seeds_needed_text(gap, float(sg.std(ddof=1)))
         text += f"; {need}" if need else ""
+    elif len(sg) >= 2:  # a decided verdict: the seed spread at which the prediction interval would reach 0
+        flip = abs(gap) / (stats.t.ppf(0.975, len(sg) - 1) * np.sqrt(1 + 1 / len(sg)))
+        text += f"; inconclusive at a seed std above {flip:.4f}"
     return Claim(claim_id, claim, f"{metric}; rule: the paired bootstrap and the one-seed prediction interval both "
                  f"{side}", paper_value, float(gap), text + (f"; {detail}" if detail else ""), verdict, evidence)
+
+
+def converging(claim: Claim, drift: float | None, spread: float, what: str) -> Claim:
+    """A decided comparison whose gap is still closing when training stops cannot say which arm ends ahead: when the
+    gap moved towards 0 by more than ``spread`` over the last stretch of training (``drift``: late gap − earlier
+    gap, same sign convention as the claim's value), a ``reproduced`` or ``not_reproduced`` verdict becomes
+    ``inconclusive`` ("still converging"); a gap that holds or widens keeps its verdict. ``what`` names the
+    measurement of the drift. ``drift`` None (no curve): the claim unchanged, said so."""
+    if drift is None or claim.ours_value is None:
+        return replace(claim, ours_ci=f"{claim.ours_ci}; gap trend: not measured")
+    closing = np.sign(drift) == -np.sign(claim.ours_value) and abs(drift) > spread
+    text = f"{claim.ours_ci}; gap trend ({what}): {drift:+.4f} against a seed spread of {spread:.4f}"
+    if closing and claim.verdict in ("reproduced", "not_reproduced"):
+        return replace(claim, ours_ci=text + f": still converging, so the {claim.verdict} order at the end of "
+                       "training may not hold", verdict="inconclusive",
+                       evidence="still converging; " + claim.evidence)
+    return replace(claim, ours_ci=text + ("" if not closing else ": closing"))
 
 
 def second_metric(claim: Claim, verdict: str, text: str) -> Claim:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
@@ -214,6 +215,41 @@ def train(paper_id: str, spec: TrainSpec, batches: Batches, eval_sets: dict[str,
         return _train(paper_id, spec, batches, eval_sets, accelerator=accelerator, devices=devices,
                       num_nodes=num_nodes, strategy=strategy, precision=precision, module=module,
                       keep_weights=keep_weights, parent=parent)
+
+
+def train_curve(paper_id: str, key: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """The training loss a run logged (every ``log_every`` steps, the loss of that step's batch), read from its CSV
+    log in the run folder: (steps, losses), or None where there is none. A resumed run's log starts at the resume."""
+    path = runs_dir() / paper_id / key / "metrics.csv"
+    if not path.exists():
+        return None
+    import csv
+
+    with path.open() as f:
+        rows = [r for r in csv.DictReader(f) if r.get("train_loss")]
+    if not rows:
+        return None
+    return (np.array([int(r["step"]) for r in rows]), np.array([float(r["train_loss"]) for r in rows]))
+
+
+def gap_drift(paper_id: str, keys_a: dict, keys_b: dict, steps: int, frac: float = 0.2) -> float | None:
+    """How the paired gap a − b still moves at the end of training: per common seed (``keys_*``: seed -> run key;
+    the same seed means the same batches, so the logged batch losses pair exactly), the mean training-loss gap over
+    the last ``frac`` of the ``steps`` minus that over the ``frac`` before, averaged over seeds; None where a run's
+    log is missing or too short (see :func:`train_curve`)."""
+    drifts = []
+    for seed in sorted(set(keys_a) & set(keys_b)):
+        ca, cb = train_curve(paper_id, keys_a[seed]), train_curve(paper_id, keys_b[seed])
+        if ca is None or cb is None:
+            return None
+        ca, cb = dict(zip(*ca)), dict(zip(*cb))
+        common = sorted(set(ca) & set(cb))
+        late = [ca[t] - cb[t] for t in common if t >= (1 - frac) * steps]
+        early = [ca[t] - cb[t] for t in common if (1 - 2 * frac) * steps <= t < (1 - frac) * steps]
+        if not late or not early:
+            return None
+        drifts.append(float(np.mean(late) - np.mean(early)))
+    return float(np.mean(drifts)) if drifts else None
 
 
 def _worker_init(threads: int) -> None:

@@ -25,7 +25,8 @@ PAPERS: dict[str, str] = {
     "temporal_scaling_law": "Temporal Scaling Law for Large Language Models",
     "lbpe": "LBPE: Long-token-first Tokenization to Improve Large Language Models",
     "maskmoe": "MaskMoE: Boosting Token-Level Learning via Routing Mask in Mixture-of-Experts",
-    "cartesian_moe": "CartesianMoE: Cartesian-product routing of experts",
+    "cartesian_moe": ("CartesianMoE: Boosting Knowledge Sharing among Experts via Cartesian Product Routing in "
+                      "Mixture-of-Experts"),
     "finedeep": "Finedeep: Mitigating Sparse Activation in Dense LLMs via Multi-Layer Fine-Grained Experts",
     "dsmoe": "DSMoE: Matrix-Partitioned Experts with Dynamic Routing",
     "uniattn": "UniAttn: Softmax Unification in Attention",

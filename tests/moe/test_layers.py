@@ -319,6 +319,30 @@ def test_shared_expert_mixes():
     torch.testing.assert_close(gate(x)[0].view(-1, D), expect)
 
 
+@pytest.mark.parametrize("mix", ["add", "gate"])
+def test_shared_scale_halves_the_shared_expert(mix):
+    """``shared_scale=0.5``: the shared SwiGLU of width 2f is the mean of two width-f experts, ½(S1 + S2)
+    (CartesianMoE's Fine-grained baseline); the routed part and the gate are unchanged."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, D, dtype=torch.float64)
+    one = build_ffn("moe", d_model=D, d_ff=FW, n_experts=3, k=2, d_shared=12, shared_mix=mix).double()
+    half = build_ffn("moe", d_model=D, d_ff=FW, n_experts=3, k=2, d_shared=12, shared_mix=mix, shared_scale=0.5).double()
+    half.load_state_dict(one.state_dict())
+    x_TD = x.view(-1, D)
+    r = one.router(x_TD)
+    routed = one.experts(x_TD, r.topk_idx_TK, r.topk_w_TK)
+    s1, s2 = one.shared.down_proj.weight[:, :6], one.shared.down_proj.weight[:, 6:]  # the two width-6 halves
+    h = F.silu(x_TD @ one.shared.gate_proj.weight.T) * (x_TD @ one.shared.up_proj.weight.T)
+    mean = 0.5 * (h[:, :6] @ s1.T + h[:, 6:] @ s2.T)  # ½(S1 + S2)
+    if mix == "add":
+        expect = routed + mean
+    else:
+        a = torch.softmax(x_TD @ one.shared_gate.weight.T + one.shared_gate.bias, -1)
+        expect = a[:, :1] * routed + a[:, 1:] * mean
+    torch.testing.assert_close(half(x)[0].view(-1, D), expect)
+    assert not torch.allclose(one(x)[0], half(x)[0])  # the scale does change the output
+
+
 def test_registry_and_errors():
     from replicate.models.ffn import FFN_REGISTRY
 

@@ -214,13 +214,17 @@ def test_plan_at_smoke(cfg, bundle, tmp_path):
     assert list(t["variant"])[:4] == ["dense", "finedeep(1,4)", "finedeep(2,2)", "finedeep(4,1)"]
     assert (t["source"] == "ours").all() and len(t) == 6  # + the two ablations
     n = finedeep.nsar_frame(b)
-    assert n["nsar"].between(0, 1).all() and set(n["threshold"]) == {"raw", "rms-relative"}
+    assert n["nsar"].between(0, 1).all() and set(n["threshold"]) == {"raw", "rms-relative", "mean-abs-relative"}
+    assert set(n["tensor"]) == set(M.NSAR_TENSORS) == set(finedeep.NSAR_TENSORS)
+    init = finedeep.nsar_frame(b, "init")  # the dense models at initialisation, one per dense seed
+    assert set(init["variant"]) == {"dense"} and set(init["seed"]) == set(range(cfg.seed, cfg.seed + cfg.n_seeds))
+    assert set(finedeep.nsar_by_tensor(b)["tensor"]) == set(M.NSAR_TENSORS)
     assert len(b.runs.frame) == 2 * cfg.n_seeds + 2 * cfg.n_seeds_grid + 2
     cl = finedeep.claims(cfg, b)
-    assert [c.claim_id for c in cl] == ["C1", "C2", "C3", "C4", "C5", "C6", "C7"]
+    assert [c.claim_id for c in cl] == ["C0", "C1", "C2", "C3", "C4", "C6", "C7"]
     v = finedeep.validity(b)
     for c in cl:
-        if c.claim_id in ("C4", "C5"):
+        if c.claim_id == "C4":
             assert c.verdict == "reproduced"
         elif not v.ok:  # six smoke steps do not beat the count models: the claims say so
             assert c.verdict == "invalid" and "validity check failed" in c.evidence
@@ -278,10 +282,10 @@ def test_a_run_above_its_seen_bigram_makes_the_model_claims_invalid(cfg, bundle)
     bad = _with_losses(bundle, losses, seen, full)
     assert finedeep.validity_table(bad)["learned"].all()  # (a) and (b) hold; only (c) fails
     cl = {c.claim_id: c for c in finedeep.claims(cfg, bad)}
-    for cid in ("C1", "C2", "C3", "C6", "C7"):  # all rest on dense (C2, C6, C7 through the seed spread)
+    for cid in ("C0", "C1", "C2", "C3", "C6", "C7"):  # all rest on dense (C2, C6, C7 through the seed spread)
         assert cl[cid].verdict == "invalid", cid
         assert f"dense/seed {cfg.seed}" in cl[cid].evidence and "own training windows" in cl[cid].evidence
-    assert cl["C4"].verdict == cl["C5"].verdict == "reproduced"
+    assert cl["C4"].verdict == "reproduced"
     # a single-seed extreme above its bar: the depth-width claim is invalid, the dense-vs-(2,2) headline is not
     ext = f.index[f["variant"] == X.variant_name(*cfg.grid[0])][0]
     only_ext = _with_losses(bundle, [uni - 0.3 if i == ext else uni - 0.6 for i in f.index], seen, full)
@@ -292,3 +296,147 @@ def test_a_run_above_its_seen_bigram_makes_the_model_claims_invalid(cfg, bundle)
     worse = _with_losses(bundle, [math.log(bundle.data.n_ids) + 1.0] * len(f), seen, full)
     assert not finedeep.validity_table(worse)["in_range"].any()
     assert all(c.verdict == "invalid" for c in finedeep.claims(cfg, worse) if c.claim_id in ("C1", "C3"))
+
+
+# ------------------------------------------------------------------------- what NSAR reads; null cases
+
+
+def test_nsar_reads_the_scored_intermediates_per_sub_layer():
+    """``ffn_activations``: for Finedeep, ``product`` is exactly the ``ffn_hidden`` probe of each sub-layer (a before
+    the score), ``scored`` is r·a with r the ``score`` probe, and ``silu`` times the up projection is the product; for
+    r ≡ 1 and for dense, ``scored`` is the product. The RMS-relative threshold is taken per group (sub-layer)."""
+    torch.manual_seed(0)
+    ffn = M.FinedeepFFN(16, 32, 2, 2)
+    for sub in ffn.sub:
+        torch.nn.init.normal_(sub.router.weight, std=1.0)  # scores far from 0.5: r·a differs from a
+    h = torch.randn(1, 10, 16)
+    with capture(ffn, ["ffn_hidden", "score"]) as rec:
+        ffn(h)
+    acts = M.ffn_activations(ffn, h.reshape(-1, 16))
+    probes = {k: v[0] for k, v in rec.data.items()}
+    hidden = [probes[k] for k in sorted(probes) if k.endswith("ffn_hidden")]
+    score = [probes[k] for k in sorted(probes) if k.endswith("score")]
+    assert len(acts["product"]) == len(hidden) == 2
+    for j in range(2):
+        a, r = hidden[j].reshape(10, 2, 8), score[j]  # T, K, f = D / (M K)
+        assert torch.allclose(acts["product"][j], hidden[j].reshape(10, -1))
+        assert torch.allclose(acts["scored"][j], (a * r[..., None]).reshape(10, -1))
+        assert not torch.allclose(acts["scored"][j], acts["product"][j])
+        assert torch.allclose(acts["score"][j], r)
+    none = M.FinedeepFFN(16, 32, 2, 2, score="none")
+    got = M.ffn_activations(none, h.reshape(-1, 16))
+    assert all(torch.equal(x, y) for x, y in zip(got["scored"], got["product"])) and got["score"] == []
+    dense = SwiGLU(16, 32)
+    got = M.ffn_activations(dense, h.reshape(-1, 16))
+    with capture(dense, ["ffn_hidden"]) as rec:
+        dense(h)
+    assert torch.allclose(got["product"][0], next(iter(rec.data.values()))[0].reshape(10, -1))
+    assert got["scored"][0] is got["product"][0]
+    # per-group RMS: a group 100x larger does not set the other group's threshold
+    small, big = torch.tensor([0.0, 0.01, 0.02, 0.03]), torch.tensor([0.0, 1.0, 2.0, 3.0])
+    assert M.nsar([small, big], 0.5, relative=True) == (M.nsar(small, 0.5, True) + M.nsar(big, 0.5, True)) / 2
+    assert M.nsar([small, big], 0.5, relative=True) > M.nsar(torch.cat([small, big]), 0.5, relative=True)
+
+
+def test_c3_is_mixed_when_another_tensor_points_the_other_way(cfg, bundle):
+    """C3's tensor rule: the pre-registered tensor says Finedeep raises NSAR at both thresholds (reproduced), the
+    product says it lowers it at both (not_reproduced): the claim is inconclusive, the flip named; with every tensor
+    agreeing it is reproduced."""
+    b = bundle
+    f = b.activations.nsar.copy()
+    dec = X.variant_name(*cfg.deciding, cfg.score)
+    up = (f["variant"] == dec) & (f["state"] == "trained")
+    seeds = {s: 0.001 * s for s in f["seed"].unique()}
+    base = 0.3 + f["seed"].map(seeds)
+    f["nsar"] = np.where(f["variant"] == "dense", 0.3, base)
+    f.loc[up, "nsar"] = 0.5 + f.loc[up, "seed"].map(seeds)
+    agree = Bundle({**b._values, "activations": dataclasses.replace(b.activations, nsar=f.copy())}, b.seconds)
+    flip = f.copy()
+    flip.loc[up & (flip["tensor"] == "product"), "nsar"] = 0.1 + flip.loc[up & (flip["tensor"] == "product"), "seed"].map(seeds)
+    flipped = Bundle({**b._values, "activations": dataclasses.replace(b.activations, nsar=flip)}, b.seconds)
+    ok = lambda bb: {c.claim_id: c for c in finedeep.claims(cfg, bb)}["C3"]
+    good = _with_losses(agree, [agree.data.unigram_nats - 0.6] * len(b.runs.frame), agree.data.unigram_nats - 0.5,
+                        agree.data.unigram_nats - 0.7)
+    bad = _with_losses(flipped, [agree.data.unigram_nats - 0.6] * len(b.runs.frame), agree.data.unigram_nats - 0.5,
+                       agree.data.unigram_nats - 0.7)
+    assert ok(good).verdict == "reproduced"
+    c = ok(bad)
+    assert c.verdict == "inconclusive" and "mixed across tensors (product" in c.evidence
+
+
+def test_null_comparisons_are_never_reproduced(cfg, bundle):
+    """Identical arms (every gap 0, every bootstrap replicate 0, every seed gap 0) give no ``reproduced`` comparison
+    claim (C1, C2, C6, C7) and no NSAR claim (C0, C3) on identical activations; a failed mechanism check makes every
+    model claim ``invalid``."""
+    b = _with_losses(bundle, [bundle.data.unigram_nats - 0.6] * len(bundle.runs.frame),
+                     bundle.data.unigram_nats - 0.5, bundle.data.unigram_nats - 0.7)
+    comp = b.comparisons
+    zero = dataclasses.replace(comp, frame=comp.frame.assign(gap=0.0, ci_lo=0.0, ci_hi=0.0),
+                               boot={k: np.zeros_like(v) for k, v in comp.boot.items()},
+                               per_seed={k: [0.0] * len(v) for k, v in comp.per_seed.items()},
+                               depth_width_boot=np.zeros_like(comp.depth_width_boot))
+    f = b.activations.nsar.assign(nsar=0.4)
+    null = Bundle({**b._values, "comparisons": zero,
+                   "activations": dataclasses.replace(b.activations, nsar=f)}, b.seconds)
+    cl = {c.claim_id: c for c in finedeep.claims(cfg, null)}
+    for cid in ("C0", "C1", "C2", "C3", "C6", "C7"):
+        assert cl[cid].verdict == "inconclusive", (cid, cl[cid].verdict)
+    broken = b.mechanism.copy()
+    broken.loc[0, "ok"] = False
+    cl = finedeep.claims(cfg, Bundle({**b._values, "mechanism": broken}, b.seconds))
+    assert all(c.verdict == "invalid" for c in cl if c.claim_id != "C4")
+    assert "mechanism checks failed" in cl[1].evidence
+
+
+def test_nsar_mean_abs_threshold_and_scale_invariance():
+    """The mean-|a|-relative threshold: exact on a known tensor, per group, and invariant to rescaling (C0's
+    comparison with initialisation must not move when every activation is multiplied by a constant)."""
+    a = torch.tensor([0.0, 0.1, 0.2, 1.0])  # mean |a| = 0.325
+    assert M.nsar(a, 1.0, relative="mean_abs") == 0.25 and M.nsar(a, 0.5, relative="mean_abs") == 0.5
+    for rel in ("rms", "mean_abs"):
+        assert M.nsar([a, 3 * a], 0.5, relative=rel) == M.nsar([7 * a, a / 9], 0.5, relative=rel)
+
+
+def _bundle_with(b, **changes):
+    return Bundle({**b._values, **changes}, b.seconds)
+
+
+def test_c2_takes_the_extreme_closest_to_the_deciding_arm(cfg, bundle):
+    """C2 needs the deciding (M, K) to beat *both* extremes: its value is the smaller of the two gaps (min, not max),
+    and its drift check reads that extreme's comparison."""
+    b = _with_losses(bundle, [bundle.data.unigram_nats - 0.6] * len(bundle.runs.frame),
+                     bundle.data.unigram_nats - 0.5, bundle.data.unigram_nats - 0.7)
+    comp = b.comparisons
+    dec = X.variant_name(*cfg.deciding, cfg.score)
+    lo, hi = (f"{X.variant_name(*g, cfg.score)} - {dec}" for g in (cfg.grid[0], cfg.grid[-1]))
+    frame = comp.frame.copy()
+    frame.loc[frame["comparison"] == lo, "gap"] = 0.30
+    frame.loc[frame["comparison"] == hi, "gap"] = -0.20
+    c2 = {c.claim_id: c for c in finedeep.claims(cfg, _bundle_with(b, comparisons=dataclasses.replace(
+        comp, frame=frame)))}["C2"]
+    assert c2.ours_value == pytest.approx(-0.20)
+    assert hi in c2.ours_ci or "gap trend: not measured" in c2.ours_ci
+
+
+def test_noisy_null_and_converging_gaps_are_not_decided(cfg, bundle):
+    """A noisy null (seed gaps ±0.01 around 0, activation gaps ±0.01) gives no decided verdict; a decided gap that is
+    still closing at the end of training (drift towards 0 larger than the seed spread) becomes inconclusive, one that
+    widens keeps its verdict."""
+    b = _with_losses(bundle, [bundle.data.unigram_nats - 0.6] * len(bundle.runs.frame),
+                     bundle.data.unigram_nats - 0.5, bundle.data.unigram_nats - 0.7)
+    comp = b.comparisons
+    noisy = dataclasses.replace(comp, per_seed={k: list(np.resize([0.01, -0.012, 0.003], len(v)))
+                                                for k, v in comp.per_seed.items()})
+    f = b.activations.nsar.copy()
+    f["nsar"] = 0.4 + 0.01 * np.sin(np.arange(len(f)))
+    cl = {c.claim_id: c for c in finedeep.claims(cfg, _bundle_with(
+        b, comparisons=noisy, activations=dataclasses.replace(b.activations, nsar=f)))}
+    for cid in ("C0", "C1", "C3"):
+        assert cl[cid].verdict == "inconclusive", (cid, cl[cid].verdict)
+    from replicate import claims as C
+
+    decided = C.Claim("C1", "", "", None, -0.05, "[-0.07, -0.03]", "not_reproduced", "")
+    assert C.converging(decided, +0.03, 0.008, "x").verdict == "inconclusive"  # closing towards 0
+    assert C.converging(decided, -0.03, 0.008, "x").verdict == "not_reproduced"  # widening
+    assert C.converging(decided, +0.005, 0.008, "x").verdict == "not_reproduced"  # within the spread
+    assert "not measured" in C.converging(decided, None, 0.008, "x").ours_ci

@@ -11,7 +11,8 @@ and scaled by the sigmoid of its own output, each sub-layer with its RMSNorm and
 slices of the dense model's FFN of the same seed), a dense decoder and Finedeep at (M, K) ∈ {(1,8), (2,4), (4,2),
 (8,1)}, the pre-registered balanced (2, 4) and dense with ``n_seeds`` seeds; it checks the parameter and FLOP
 accounting (the exact (M·K + M − 1)·d extra parameters per layer), the mechanism's identities and limits, measures the
-non-sparse activation rate (NSAR, raw and RMS-relative thresholds) and the router scores; ``report.py`` turns that into
+non-sparse activation rate (NSAR, raw and RMS-relative thresholds, on three activation tensors) and the router
+scores; ``report.py`` turns that into
 the PPL table, the depth-versus-width curve, the activation analysis, the score histograms and the claims.
 
 Not reproduced: the paper's model sizes, data (100B tokens), benchmarks and every number: the full text could not be
@@ -32,6 +33,7 @@ from replicate.recipe import LMConfig
 PAPER_ID = "finedeep"
 NORMS = ("pre", "shared", "post")  # kept equal to method.NORMS (tested): this module imports no torch
 SCORES = ("output", "input", "none")
+NSAR_TENSORS = ("scored", "product", "silu")  # kept equal to method.NSAR_TENSORS (tested)
 ROUTER_INITS = ("normal", "zero")
 
 
@@ -45,7 +47,9 @@ class FinedeepConfig(LMConfig):
     corpus: str = param("shakespeare", help="shipped corpus", source="spec §6 (the project's corpus)", choices=CORPORA)
     doc_max_bytes: int = param(0, help="cut every document to its first N bytes (at a line end); 0 = whole",
                                source="ours (smoke only)", min=0, max=10**12)
-    heldout_fraction: float = param(0.05, help="fraction of the documents held out (whole documents)", source="ours",
+    heldout_fraction: float = param(0.15, help="fraction of the documents held out (whole documents)",
+                                    source="ours: 6 of the 38 plays, so the held-out windows are not two documents' "
+                                    "(was 0.05: 2 plays; the referee audit found the window bootstrap too narrow)",
                                     min=0.01, max=0.5)
     vocab_size: int = param(1024, help="byte-level BPE vocabulary", source="ours: scaled down for the 15-minute budget "
                             "(spec §6: 4-8k; a smaller head, and the bigram bar is beaten in 300 steps)",
@@ -53,8 +57,12 @@ class FinedeepConfig(LMConfig):
     # --- backbone (d_model ... lr: LMConfig; set below) ---
     d_ff: int = param(512, help="dense FFN width D (Finedeep: M·K experts of width D/(M·K))",
                       source="ours: scaled down (spec §6: 1024 at d 256)", min=8, max=65536)
-    lr: float = param(3e-3, help="peak learning rate (AdamW)", source="DESIGN §5 calibration (spec §6: 1e-3 for "
-                      "longer runs)", min=1e-6, max=1.0)
+    lr: float = param(3e-3, help="peak learning rate (AdamW), shared by every arm",
+                      source="DESIGN §5 calibration (spec §6: 1e-3 for longer runs). Per-arm check after the referee "
+                      "audit, in the small design (500 steps, seed 0, held-out loss in nats) at lr 1.5e-3 / 3e-3 / "
+                      "6e-3: dense 3.850 / 3.774 / 3.785, Finedeep (2,4) 3.827 / 3.824 / 3.854: 3e-3 is the best "
+                      "of the three for both arms, so the shared rate favours neither (at each arm's best, dense "
+                      "leads by 0.05)", min=1e-6, max=1.0)
     batch_size: int = param(16, help="sequences per step", source="spec §6: 16", min=1, max=4096)
     warmup_frac: float = param(0.25, help="warm-up fraction of the steps", source="ours, measured before the small "
                                "run (spec §3.7 asks >= 1-2%): at 550 steps, lr 3e-3, a 25% warm-up against 5% gave "
@@ -77,34 +85,48 @@ class FinedeepConfig(LMConfig):
                        source="spec §3.3: output-guided", choices=SCORES)
     router_init: str = param("normal", help="router vectors R at init: normal N(0, 0.02) | zero (scores start at 0.5)",
                              source="UNCONFIRMED (spec §3.7): normal", choices=ROUTER_INITS)
-    run_ablations: bool = param(False, help="also train (2, 4)-style deciding M with r ≡ 1 (ablation b) and with the "
-                                "input-guided score (ablation c), seed `seed` only", source="spec §4 (b), (c)")
+    run_ablations: bool = param(True, help="also train the deciding (M, K) with r ≡ 1 (ablation b) and with the "
+                                "input-guided score (ablation c), seed `seed` only", source="spec §4 (b), (c); on at "
+                                "small since the referee audit: r ≡ 1 tests whether the scores (which start near 0.5, "
+                                "so Finedeep starts at about half a dense FFN's strength) help or hinder")
     # --- training and evaluation ---
-    steps: int = param(600, help="optimizer steps per run (equal for every variant)",
-                       source="ours: sized to the 15-minute budget with 9 runs trained two at a time (workers=2, "
-                       "threads=1). Measured on 2 cores at 12:23 UTC, 80-step runs, two processes at once: Finedeep "
-                       "(8,1) 6.5k, (4,2) 7.3k, (2,4) 8.0k, (1,8) 8.2k tokens/s per process (dense not measured "
-                       "quietly: taken as 1.09x (1,8), the ratio of the earlier 300-step run); list scheduling of the 9 "
-                       "runs, slowest first, on 2 workers: ~1.25 s per step of makespan, so 600 steps ~750 s of "
-                       "training + ~40 s of data, analysis and notebook (15% margin). Was 300 steps in one process",
+    steps: int = param(500, help="optimizer steps per run (equal for every variant)",
+                       source="ours: sized to the 15-minute budget with 11 runs (the ablations included) trained two "
+                       "at a time (workers=2, threads=1). Measured in the 600-step, 9-run design on 2 quiet cores "
+                       "(two processes at once): dense 9.4k, Finedeep (1,8) 8.2k, (2,4) 8.0k, (4,2) 7.4k, (8,1) "
+                       "6.4k tokens/s per process, 757 s in all; 11 runs at 500 steps: ~1,660 run-seconds at 600 "
+                       "steps x 5/6 on 2 workers ~ 700 s of training + ~60 s of data, analysis and notebook",
                        min=2, max=10**8)
     n_seeds: int = param(3, help="seeds of dense and of the deciding (M, K): seed, seed+1, ...",
                          source="issue 16: 3 seeds", min=1, max=100)
     n_seeds_grid: int = param(1, help="seeds of the other (M, K) of the grid", source="issue 16: 1 at small",
                               min=1, max=100)
-    eval_windows: int = param(128, help="fixed held-out windows (seq_len + 1 tokens) scored at the end",
-                              source="ours", min=2, max=1_000_000)
+    eval_windows: int = param(192, help="fixed held-out windows (seq_len + 1 tokens) scored at the end",
+                              source="ours: 32 per held-out play", min=2, max=1_000_000)
     analysis_windows: int = param(32, help="held-out windows on which activations and scores are recorded",
                                   source="ours", min=1, max=1_000_000)
+    nsar_tensor: str = param("scored", help="the activation tensor the NSAR claim is judged on: scored (what reaches "
+                             "W_down: r·a for Finedeep, a for dense) | product (the SwiGLU intermediates a, before "
+                             "the score) | silu (the SiLU gate outputs); all are logged, and the claim is mixed "
+                             "when another tensor is judged the opposite way", source="UNCONFIRMED (spec §3.6): "
+                             "scored, chosen after the referee audit found the product (measured before the score, "
+                             "the first landing's tensor) misses the score's scaling, which is part of the method",
+                             choices=NSAR_TENSORS)
     nsar_eps: tuple[float, ...] = param((0.01, 0.05, 0.1), help="raw NSAR thresholds ε (|a| > ε)",
                                         source="spec §3.6", min=0.0, max=100.0, min_len=1, increasing=True)
-    nsar_rel_eps: tuple[float, ...] = param((0.1, 0.25, 0.5), help="RMS-relative NSAR thresholds (|a| > ε·RMS_l(a))",
-                                            source="ours (spec §3.6: a scale-free variant)", min=0.0, max=100.0,
+    nsar_rel_eps: tuple[float, ...] = param((0.1, 0.25, 0.5), help="RMS-relative NSAR thresholds (|a| > ε·RMS, the "
+                                            "RMS taken per Finedeep sub-layer, per dense layer)",
+                                            source="ours (spec §3.6: a scale-free variant; per sub-layer since the "
+                                            "referee audit)", min=0.0, max=100.0,
                                             min_len=1, increasing=True)
     nsar_eps_claim: float = param(0.05, help="the raw ε the NSAR claim is judged at", source="ours, pre-registered "
                                   "(spec §3.6's middle value)", min=0.0, max=100.0)
     nsar_rel_claim: float = param(0.25, help="the RMS-relative ε the NSAR claim is judged at",
                                   source="ours, pre-registered (the middle value)", min=0.0, max=100.0)
+    drift_frac: float = param(0.2, help="a decided comparison whose paired training-loss gap moved towards 0 by more "
+                              "than the seed spread between the last drift_frac of the steps and the drift_frac "
+                              "before is 'still converging' (inconclusive)", source="ours, after the second referee "
+                              "audit (the gaps were still closing at 500 steps)", min=0.05, max=0.5)
     score_bins: int = param(40, help="bins of the router-score histograms on [0, 1]", source="ours", min=2, max=1000)
     learn_margin: float = param(0.05, help="'clearly below the unigram cross-entropy' means by this many nats",
                                 source="ours, pre-registered", min=0.0, max=10.0)

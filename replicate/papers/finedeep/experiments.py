@@ -26,26 +26,27 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import re
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import lightning as L
 import torch
 
 from replicate.data import lm
-from replicate.data.ngram import count_bars
-from replicate.data.text import lm_text
+from replicate.data.text import LMData, lm_data, lm_text, stream_batches
 from replicate.experiments import Plan
 from replicate.models.decoder import Decoder, LayerSpec
-from replicate.models.lm import CausalLM, per_token_nll
+from replicate.models.lm import CausalLM
 from replicate.models.probes import capture
-from replicate.models.trainer import TrainSpec, prefetch, train
+from replicate.models.trainer import TrainSpec, gap_drift, prefetch, train
 from replicate.moe import check_budgets, param_counts
 from replicate.papers.finedeep import PAPER_ID, FinedeepConfig
 from replicate.papers.finedeep.method import (
+    NSAR_TENSORS,
     FinedeepFFN,
     extra_params_per_layer,
+    ffn_activations,
     matmul_params,
     nsar,
     state_from_dense,
@@ -57,23 +58,7 @@ plan = Plan(PAPER_ID)
 # ==================================================================================================== data
 
 
-@dataclass(frozen=True)
-class Data:
-    tok: object
-    n_ids: int
-    stream: np.ndarray  # the training documents joined by EOS
-    windows: torch.Tensor  # (W, T+1) fixed held-out windows
-    unigram_nats: float  # held-out cross-entropy of the add-one unigram of the training split
-    bigram_nats: float  # ... of the interpolated Kneser-Ney bigram of the whole training split (informational)
-    seen_bigram_nats: dict  # seed -> ... of the Kneser-Ney bigram of exactly the windows a run of that seed trains on
-    n_train_docs: int
-    n_heldout_docs: int
-    description: str
-
-
-def stream_batches(cfg: FinedeepConfig, stream: np.ndarray, seed: int) -> lm.Batches:
-    """The training batches of every run of ``seed`` (a pure function of (seed, step): all variants see them)."""
-    return lm.Batches((lm.Stream(stream),), (1.0,), cfg.batch_size, cfg.seq_len, seed)
+Data = LMData  # the shared data step's bundle (replicate.data.text): tokenizer, stream, windows, validity bars
 
 
 def all_seeds(cfg: FinedeepConfig) -> range:
@@ -85,12 +70,9 @@ def all_seeds(cfg: FinedeepConfig) -> range:
 @plan.step
 def data(cfg: FinedeepConfig) -> Data:
     t = lm_text(cfg.corpus, cfg.vocab_size, cfg.heldout_fraction, cfg.doc_max_bytes, name=f"finedeep-{cfg.corpus}")
-    windows = lm.eval_windows(t.held_ids, cfg.eval_windows, cfg.seq_len)
     # the count models of validity (replicate.data.ngram): the bar is the bigram of the windows each seed's runs see
-    unigram, bigram, seen = count_bars(t.stream, t.n_ids, windows, lambda s: stream_batches(cfg, t.stream, s),
-                                       cfg.steps, all_seeds(cfg))
-    return Data(t.tok, t.n_ids, t.stream, windows, unigram, bigram, seen, len(t.train_docs), len(t.held_docs),
-                t.description)
+    return lm_data(t, eval_windows=cfg.eval_windows, seq_len=cfg.seq_len, batch_size=cfg.batch_size, steps=cfg.steps,
+                   seeds=all_seeds(cfg))
 
 
 # ================================================================================================= models
@@ -116,88 +98,20 @@ def model_config(cfg: FinedeepConfig, n_ids: int, M: int | None = None, K: int |
                                                   for _ in range(cfg.n_layers)))
 
 
-_KEY = re.compile(r"layer(\d+)\.ffn(?:\.sub\.(\d+))?/(ffn_hidden|score)")
-
-
-@dataclass(frozen=True)
-class Analysis:
-    """What ``FinedeepLM.evaluate`` records besides the loss (part of the cache key through the data string)."""
-
-    n_windows: int
-    nsar_eps: tuple
-    nsar_rel_eps: tuple
-    score_bins: int
-
-    def tag(self) -> str:
-        return f"analysis={self.n_windows}:{self.nsar_eps}:{self.nsar_rel_eps}:{self.score_bins}"
-
-
 class FinedeepLM(CausalLM):
-    """``CausalLM`` whose evaluation also records, on the first ``analysis.n_windows`` windows, every layer's FFN
-    intermediates (dense: silu(x W_g) ⊙ x W_up, width D; Finedeep: the concatenation of all M·K experts' intermediates,
-    width D) and its router scores. ``evaluate(windows)`` returns ``{"loss": (W, T), "nsar": (L, n_eps), "nsar_rel":
-    (L, n_rel), "rms": (L,), "score_hist": (L, M, bins), "score_min" / "score_max" / "score_mean": (L, M)}`` (the
-    score entries empty for dense or r ≡ 1). Training is ``CausalLM``'s, unchanged."""
+    """``CausalLM`` whose initial weights can be paired with a dense run's: ``init_from_dense`` (a dense decoder's
+    state dict) replaces every shared weight and cuts the dense FFN into the experts (:func:`state_from_dense`).
+    Training and evaluation are ``CausalLM``'s, unchanged."""
 
-    def __init__(self, model, optim, analysis: Analysis, init_from_dense=None):
+    def __init__(self, model, optim, init_from_dense=None):
         super().__init__(model, optim)
-        self.analysis = analysis
         if init_from_dense is not None:  # paired init: the dense run's initial weights, its FFN cut into experts
             self.model.load_state_dict(state_from_dense(init_from_dense, self.model))
 
-    @torch.no_grad()
-    def evaluate(self, windows, chunk: int = 16):
-        was = self.training
-        self.eval()
-        a = self.analysis
-        names = [n for n in ("ffn_hidden", "score") if any(n in getattr(m, "probe_names", ()) for m in self.model.modules())]
-        loss, acts, scores = [], {}, {}
-        n = min(a.n_windows, len(windows))
-        for s in range(0, len(windows), chunk):  # the first n windows with probes on, the rest without
-            for w, probed in ((windows[s : min(s + chunk, n)], True), (windows[max(s, n) : s + chunk], False)):
-                if not len(w):
-                    continue
-                w = w.to(self.device)
-                if probed:
-                    with capture(self.model, names) as rec:
-                        logits = self.model(w[:, :-1]).logits
-                    for key, ts in rec.data.items():
-                        m = _KEY.fullmatch(key)
-                        if m is not None:
-                            layer, sub = int(m.group(1)), int(m.group(2) or 0)
-                            store = acts if m.group(3) == "ffn_hidden" else scores
-                            store.setdefault((layer, sub), []).append(ts[0].reshape(-1, ts[0].shape[-1]))
-                else:
-                    logits = self.model(w[:, :-1]).logits
-                loss.append(per_token_nll(logits, w[:, 1:]).cpu())
-        self.train(was)
-        L = self.model.cfg.n_layers
-        out = {"loss": torch.cat(loss)}
-        per_layer = []
-        for i in range(L):
-            subs = sorted(k for k in acts if k[0] == i)
-            per_layer.append(torch.cat([torch.cat(acts[k]) for k in subs], dim=1))  # [T, D]: experts side by side
-        out["nsar"] = torch.tensor([[nsar(x, e) for e in a.nsar_eps] for x in per_layer])
-        out["nsar_rel"] = torch.tensor([[nsar(x, e, relative=True) for e in a.nsar_rel_eps] for x in per_layer])
-        out["rms"] = torch.tensor([float(x.double().pow(2).mean().sqrt()) for x in per_layer])
-        if scores:
-            Msub = 1 + max(k[1] for k in scores)
-            r = {k: torch.cat(v) for k, v in scores.items()}
-            edges = torch.linspace(0, 1, a.score_bins + 1)
-            out["score_hist"] = torch.stack([torch.stack([torch.histc(r[(i, j)].float(), a.score_bins, 0, 1)
-                                                          for j in range(Msub)]) for i in range(L)])
-            out["score_edges"] = edges
-            for f, name in ((torch.min, "score_min"), (torch.max, "score_max"), (torch.mean, "score_mean")):
-                out[name] = torch.tensor([[float(f(r[(i, j)])) for j in range(Msub)] for i in range(L)])
-        return out
-
-
-def analysis_of(cfg: FinedeepConfig) -> Analysis:
-    return Analysis(cfg.analysis_windows, cfg.nsar_eps, cfg.nsar_rel_eps, cfg.score_bins)
-
 
 def batches(cfg: FinedeepConfig, data: Data, seed: int) -> lm.Batches:
-    return stream_batches(cfg, data.stream, seed)
+    """The training batches of every run of ``seed`` (a pure function of (seed, step): all variants see them)."""
+    return stream_batches(data.stream, cfg.batch_size, cfg.seq_len, seed)
 
 
 def build_module(cfg: FinedeepConfig, n_ids: int, M: int | None = None, K: int | None = None,
@@ -205,24 +119,29 @@ def build_module(cfg: FinedeepConfig, n_ids: int, M: int | None = None, K: int |
     """A run's LightningModule from the global random state: the dense decoder is drawn first, exactly as the dense
     run of the same seed draws it; a Finedeep model then takes its weights, the FFN cut into the experts (paired
     initialisation), and keeps its own router draw."""
-    optim, an = cfg.optim(cfg.steps), analysis_of(cfg)
+    optim = cfg.optim(cfg.steps)
     if M is None:
-        return FinedeepLM(model_config(cfg, n_ids), optim, an)
+        return FinedeepLM(model_config(cfg, n_ids), optim)
     dense_sd = Decoder(model_config(cfg, n_ids)).state_dict()
-    return FinedeepLM(model_config(cfg, n_ids, M, K, score), optim, an, init_from_dense=dense_sd)
+    return FinedeepLM(model_config(cfg, n_ids, M, K, score), optim, init_from_dense=dense_sd)
 
 
 def train_variant(cfg: FinedeepConfig, data: Data, seed: int, M: int | None = None, K: int | None = None,
                   score: str | None = None) -> dict:
     """One run: dense (M None) or Finedeep (M, K), initial weights paired with the dense run of ``seed``."""
-    an = analysis_of(cfg)
     init = "" if M is None else f";init=dense_slices(seed={seed})"
     spec = TrainSpec(model_config(cfg, data.n_ids, M, K, score), cfg.optim(cfg.steps),
-                     data.description + init + ";" + an.tag(), cfg.batch_size, cfg.seq_len, seed,
-                     ckpt_every=max(10, cfg.steps // 4))
-    # the module is built by train() right after seeding (so its initial weights are the seed's)
+                     data.description + init, cfg.batch_size, cfg.seq_len, seed, ckpt_every=max(10, cfg.steps // 4))
+    # the module is built by train() right after seeding (so its initial weights are the seed's); the final weights
+    # are kept for the activation analysis, which can then change without retraining
     return train(PAPER_ID, spec, batches(cfg, data, seed), {"heldout": data.windows},
-                 module=lambda: build_module(cfg, data.n_ids, M, K, score), **cfg.trainer_kwargs())
+                 module=lambda: build_module(cfg, data.n_ids, M, K, score), keep_weights=True,
+                 **cfg.trainer_kwargs())
+
+
+def final_loss(result: dict) -> torch.Tensor:
+    """A run's (W, T) per-position held-out losses at the end of training."""
+    return result["final"]["heldout"].double()
 
 
 @dataclass(frozen=True)
@@ -264,7 +183,7 @@ def runs(cfg: FinedeepConfig, data: Data) -> Runs:
     for (variant, M, K, score, seed), call in calls:  # in table order, from the run cache
         res = call()
         recs.append({"variant": variant, "M": M, "K": K, "score": score, "seed": seed, "result": res})
-        loss = float(res["final"]["heldout"]["loss"].double().mean())
+        loss = float(final_loss(res).mean())
         rows.append({"variant": variant, "M": M or 0, "K": K or 0, "score": score if M else "", "seed": seed,
                      "loss": loss, "ppl": float(np.exp(loss)), "wall_s": res["wall_s"],
                      "tokens_per_s": cfg.steps * res["tokens_per_step"] / max(res["wall_s"], 1e-9)})
@@ -297,6 +216,85 @@ def budgets(cfg: FinedeepConfig, data: Data) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+# ============================================================================================= activations
+
+
+@dataclass(frozen=True)
+class Activations:
+    """The activation analysis on the first ``analysis_windows`` held-out windows, from each run's final weights and
+    from the dense models at initialisation (``state`` "init": the weights the dense run of that seed started from).
+    ``nsar``: one row per (variant, seed, state, layer, tensor, threshold kind, ε) with the layer's activation RMS;
+    ``scores``: (variant, seed) -> {"hist": (L, M, bins), "edges", "mean" / "min" / "max": (L, M)} of the router
+    scores (runs with scores only)."""
+
+    nsar: pd.DataFrame
+    scores: dict
+
+
+@torch.no_grad()
+def analyse(cfg: FinedeepConfig, model: Decoder, windows: torch.Tensor, chunk: int = 16):
+    """Every layer's NSAR tensors (``method.ffn_activations``) on ``windows``: the FFN slots' inputs are captured by
+    forward pre-hooks during one pass, then each slot's intermediates are recomputed from its input. Returns
+    {layer: {tensor: [groups], "score": [scores per sub-layer]}}."""
+    model.eval()
+    inputs: dict[int, list] = {}
+    hooks = [block.ffn.register_forward_pre_hook(
+        lambda mod, args, i=i: inputs.setdefault(i, []).append(args[0].reshape(-1, args[0].shape[-1])))
+        for i, block in enumerate(model.layers)]
+    try:
+        for s in range(0, len(windows), chunk):
+            model(windows[s : s + chunk, :-1])
+    finally:
+        for h in hooks:
+            h.remove()
+    acts = {i: ffn_activations(block.ffn, torch.cat(inputs[i])) for i, block in enumerate(model.layers)}
+    return acts
+
+
+def _nsar_rows(cfg: FinedeepConfig, acts: dict, **keys) -> list[dict]:
+    rows = []
+    for layer, tensors in acts.items():
+        for tensor in NSAR_TENSORS:
+            groups = tensors[tensor]
+            rms = float(torch.cat([g.double().reshape(-1) for g in groups]).pow(2).mean().sqrt())
+            for kind, eps_list, rel in (("raw", cfg.nsar_eps, False), ("rms-relative", cfg.nsar_rel_eps, "rms"),
+                                        ("mean-abs-relative", cfg.nsar_rel_eps, "mean_abs")):
+                for e in eps_list:
+                    rows.append({**keys, "layer": layer, "tensor": tensor, "threshold": kind, "eps": e,
+                                 "nsar": nsar(groups, e, relative=rel), "rms": rms})
+    return rows
+
+
+def _score_stats(cfg: FinedeepConfig, acts: dict) -> dict | None:
+    if not any(t["score"] for t in acts.values()):
+        return None
+    r = [[x.float().reshape(-1) for x in acts[i]["score"]] for i in sorted(acts)]  # [layer][sub-layer]
+    out = {"hist": torch.stack([torch.stack([torch.histc(x, cfg.score_bins, 0, 1) for x in row]) for row in r]),
+           "edges": torch.linspace(0, 1, cfg.score_bins + 1)}
+    for f, name in ((torch.min, "min"), (torch.max, "max"), (torch.mean, "mean")):
+        out[name] = torch.tensor([[float(f(x)) for x in row] for row in r])
+    return out
+
+
+@plan.step
+def activations(cfg: FinedeepConfig, data: Data, runs: Runs) -> Activations:
+    windows = data.windows[: cfg.analysis_windows]
+    rows, scores = [], {}
+    for r in runs.records:
+        model = Decoder(model_config(cfg, data.n_ids, r["M"], r["K"], r["score"] if r["M"] else None))
+        model.load_state_dict({k.removeprefix("model."): v for k, v in r["result"]["state_dict"].items()})
+        acts = analyse(cfg, model, windows)
+        rows += _nsar_rows(cfg, acts, variant=r["variant"], seed=r["seed"], state="trained")
+        st = _score_stats(cfg, acts)
+        if st is not None:
+            scores[(r["variant"], r["seed"])] = st
+    for seed in sorted({r["seed"] for r in runs.records if r["variant"] == "dense"}):
+        L.seed_everything(seed, workers=True, verbose=False)  # exactly as train() seeds before building the module
+        model = build_module(cfg, data.n_ids).model
+        rows += _nsar_rows(cfg, analyse(cfg, model, windows), variant="dense", seed=seed, state="init")
+    return Activations(pd.DataFrame(rows), scores)
+
+
 # ============================================================================================== mechanism
 
 
@@ -305,7 +303,7 @@ def _sample_ids(cfg: FinedeepConfig, data: Data, n: int = 2) -> torch.Tensor:
 
 
 @plan.step
-def mechanism(cfg: FinedeepConfig, data: Data, runs: Runs) -> pd.DataFrame:
+def mechanism(cfg: FinedeepConfig, data: Data, runs: Runs, activations: Activations) -> pd.DataFrame:
     """The method's identities and limits (value, what it must be, ok)."""
     rows = []
     ids = _sample_ids(cfg, data)
@@ -339,13 +337,10 @@ def mechanism(cfg: FinedeepConfig, data: Data, runs: Runs) -> pd.DataFrame:
                      for j in range(len(m.sub))])
     rows.append({"check": "gradient reaches every router vector R_{j,i}: min ‖dL/dR‖", "value": float(g.min()),
                  "expected": "> 0", "ok": bool((g > 0).all())})
-    lo, hi = 1.0, 0.0
-    for r in runs.records:
-        ev = r["result"]["final"]["heldout"]
-        if "score_min" in ev:
-            lo, hi = min(lo, float(ev["score_min"].min())), max(hi, float(ev["score_max"].max()))
+    lo = min([float(st["min"].min()) for st in activations.scores.values()], default=1.0)
+    hi = max([float(st["max"].max()) for st in activations.scores.values()], default=0.0)
     rows.append({"check": "trained models: every recorded score in (0, 1): min, max",
-                 "value": f"{lo:.3g}, {hi:.3g}", "expected": "0 < min, max < 1", "ok": 0.0 < lo and hi < 1.0})
+                 "value": f"{lo:.4f}, {hi:.4f}", "expected": "0 < min, max < 1", "ok": 0.0 < lo and hi < 1.0})
     return pd.DataFrame(rows)
 
 
@@ -353,7 +348,7 @@ def mechanism(cfg: FinedeepConfig, data: Data, runs: Runs) -> pd.DataFrame:
 
 
 def _losses(runs: Runs, variant: str) -> dict[int, torch.Tensor]:
-    return {r["seed"]: r["result"]["final"]["heldout"]["loss"].double() for r in runs.records if r["variant"] == variant}
+    return {r["seed"]: final_loss(r["result"]) for r in runs.records if r["variant"] == variant}
 
 
 @dataclass(frozen=True)
@@ -362,6 +357,12 @@ class Comparisons:
     boot: dict  # "a - b" -> bootstrap replicates of the gap (paired windows, common seeds)
     per_seed: dict  # "a - b" -> gap per common seed
     depth_width_boot: np.ndarray  # replicates of min(gap to each extreme) for the deciding (M, K)
+    drift: dict  # "a - b" -> change of the paired training-loss gap over the last stretch of training (None: no log)
+
+
+def keys_of(runs: Runs, variant: str) -> dict[int, str]:
+    """seed -> run key of ``variant``'s runs (for ``trainer.gap_drift``)."""
+    return {r["seed"]: r["result"]["key"] for r in runs.records if r["variant"] == variant}
 
 
 @plan.step
@@ -389,7 +390,11 @@ def comparisons(cfg: FinedeepConfig, data: Data, runs: Runs) -> Comparisons:
                      "gap_per_seed": " / ".join(f"{x:+.4f}" for x in per_seed[name])})
     ends = [variant_name(M, K, cfg.score) for M, K in (cfg.grid[0], cfg.grid[-1]) if (M, K) != cfg.deciding]
     dw = np.min(np.stack([reps_of[e] for e in ends]), 0) if ends else np.array([])
-    return Comparisons(pd.DataFrame(rows), boot, per_seed, dw)
+    drift = {f"{a} - {dec}": gap_drift(PAPER_ID, keys_of(runs, a), keys_of(runs, dec), cfg.steps, cfg.drift_frac)
+             for a in others}
+    frame = pd.DataFrame(rows)
+    frame["train_gap_drift"] = [drift[n] for n in frame["comparison"]]
+    return Comparisons(frame, boot, per_seed, dw, drift)
 
 
 run_experiments = plan.run_all

@@ -62,19 +62,19 @@ class FinedeepSubLayer(nn.Module, Probed):
         self.out_norm = RMSNorm(d_model, norm_eps) if norm == "post" else None
         self.score = score
 
-    def forward(self, u_TD: torch.Tensor) -> torch.Tensor:
-        """Σ_i r_{j,i} o_{j,i} for the normed input u = h̃^j, [T, d], without materialising o [T, K, d]:
-        o_{j,i} · R_{j,i} = a_{j,i} W_down^{j,i} R_{j,i} = a_{j,i} · v_{j,i} with v = W_down R ∈ R^f, and
-        Σ_i r_i o_i = [r_1 a_1, ..., r_K a_K] W_down (one GEMM over all experts). Same value as the reference
-        :meth:`reference` (tests/papers/test_finedeep.py), ~2x faster on a CPU."""
+    def intermediates(self, u_TD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """For the normed input u = h̃^j, [T, d]: the SiLU gate outputs g_{j,i} = SiLU(u W_g^{j,i}) and the SwiGLU
+        intermediates a_{j,i} = g_{j,i} ⊙ (u W_up^{j,i}) of the K experts, each [T, K, f], and the scores r_{j,i}
+        [T, K] (None for r ≡ 1). ``forward`` and the activation analysis (NSAR) both read them from here.
+        The output-guided score without materialising o [T, K, d]: o_{j,i} · R_{j,i} = a_{j,i} W_down^{j,i} R_{j,i}
+        = a_{j,i} · v_{j,i} with v = W_down R ∈ R^f."""
         T, d = u_TD.shape
         E = self.experts
         K, _, f = E.w_gate_EDF.shape
         wg_dX = E.w_gate_EDF.permute(1, 0, 2).reshape(d, K * f)  # the K experts' gate columns side by side
         wu_dX = E.w_up_EDF.permute(1, 0, 2).reshape(d, K * f)
-        a_TKF = (torch.nn.functional.silu(u_TD @ wg_dX) * (u_TD @ wu_dX)).view(T, K, f)  # a_{j,i}: SwiGLU intermediates
-        if self._probe is not None:
-            self._probe("ffn_hidden", a_TKF.reshape(T, K * f))
+        g_TKF = torch.nn.functional.silu(u_TD @ wg_dX).view(T, K, f)
+        a_TKF = g_TKF * (u_TD @ wu_dX).view(T, K, f)  # a_{j,i}: SwiGLU intermediates
         if self.score == "output":
             v_KF = torch.einsum("kfd,kd->kf", E.w_down_EFD.float(), self.router.weight.float())  # v_i = W_down^i R_i
             r_TK = torch.sigmoid(torch.einsum("tkf,kf->tk", a_TKF.float(), v_KF))  # r = sigmoid(o_i · R_i), fp32
@@ -82,11 +82,22 @@ class FinedeepSubLayer(nn.Module, Probed):
             r_TK = self.router(u_TD)[0]  # r_{j,i} = sigmoid(h̃^j · R_{j,i})
         else:
             r_TK = None  # r ≡ 1
+        return g_TKF, a_TKF, r_TK
+
+    def forward(self, u_TD: torch.Tensor) -> torch.Tensor:
+        """Σ_i r_{j,i} o_{j,i} for the normed input u = h̃^j, [T, d]: Σ_i r_i o_i = [r_1 a_1, ..., r_K a_K] W_down
+        (one GEMM over all experts; the scale passes through the linear W_down). Same value as the reference
+        :meth:`reference` (tests/papers/test_finedeep.py), ~2x faster on a CPU."""
+        T, d = u_TD.shape
+        _, a_TKF, r_TK = self.intermediates(u_TD)
+        K, f = a_TKF.shape[1:]
+        if self._probe is not None:
+            self._probe("ffn_hidden", a_TKF.reshape(T, K * f))
         if r_TK is not None:
             if self._probe is not None:
                 self._probe("score", r_TK)
-            a_TKF = a_TKF * r_TK.to(a_TKF.dtype)[..., None]  # r_i a_i: the scale passes through the linear W_down
-        y_TD = a_TKF.reshape(T, K * f) @ E.w_down_EFD.reshape(K * f, d)  # Σ_i r_{j,i} o_{j,i}
+            a_TKF = a_TKF * r_TK.to(a_TKF.dtype)[..., None]  # r_i a_i
+        y_TD = a_TKF.reshape(T, K * f) @ self.experts.w_down_EFD.reshape(K * f, d)  # Σ_i r_{j,i} o_{j,i}
         return self.out_norm(y_TD) if self.out_norm is not None else y_TD
 
     def reference(self, u_TD: torch.Tensor) -> torch.Tensor:
@@ -204,10 +215,53 @@ def state_from_dense(dense_sd: dict, model: nn.Module, prefix: str = "") -> dict
 
 # =================================================================================================== NSAR
 
+# The activation tensors NSAR can read (spec §3.6: which one the paper measures is UNCONFIRMED, so all are logged):
+# "scored": what reaches W_down, r_{j,i} a_{j,i} (dense: a, since a dense FFN has no score) -- the default;
+# "product": the SwiGLU intermediates a before the score; "silu": the SiLU gate outputs g.
+NSAR_TENSORS = ("scored", "product", "silu")
 
-def nsar(a: torch.Tensor, eps: float, relative: bool = False) -> float:
-    """Non-sparse activation rate (spec §3.6): the fraction of entries with |a| > eps, or with |a| > eps · RMS(a)
-    (``relative``: the scale-free variant; RMS over every entry of ``a``)."""
-    a = a.double().abs()
-    thr = eps * float(a.pow(2).mean().sqrt()) if relative else eps
-    return float((a > thr).double().mean())
+
+@torch.no_grad()
+def ffn_activations(ffn: nn.Module, u_TD: torch.Tensor) -> dict[str, list[torch.Tensor]]:
+    """The NSAR tensors of one FFN slot for its input: a dense ``SwiGLU`` gets the normed stream (one group of width
+    D); a :class:`FinedeepFFN` gets the stream ĥ^0 and runs its sub-layers (one group of width K f per sub-layer,
+    the groups whose RMS the per-sub-layer RMS-relative threshold uses). Returns tensor name -> list of [T, width]
+    groups, and ``"score"`` -> the scores r [T, K] per sub-layer (empty for dense and r ≡ 1)."""
+    if isinstance(ffn, FinedeepFFN):
+        out = {k: [] for k in (*NSAR_TENSORS, "score")}
+        h_TD = u_TD
+        shared = ffn.norm(h_TD) if ffn.norm is not None else None
+        for layer in ffn.sub:
+            u = shared if shared is not None else layer.norm(h_TD)
+            g, a, r = layer.intermediates(u)
+            T = a.shape[0]
+            out["silu"].append(g.reshape(T, -1))
+            out["product"].append(a.reshape(T, -1))
+            out["scored"].append((a if r is None else a * r.to(a.dtype)[..., None]).reshape(T, -1))
+            if r is not None:
+                out["score"].append(r)
+            h_TD = h_TD + layer(u)
+        return out
+    g = torch.nn.functional.silu(ffn.gate_proj(u_TD))
+    a = g * ffn.up_proj(u_TD)
+    return {"scored": [a], "product": [a], "silu": [g], "score": []}
+
+
+def nsar(groups, eps: float, relative: bool | str = False) -> float:
+    """Non-sparse activation rate (spec §3.6): the fraction of entries with |a| > eps, or, scale-free, with
+    |a| > eps · RMS(a) (``relative`` True or "rms") or |a| > eps · mean|a| (``relative="mean_abs"``, less driven by a
+    few very large entries than the RMS). The scale is taken within each group -- each Finedeep sub-layer, or the
+    whole dense layer -- so one sub-layer's scale does not set another's threshold. ``groups``: a tensor or a list."""
+    groups = [groups] if isinstance(groups, torch.Tensor) else list(groups)
+    above, total = 0.0, 0
+    for a in groups:
+        a = a.double().abs()
+        if relative == "mean_abs":
+            thr = eps * float(a.mean())
+        elif relative:
+            thr = eps * float(a.pow(2).mean().sqrt())
+        else:
+            thr = eps
+        above += float((a > thr).double().sum())
+        total += a.numel()
+    return above / total

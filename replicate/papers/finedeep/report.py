@@ -4,6 +4,8 @@ every bootstrap is drawn in ``experiments.py``). The paper's numbers were not re
 
 from __future__ import annotations
 
+import dataclasses
+import math
 
 import numpy as np
 import pandas as pd
@@ -67,7 +69,8 @@ def describe(b: Bundle) -> str:
             f" nats; Kneser-Ney bigram of exactly the windows each seed's runs consume (the validity bar) "
             f"{v[_SEEN]} nats; of the whole training split {v[_FULL]} nats. Training speed: dense "
             f"{tps.get('dense', float('nan')):,.0f} tokens/s, {_dec(b)} {tps.get(_dec(b), float('nan')):,.0f} tokens/s "
-            f"(equal FLOPs are not equal speed: M sequential sub-layers of narrower products).")
+            f"per worker process, as measured in this run (other jobs on the machine lower both; equal FLOPs are not "
+            f"equal speed: M sequential sub-layers of narrower products).")
 
 
 # ================================================================================================== tables
@@ -110,33 +113,30 @@ def validity(b: Bundle, variants=None) -> C.Validity:
     t = validity_table(b)
     if variants is not None:
         t = t[t["variant"].isin(variants)]
-    bud = b.budgets
+    bud, m = b.budgets, b.mechanism
     return C.learning_validity(t, b.data.unigram_nats, b.cfg.learn_margin) + C.Validity.check(
+        mechanism=(bool(m["ok"].all()), "mechanism checks failed: " + "; ".join(m.loc[~m["ok"], "check"]))) + C.Validity.check(
         budget=(bool(bud["exact"].all() and (bud["params_vs_dense"].abs() <= b.cfg.budget_rtol).all()
                      and (bud["flops_vs_dense"].abs() <= b.cfg.budget_rtol).all()),
                 f"parameters or FLOPs differ from dense by more than {b.cfg.budget_rtol:.1%}, or the extra "
                 "parameters are not (M·K + M − 1)·d per layer"))
 
 
-def nsar_frame(b: Bundle) -> pd.DataFrame:
-    """Tidy NSAR: one row per (variant, seed, layer, threshold kind, ε)."""
-    cfg, rows = b.cfg, []
-    for r in b.runs.records:
-        ev = r["result"]["final"]["heldout"]
-        for kind, eps, key in (("raw", cfg.nsar_eps, "nsar"), ("rms-relative", cfg.nsar_rel_eps, "nsar_rel")):
-            for layer in range(ev[key].shape[0]):
-                for k, e in enumerate(eps):
-                    rows.append({"variant": r["variant"], "seed": r["seed"], "layer": layer, "threshold": kind,
-                                 "eps": e, "nsar": float(ev[key][layer, k]), "rms": float(ev["rms"][layer])})
-    return pd.DataFrame(rows)
+def nsar_frame(b: Bundle, state: str = "trained") -> pd.DataFrame:
+    """Tidy NSAR: one row per (variant, seed, layer, tensor, threshold kind, ε), of the trained models (``state``
+    "trained") or of the dense models at initialisation ("init")."""
+    f = b.activations.nsar
+    return f[f["state"] == state]
 
 
 def nsar_summary(b: Bundle) -> pd.DataFrame:
-    """Per variant, threshold and ε: the layer-mean NSAR, mean and spread over seeds, and the activation RMS."""
-    f = nsar_frame(b)
-    per_seed = f.groupby(["variant", "threshold", "eps", "seed"], sort=False).agg(nsar=("nsar", "mean"),
-                                                                                 rms=("rms", "mean")).reset_index()
-    g = per_seed.groupby(["variant", "threshold", "eps"], sort=False)
+    """Per variant, tensor, threshold and ε: the layer-mean NSAR, mean and spread over seeds, and the activation RMS
+    (dense at initialisation too, as ``dense@init``)."""
+    f = b.activations.nsar.copy()
+    f.loc[f["state"] == "init", "variant"] = "dense@init"
+    per_seed = f.groupby(["variant", "tensor", "threshold", "eps", "seed"], sort=False).agg(
+        nsar=("nsar", "mean"), rms=("rms", "mean")).reset_index()
+    g = per_seed.groupby(["variant", "tensor", "threshold", "eps"], sort=False)
     return pd.DataFrame({"seeds": g["seed"].nunique(), "nsar_mean": g["nsar"].mean(),
                          "nsar_std": g["nsar"].std(ddof=1), "activation_rms": g["rms"].mean()}).reset_index()
 
@@ -144,14 +144,11 @@ def nsar_summary(b: Bundle) -> pd.DataFrame:
 def score_summary(b: Bundle) -> pd.DataFrame:
     """Router scores of every Finedeep run with scores: mean, min and max per (layer, sub-layer)."""
     rows = []
-    for r in b.runs.records:
-        ev = r["result"]["final"]["heldout"]
-        if "score_mean" not in ev:
-            continue
-        L, M = ev["score_mean"].shape
-        rows += [{"variant": r["variant"], "seed": r["seed"], "layer": i, "sub_layer": j,
-                  "score_mean": float(ev["score_mean"][i, j]), "score_min": float(ev["score_min"][i, j]),
-                  "score_max": float(ev["score_max"][i, j])} for i in range(L) for j in range(M)]
+    for (variant, seed), st in b.activations.scores.items():
+        L, M = st["mean"].shape
+        rows += [{"variant": variant, "seed": seed, "layer": i, "sub_layer": j, "score_mean": float(st["mean"][i, j]),
+                  "score_min": float(st["min"][i, j]), "score_max": float(st["max"][i, j])}
+                 for i in range(L) for j in range(M)]
     return pd.DataFrame(rows)
 
 
@@ -159,39 +156,48 @@ def score_summary(b: Bundle) -> pd.DataFrame:
 
 
 def fig_depth_width(b: Bundle):
-    """Held-out loss against the number of sub-layers M at fixed M·K (K = N / M): each seed a point, the seed mean
-    a line; dense as a band (mean ± std over seeds)."""
+    """Held-out loss against the number of sub-layers M at fixed M·K (K = N / M): each run a point, the runs of one
+    seed joined by a thin line (the grid ends have one seed), the seed mean a thick line; dense as its seeds' dots
+    at the left and a band (mean ± std over seeds)."""
     cfg, f = b.cfg, b.runs.frame
     fig, (ax,) = plotting.axes(1, 5.2, 3.6)
     g = f[(f["M"] > 0) & (f["score"] == cfg.score)]
-    ax.plot(g["M"], g["loss"], "o", color="C1", alpha=0.5, ms=4)
+    for seed, h in g.groupby("seed"):
+        h = h.sort_values("M")
+        ax.plot(h["M"], h["loss"], "o-", color="C1", alpha=0.45, ms=4, lw=0.7)
     m = g.groupby("M")["loss"].mean()
-    ax.plot(m.index, m.values, "-", color="C1", label=f"Finedeep, M·K = {cfg.n_experts} (seed mean)")
-    d = f[f["variant"] == "dense"]["loss"]
-    sd = d.std(ddof=1) if len(d) > 1 else 0.0
-    ax.axhspan(d.mean() - sd, d.mean() + sd, color="C0", alpha=0.15)
-    ax.axhline(d.mean(), color="C0", lw=1.2, label=f"dense (mean ± std of {len(d)} seeds)")
+    ax.plot(m.index, m.values, "-", color="C1", lw=2, label=f"Finedeep, M·K = {cfg.n_experts} (dots: seeds; thick: "
+            "seed mean)")
+    d = f[f["variant"] == "dense"]
+    sd = d["loss"].std(ddof=1) if len(d) > 1 else 0.0
+    ax.axhspan(d["loss"].mean() - sd, d["loss"].mean() + sd, color="C0", alpha=0.15)
+    ax.axhline(d["loss"].mean(), color="C0", lw=1.2, label=f"dense (mean ± std of {len(d)} seeds; dots: seeds)")
+    x0 = m.index.min() / 1.45
+    ax.plot([x0] * len(d), d["loss"], "s", color="C0", ms=4)
     seen = b.data.seen_bigram_nats[cfg.seed]
     ax.axhline(seen, color="k", ls=":", lw=0.9, label=f"KN bigram of seed {cfg.seed}'s training windows (validity bar)")
     ax.axhline(b.data.bigram_nats, color="0.5", ls="-.", lw=0.9, label="KN bigram of the whole training split")
-    ys = [*g["loss"], *d, d.mean() - sd, d.mean() + sd, seen, b.data.bigram_nats]
+    ys = [*g["loss"], *d["loss"], d["loss"].mean() - sd, d["loss"].mean() + sd, seen, b.data.bigram_nats]
     lo, hi = min(ys), max(ys)
     pad = 0.08 * (hi - lo) or 0.05
     ax.set_ylim(lo - pad, hi + pad)  # every point and line inside the axes
     ax.set_xscale("log", base=2)
-    ax.set_xticks(list(m.index), [f"({M},{cfg.n_experts // M})" for M in m.index])
+    ax.set_xlim(x0 / 1.3, m.index.max() * 1.3)
+    ax.set_xticks([x0, *m.index], ["dense", *[f"({M},{cfg.n_experts // M})" for M in m.index]])
     ax.set_xlabel("(M sub-layers, K experts each)")
     ax.set_ylabel("held-out loss (nats)")
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)  # below the axes: hides nothing
     return plotting.finish(fig)
 
 
-def fig_nsar(b: Bundle):
-    """Per-layer NSAR, dense against the deciding (M, K): top row raw thresholds ε, bottom row RMS-relative ε·RMS;
-    bars are seed means, dots single seeds."""
+def fig_nsar(b: Bundle, tensor: str | None = None):
+    """Per-layer NSAR of one activation tensor (default: the pre-registered ``nsar_tensor``), dense against the
+    deciding (M, K): top row raw thresholds ε, bottom row RMS-relative ε·RMS (per sub-layer); bars are seed means,
+    dots single seeds."""
     cfg, f = b.cfg, nsar_frame(b)
     dec = _dec(b)
-    f = f[f["variant"].isin(["dense", dec])]
+    tensor = tensor or cfg.nsar_tensor
+    f = f[f["variant"].isin(["dense", dec]) & (f["tensor"] == tensor)]
     n = max(len(cfg.nsar_eps), len(cfg.nsar_rel_eps))
     fig, axs = plotting.axes(n, 3.3, 2.7, rows=2)
     for row, (kind, eps) in enumerate((("raw", cfg.nsar_eps), ("rms-relative", cfg.nsar_rel_eps))):
@@ -211,7 +217,8 @@ def fig_nsar(b: Bundle):
             ax.set_xticks(range(cfg.n_layers))
             ax.set_xlabel("layer")
             ax.set_ylabel("NSAR")
-            ax.set_title(f"|a| > {eps[k]}" if kind == "raw" else f"|a| > {eps[k]}·RMS", fontsize=8)
+            ax.set_title(f"{tensor}: |a| > {eps[k]}" if kind == "raw" else f"{tensor}: |a| > {eps[k]}·RMS",
+                         fontsize=8)
             if k == 0:
                 ax.legend(loc="upper center", ncol=2)
     return plotting.finish(fig)
@@ -222,9 +229,8 @@ def fig_scores(b: Bundle, seed: int | None = None):
     experts pooled; held-out analysis windows."""
     cfg = b.cfg
     seed = cfg.seed if seed is None else seed
-    rec = next(r for r in b.runs.records if r["variant"] == _dec(b) and r["seed"] == seed)
-    ev = rec["result"]["final"]["heldout"]
-    H, edges = ev["score_hist"].numpy(), ev["score_edges"].numpy()
+    st = b.activations.scores[(_dec(b), seed)]
+    H, edges = st["hist"].numpy(), st["edges"].numpy()
     L, M, _ = H.shape
     fig, axs = plotting.axes(M, 3.2, 1.7, rows=L)
     centers, width = (edges[:-1] + edges[1:]) / 2, edges[1] - edges[0]
@@ -234,7 +240,7 @@ def fig_scores(b: Bundle, seed: int | None = None):
             h = H[i, j] / max(H[i, j].sum(), 1)
             ax.bar(centers, h, width, color=f"C{j}")
             ax.set_xlim(0, 1)
-            ax.set_title(f"layer {i}, sub-layer {j + 1}: mean {float(ev['score_mean'][i, j]):.2f}", fontsize=8)
+            ax.set_title(f"layer {i}, sub-layer {j + 1}: mean {float(st['mean'][i, j]):.2f}", fontsize=8)
             ax.set_ylabel("share")
             if i == L - 1:
                 ax.set_xlabel("score r = σ(o·R)")
@@ -258,48 +264,132 @@ def _window_claim(b: Bundle, cid: str, text: str, point: float, reps, metric: st
                                    "windows", direction="positive", evidence=evidence)
 
 
-def nsar_gaps(b: Bundle, kind: str, eps: float) -> list[float]:
-    """Per common seed: layer-mean NSAR(deciding Finedeep) − NSAR(dense) at one threshold."""
+def nsar_gaps(b: Bundle, kind: str, eps: float, tensor: str | None = None) -> list[float]:
+    """Per common seed: layer-mean NSAR(deciding Finedeep) − NSAR(dense) at one threshold, on ``tensor`` (default:
+    the pre-registered ``nsar_tensor``)."""
     f = nsar_frame(b)
-    f = f[(f["threshold"] == kind) & (f["eps"] == eps)]
+    f = f[(f["threshold"] == kind) & (f["eps"] == eps) & (f["tensor"] == (tensor or b.cfg.nsar_tensor))]
     p = f.groupby(["variant", "seed"])["nsar"].mean().unstack(0)
     if "dense" not in p or _dec(b) not in p:
         return []
     return (p[_dec(b)] - p["dense"]).dropna().tolist()
 
 
-def nsar_verdict(g_raw, g_rel) -> tuple[C.Claim, C.Claim, str, str]:
-    """The NSAR claim judged on both thresholds: each a 95% t-interval over paired seeds (> 0: Finedeep higher). They
-    agree when their verdicts match and their mean gaps point the same way; the verdict is then theirs. Otherwise the
-    metrics are ``mixed`` and the verdict ``inconclusive`` (never reproduced: a raw-threshold gain that the
-    RMS-relative threshold does not show can come from rescaling alone)."""
-    c_raw = C.seed_gap_claim("C3", "", g_raw, metric="")
-    c_rel = C.seed_gap_claim("C3", "", g_rel, metric="")
-    same_way = len(g_raw) and len(g_rel) and np.sign(np.mean(g_raw)) == np.sign(np.mean(g_rel))
-    if c_raw.verdict == c_rel.verdict and same_way:
-        return c_raw, c_rel, c_raw.verdict, "agree"
-    return c_raw, c_rel, "inconclusive", "mixed"
+def sparsity_gaps(b: Bundle, kind: str, eps: float) -> list[float]:
+    """Per dense seed: layer-mean near-zero share (1 − NSAR) of the trained dense model − that of the same model at
+    initialisation, on the SwiGLU intermediates (dense has no score: every tensor but ``silu`` is the product)."""
+    f = b.activations.nsar
+    f = f[(f["variant"] == "dense") & (f["threshold"] == kind) & (f["eps"] == eps) & (f["tensor"] == "product")]
+    p = f.groupby(["state", "seed"])["nsar"].mean().unstack(0)
+    if "trained" not in p or "init" not in p:
+        return []
+    return (p["init"] - p["trained"]).dropna().tolist()  # (1 − NSAR_trained) − (1 − NSAR_init)
+
+
+def nsar_verdict(g_a, g_b) -> tuple[C.Claim, C.Claim, str, str]:
+    """An activation claim judged on two metrics (each a 95% t-interval over paired seeds, > 0: the paper's side).
+    They agree when their verdicts match and their mean gaps point the same way; the verdict is then theirs.
+    Otherwise the metrics are ``mixed`` and the verdict ``inconclusive`` (never reproduced: a gain one threshold
+    shows and the other does not can come from a few large entries or from rescaling alone)."""
+    c_a = C.seed_gap_claim("", "", g_a, metric="")
+    c_b = C.seed_gap_claim("", "", g_b, metric="")
+    same_way = len(g_a) and len(g_b) and np.sign(np.mean(g_a)) == np.sign(np.mean(g_b))
+    if c_a.verdict == c_b.verdict and same_way:
+        return c_a, c_b, c_a.verdict, "agree"
+    return c_a, c_b, "inconclusive", "mixed"
+
+
+def nsar_by_tensor(b: Bundle) -> pd.DataFrame:
+    """C3's rule on every logged tensor (the paper's tensor is UNCONFIRMED): per tensor the mean Finedeep − dense
+    gap at the two scale-free thresholds (RMS- and mean-|a|-relative, ε = ``nsar_rel_claim``), each interval's verdict
+    and the combined verdict; the raw-threshold gap beside them (informational)."""
+    cfg, rows = b.cfg, []
+    for tensor in b.activations.nsar["tensor"].unique():
+        g_rel = nsar_gaps(b, "rms-relative", cfg.nsar_rel_claim, tensor)
+        g_mean = nsar_gaps(b, "mean-abs-relative", cfg.nsar_rel_claim, tensor)
+        g_raw = nsar_gaps(b, "raw", cfg.nsar_eps_claim, tensor)
+        c_rel, c_mean, verdict, agree = nsar_verdict(g_rel, g_mean)
+        rows.append({"tensor": tensor, "default": tensor == cfg.nsar_tensor,
+                     "rel_gap": float(np.mean(g_rel)) if g_rel else np.nan, "rel_ci": c_rel.ours_ci,
+                     "rel_verdict": c_rel.verdict, "mean_gap": float(np.mean(g_mean)) if g_mean else np.nan,
+                     "mean_ci": c_mean.ours_ci, "mean_verdict": c_mean.verdict, "metrics": agree, "verdict": verdict,
+                     "raw_gap": float(np.mean(g_raw)) if g_raw else np.nan})
+    return pd.DataFrame(rows)
+
+
+def _near_zero_text(b: Bundle) -> str:
+    f = b.activations.nsar
+    f = f[(f["variant"] == "dense") & (f["tensor"] == "product")]
+    share = lambda st, kind, e: 1 - float(f[(f["state"] == st) & (f["threshold"] == kind) & (f["eps"] == e)]["nsar"].mean())
+    c = b.cfg
+    return (f"near-zero share trained / init: |a| ≤ {c.nsar_eps_claim}: {share('trained', 'raw', c.nsar_eps_claim):.3f}"
+            f" / {share('init', 'raw', c.nsar_eps_claim):.3f}; |a| ≤ {c.nsar_rel_claim}·RMS: "
+            f"{share('trained', 'rms-relative', c.nsar_rel_claim):.3f} / {share('init', 'rms-relative', c.nsar_rel_claim):.3f}"
+            f" (a Gaussian of the same RMS: {math.erf(c.nsar_rel_claim / math.sqrt(2)):.3f} at {c.nsar_rel_claim}·RMS)")
 
 
 def _rms(b: Bundle, variant: str) -> float:
     f = nsar_frame(b)
-    return float(f[f["variant"] == variant]["rms"].mean())
+    return float(f[(f["variant"] == variant) & (f["tensor"] == b.cfg.nsar_tensor)]["rms"].mean())
 
 
 def _not_run(cid: str, text: str, metric: str, why: str) -> C.Claim:
     return C.Claim(cid, text, metric, None, None, "", "not_run", why)
 
 
+def _drift_spread(b: Bundle) -> float:
+    g = b.comparisons.per_seed.get(f"dense - {_dec(b)}", [])
+    return float(np.std(g, ddof=1)) if len(g) > 1 else float("nan")
+
+
+def _converging(b: Bundle, claim: C.Claim, comparison: str) -> C.Claim:
+    """``claims.converging`` with the paired training-loss drift of ``comparison`` and the dense − deciding seed
+    spread."""
+    return C.converging(claim, b.comparisons.drift.get(comparison), _drift_spread(b),
+                        f"paired training-loss gap {comparison}, last {b.cfg.drift_frac:.0%} of the steps − the "
+                        f"{b.cfg.drift_frac:.0%} before, same batches")
+
+
+def _scale_free(b: Bundle, cid: str, text: str, metric: str, gaps_of, evidence: str, detail: str = "") -> C.Claim:
+    """An activation claim judged on two scale-free thresholds, both at ε = ``nsar_rel_claim``: relative to the RMS
+    (value) and to the mean |a| (less driven by a few very large entries); both 95% t-intervals must agree
+    (``nsar_verdict``), with the seeds needed where it stays open. The raw threshold is reported, not judged."""
+    cfg = b.cfg
+    g_rel, g_mean, g_raw = (gaps_of("rms-relative", cfg.nsar_rel_claim), gaps_of("mean-abs-relative", cfg.nsar_rel_claim),
+                            gaps_of("raw", cfg.nsar_eps_claim))
+    c_rel, c_mean, verdict, agree = nsar_verdict(g_rel, g_mean)
+    need = C.seeds_needed_text(float(np.mean(g_rel)), float(np.std(g_rel, ddof=1))) if (
+        verdict == "inconclusive" and len(g_rel) > 1) else ""
+    return C.Claim(
+        cid, text, f"{metric}, at ε = {cfg.nsar_rel_claim} relative to the RMS (value) and to the mean |a|, per "
+        "layer (per Finedeep sub-layer); rule: both 95% t-intervals over paired seeds > 0 (metrics that disagree: "
+        "mixed, inconclusive)", None, float(np.mean(g_rel)) if g_rel else None,
+        f"rms-relative {c_rel.ours_ci}: {c_rel.verdict}; mean-|a|-relative mean "
+        f"{np.mean(g_mean) if g_mean else float('nan'):+.4f}, {c_mean.ours_ci}: {c_mean.verdict}; metrics {agree}"
+        + (f"; {need}" if need else "") + f"; raw ε = {cfg.nsar_eps_claim} (informational, scale-dependent) "
+        f"{np.mean(g_raw) if g_raw else float('nan'):+.4f}" + (f"; {detail}" if detail else ""), verdict,
+        f"{evidence}; metrics {agree}")
+
+
 def claims(cfg, b: Bundle) -> list[C.Claim]:
     out = []
     dec = _dec(b)
     val = validity(b, ["dense", dec])  # C1 and C3 rest on dense and the deciding (M, K)
-    # C1: the headline, 3 paired seeds
+    # C0: trained dense FFN activations are sparse -- judged against the same model at initialisation on scale-free
+    # thresholds: the activations' scale grows from the N(0, 0.02) initialisation, so a raw threshold against init
+    # measures that growth, not the shape
+    out.append(C.judged(_scale_free(
+        b, "C0", "Trained dense FFN activations are sparse: a large share of the SwiGLU intermediates sit near zero",
+        "near-zero share (1 − NSAR) of the dense model's SwiGLU intermediates, trained − the same model at "
+        "initialisation, layer mean, paired by seed (ours: 'large' is not quantified, so training must raise it)",
+        lambda kind, e: sparsity_gaps(b, kind, e), "extra_nsar_summary", _near_zero_text(b)), validity(b, ["dense"])))
+    # C1: the headline, 3 paired seeds; a gap still closing at the end of training decides nothing
     gaps = b.comparisons.per_seed.get(f"dense - {dec}", [])
-    out.append(C.judged(_seed_claim(
+    out.append(C.judged(_converging(b, _seed_claim(
         "C1", f"Finedeep {cfg.deciding} reaches lower perplexity than the dense model at equal parameters and FLOPs",
         gaps, f"held-out loss (nats), dense − Finedeep {cfg.deciding} (positive = Finedeep better), paired by seed "
-        "(same batches, Finedeep's experts = the dense FFN's initial slices)", "table1, extra_depth_width"), val))
+        "(same batches, Finedeep's experts = the dense FFN's initial slices)", "table1, extra_depth_width"),
+        f"dense - {dec}"), val))
     # C2: depth-width balance — the deciding (M, K) beats both extremes
     M0, K0 = cfg.grid[0]
     M1, K1 = cfg.grid[-1]
@@ -311,40 +401,40 @@ def claims(cfg, b: Bundle) -> list[C.Claim]:
     if cfg.deciding in ((M0, K0), (M1, K1)) or len(b.comparisons.depth_width_boot) == 0:
         out.append(_not_run("C2", text, metric, "needs a grid whose ends differ from the deciding (M, K)"))
     else:
-        point = min(float(fr.loc[f"{e} - {dec}", "gap"]) for e in ends)
-        out.append(C.judged(_window_claim(b, "C2", text, point, b.comparisons.depth_width_boot, metric,
-                                          "table1, extra_depth_width, extra_comparisons"),
-                            validity(b, ["dense", dec, *ends])))
-    # C3: NSAR — judged on the raw and the RMS-relative threshold together
-    g_raw, g_rel = nsar_gaps(b, "raw", cfg.nsar_eps_claim), nsar_gaps(b, "rms-relative", cfg.nsar_rel_claim)
-    c_raw, c_rel, verdict, agree = nsar_verdict(g_raw, g_rel)
-    out.append(C.judged(C.Claim(
-        "C3", f"Finedeep {cfg.deciding} raises the non-sparse activation rate (NSAR) over dense",
-        f"layer-mean NSAR, Finedeep − dense, paired by seed, at the pre-registered raw ε = {cfg.nsar_eps_claim} "
-        f"(value) and RMS-relative ε = {cfg.nsar_rel_claim}·RMS; rule: both 95% t-intervals > 0 (metrics that "
-        "disagree: mixed, not reproduced)", None, float(np.mean(g_raw)) if g_raw else None,
-        f"raw {c_raw.ours_ci}: {c_raw.verdict}; rms-relative mean {np.mean(g_rel) if g_rel else float('nan'):+.4f}, "
-        f"{c_rel.ours_ci}: {c_rel.verdict}; metrics {agree}; layer-mean activation RMS {_rms(b, dec):.3f} (Finedeep) "
-        f"vs {_rms(b, 'dense'):.3f} (dense)", verdict,
-        f"extra_nsar, extra_nsar_summary; metrics {agree}"), val))
+        worst = min(ends, key=lambda e: float(fr.loc[f"{e} - {dec}", "gap"]))  # the extreme closest to beating it
+        point = float(fr.loc[f"{worst} - {dec}", "gap"])
+        out.append(C.judged(_converging(b, _window_claim(b, "C2", text, point, b.comparisons.depth_width_boot, metric,
+                                                         "table1, extra_depth_width, extra_comparisons"),
+                                        f"{worst} - {dec}"), validity(b, ["dense", dec, *ends])))
+    # C3: NSAR on the default tensor, on the two scale-free thresholds; the same rule on the other logged tensors must
+    # not point the opposite way (else: mixed)
+    by = nsar_by_tensor(b).set_index("tensor")
+    c3 = _scale_free(
+        b, "C3", f"Finedeep {cfg.deciding} raises the non-sparse activation rate (NSAR) over dense",
+        f"layer-mean NSAR of the {cfg.nsar_tensor} intermediates (r·a for Finedeep, a for dense), Finedeep − dense, "
+        "paired by seed", lambda kind, e: nsar_gaps(b, kind, e),
+        "extra_nsar, extra_nsar_by_tensor, extra_nsar_summary",
+        "other tensors: " + "; ".join(f"{t} rms-relative {r['rel_gap']:+.4f} / mean-|a|-relative "
+                                      f"{r['mean_gap']:+.4f}: {r['verdict']}"
+                                      for t, r in by.iterrows() if t != cfg.nsar_tensor)
+        + f"; layer-mean activation RMS {_rms(b, dec):.3f} (Finedeep) vs {_rms(b, 'dense'):.3f} (dense)")
+    flips = [t for t, r in by.iterrows() if t != cfg.nsar_tensor
+             and {r["verdict"], c3.verdict} == {"reproduced", "not_reproduced"}]
+    if flips:
+        c3 = dataclasses.replace(c3, verdict="inconclusive",
+                                 evidence=f"mixed across tensors ({', '.join(flips)} point the other way); " + c3.evidence)
+    out.append(C.judged(c3, val))
     # C4: accounting
     bud = b.budgets
     ok = bud["exact"] & (bud["flops_vs_dense"].abs() <= cfg.budget_rtol)
     out.append(C.Claim(
         "C4", "Finedeep keeps dense's parameters and FLOPs: exactly (M·K + M − 1)·d extra parameters per layer, "
-        f"matmul FLOPs within {cfg.budget_rtol:.1%}", "fraction of variants whose extra parameters equal the formula "
-        f"exactly and whose training FLOPs are within {cfg.budget_rtol:.1%} of dense; rule: = 1", None, float(ok.mean()),
+        f"matmul FLOPs within {cfg.budget_rtol:.1%} (a design property of the architecture, checked by counting; "
+        "not an empirical finding)", "fraction of variants whose extra parameters equal the formula exactly and whose "
+        f"training FLOPs are within {cfg.budget_rtol:.1%} of dense; rule: = 1", None, float(ok.mean()),
         f"{int(ok.sum())}/{len(ok)} variants; largest parameter overhead {bud['params_vs_dense'].max():+.3%}, FLOPs "
         f"{bud['flops_vs_dense'].max():+.3%}", C.verdict_threshold(float(ok.mean()), None, at_least=1.0),
         "extra_budgets, table1"))
-    # C5: the mechanism's identities and limits
-    m = b.mechanism
-    out.append(C.Claim(
-        "C5", "The mechanism works as specified: M = 1 with r ≡ 1 equals the dense FFN on the same weights; the fast "
-        "forward equals the spec's reference; R = 0 gives scores exactly 0.5; gradients reach every router; scores "
-        "stay in (0, 1)", "fraction of the mechanism checks that hold (extra_mechanism); rule: = 1", None,
-        float(m["ok"].mean()), f"{int(m['ok'].sum())}/{len(m)} checks",
-        C.verdict_threshold(float(m["ok"].mean()), None, at_least=1.0), "extra_mechanism"))
     # C6, C7: our ablations at the deciding (M, K): the score against r ≡ 1 and against the input-guided score
     for cid, score, text in (("C6", "none", "The output-guided score helps: Finedeep beats the same stack with r ≡ 1 "
                                             "(ablation b, ours)"),
@@ -355,8 +445,9 @@ def claims(cfg, b: Bundle) -> list[C.Claim]:
             out.append(_not_run(cid, text, metric, "needs run_ablations=true (on at the `paper` scale; `smoke` runs "
                                                    "the path); off at `small` for the 15-minute budget"))
             continue
-        out.append(C.judged(_window_claim(b, cid, text, float(fr.loc[name, "gap"]), b.comparisons.boot[name], metric,
-                                          "table1, extra_comparisons"),
+        out.append(C.judged(_converging(b, _window_claim(b, cid, text, float(fr.loc[name, "gap"]),
+                                                         b.comparisons.boot[name], metric, "table1, extra_comparisons"),
+                                        name),
                             validity(b, ["dense", dec, variant_name(*cfg.deciding, score)])))
     return out
 
@@ -384,11 +475,14 @@ def closing_note(cfg, b: Bundle) -> str:
     secs = dict(b.seconds)
     total = sum(secs.values())
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB (Linux)
+    child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # the largest finished worker
     v = validity_table(b)
     lines += ["", f"Experiments at `{cfg.scale}`: {total:.0f} s in this kernel ("
               + ", ".join(f"{k} {s:.0f} s" for k, s in secs.items()) + f"; cached runs count as ~0 s); training wall "
               f"time of the runs themselves {b.runs.frame['wall_s'].sum():.0f} s; peak memory of this process "
-              f"{peak:.2f} GiB. Held-out losses {v['loss'].min():.3f}–{v['loss'].max():.3f} nats against the unigram "
+              f"{peak:.2f} GiB, of its largest worker process {child:.2f} GiB (runs read from the cache start no "
+              "worker; the whole tree's peak is in results/benchmarks/notebooks.csv). "
+              f"Held-out losses {v['loss'].min():.3f}–{v['loss'].max():.3f} nats against the unigram "
               f"{b.data.unigram_nats:.3f}, the Kneser-Ney bigram of each seed's own training windows "
               + ", ".join(f"{s:.3f} (seed {k})" for k, s in b.data.seen_bigram_nats.items())
               + f" (the validity bar; {int(v['beats_bigram'].sum())}/{len(v)} runs below theirs) and the bigram of "
