@@ -113,3 +113,31 @@ def test_seed_gap_claim_says_the_seeds_needed_when_asked():
     assert "paired seeds" in C.seed_gap_claim("X", "x", noisy, metric="m", need=True).ours_ci
     assert "paired seeds" not in C.seed_gap_claim("X", "x", noisy, metric="m").ours_ci  # off: other papers' text
     assert "paired seeds" not in C.seed_gap_claim("X", "x", [0.05, 0.06, 0.055], metric="m", need=True).ours_ci
+
+
+def test_converging_turns_only_a_closing_decided_gap_inconclusive():
+    """``converging``: a decided gap whose end-of-training drift points towards 0 by more than the spread becomes
+    inconclusive (both signs of the gap); one within the spread or widening keeps its verdict; an undecided claim
+    stays undecided; no curve leaves it unchanged and says so."""
+    for value, verdict, drift in ((-0.05, "not_reproduced", 0.02), (0.05, "reproduced", -0.02)):
+        c = C.Claim("X", "", "", None, value, "ci", verdict, "ev")
+        out = C.converging(c, drift, 0.01, "trend")
+        assert out.verdict == "inconclusive" and "still converging" in out.ours_ci and out.evidence.startswith("still")
+        assert C.converging(c, -drift, 0.01, "trend").verdict == verdict  # widening
+        assert C.converging(c, drift / 4, 0.01, "trend").verdict == verdict  # within the spread
+    und = C.Claim("X", "", "", None, 0.01, "ci", "inconclusive", "")
+    assert C.converging(und, -0.5, 0.01, "trend").verdict == "inconclusive"
+    assert "not measured" in C.converging(und, None, 0.01, "trend").ours_ci
+
+
+def test_single_seed_claim_states_the_spread_at_which_it_flips():
+    """A decided single-seed comparison names the seed std above which its prediction interval would reach 0; at
+    that std the rule indeed gives inconclusive."""
+    import re
+
+    reps = np.full(100, 0.05)
+    c = C.single_seed_gap_claim("X", "", 0.05, reps, [0.051, 0.049, 0.050], metric="m", what="boot")
+    assert c.verdict == "reproduced"
+    flip = float(re.search(r"seed std above ([0-9.]+)", c.ours_ci).group(1))
+    wide = [0.05 - 1.05 * flip, 0.05, 0.05 + 1.05 * flip]  # std = 1.05 * flip
+    assert C.single_seed_gap_claim("X", "", 0.05, reps, wide, metric="m", what="boot").verdict == "inconclusive"

@@ -105,3 +105,26 @@ def test_eval_windows_stay_inside_documents():
     assert lm.eval_windows(docs, 8, 31).equal(w)
     with pytest.raises(ValueError, match="only"):
         lm.eval_windows(docs, 1000, 31)
+
+
+def test_train_curve_and_gap_drift_read_the_run_logs(tmp_path, monkeypatch):
+    """``trainer.train_curve`` reads a run's CSV log; ``gap_drift`` pairs two runs' logged losses by step and
+    returns late − earlier mean gap (None when a log is missing)."""
+    from replicate.models import trainer
+
+    monkeypatch.setattr(trainer, "runs_dir", lambda: tmp_path)
+
+    def log(key, losses):
+        d = tmp_path / "p" / key
+        d.mkdir(parents=True)
+        rows = ["epoch,lr,step,train_loss"] + [f"0,0.1,{s},{x}" for s, x in losses.items()]
+        (d / "metrics.csv").write_text("\n".join(rows) + "\n")
+
+    steps = range(9, 100, 10)  # 9, 19, ..., 99 of a 100-step run
+    log("a", {s: 2.0 + 0.001 * s for s in steps})  # a's gap to b grows by 0.001 per step
+    log("b", {s: 2.0 for s in steps})
+    got = trainer.train_curve("p", "a")
+    assert list(got[0]) == list(steps) and got[1][0] == pytest.approx(2.009)
+    # last 20% (steps 89, 99) mean gap 0.094; the 20% before (69, 79) 0.074
+    assert trainer.gap_drift("p", {0: "a"}, {0: "b"}, 100) == pytest.approx(0.02)
+    assert trainer.gap_drift("p", {0: "a"}, {0: "missing"}, 100) is None
