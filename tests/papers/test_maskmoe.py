@@ -223,9 +223,13 @@ def test_plan_at_smoke_runs_every_step_and_claim(env):
     assert d.loc["hash", "distinct_experts"] == 1.0 and d.loc["maskmoe", "distinct_experts"] <= cfg.n_visible_frequent
     assert b.sweeps is not None and set(b.sweeps["sweep"]) == {"n_visible_frequent", "frequent_fraction",
                                                                "mask_per_layer"}
+    # the ρ = 1 control: every type frequent, the same set as the frequent-fraction sweep's point 1.0 (same cache)
+    fv = X._frequent(cfg, b.data.counts_V, rule="types", fraction=1.0)
+    assert X.all_frequent(b.data).all() and torch.equal(fv, X.all_frequent(b.data))
+    assert "maskmoe_rho1 - maskmoe" in set(b.buckets.gaps["comparison"])
     cl = maskmoe.claims(cfg, b)
     ids = [c.claim_id for c in cl]
-    assert ids == ["C0", "C1", "C2", "C3", "C4", "C5", "C6", "C7", "C8", "C9", "C10", "C11"]
+    assert ids == ["C0", "C1", "C2", "C3", "C4", "C5", "C6", "C7", "C8", "C9", "C10", "C11", "C12"]
     assert cl[0].verdict == "reproduced" and all(c.paper_value is None for c in cl)
     t1 = maskmoe.table1(b)
     assert list(t1["source"].unique()) == ["ours"] and len(t1) == len(maskmoe.VARIANTS)
@@ -234,3 +238,25 @@ def test_plan_at_smoke_runs_every_step_and_claim(env):
     assert any("Kneser-Ney bigram" in c.evidence for c in cl[1:9])  # ... and the bigram bar is checked too
     v = maskmoe.validity_table(b)
     assert (v["full_bigram"] < v["unigram"]).all() and not v["beats_bigram"].any()
+
+
+def test_proxy_collapse_rule_is_relative_to_fixed_routing(monkeypatch):
+    """The StableMoE proxy's validity: its load CV may be at most 1.5 x the larger of SMoE's and the random Hash
+    Layer's (any fixed per-token table is that imbalanced on Zipfian text). The committed small numbers (proxy 0.56,
+    SMoE 0.20, Hash 0.44) pass; a proxy at 0.8 (beyond 1.5 x 0.44) fails naming both references; without a Hash
+    row the rule falls back to SMoE's alone (0.56 > 0.30 fails). The evidence text states the first rule's outcome."""
+    from replicate.papers.maskmoe import report as R
+
+    def summary(cvs):
+        rows = [{"variant": v, "layer": 1, "load_cv": cv, "load_max": 0.2} for v, cv in cvs.items()]
+        return lambda b: __import__("pandas").DataFrame(rows)
+
+    b = types.SimpleNamespace(cfg=types.SimpleNamespace(n_experts=8))
+    monkeypatch.setattr(R, "load_summary", summary({"smoe": 0.20, "hash": 0.44, "stablemoe_proxy": 0.56}))
+    assert R.proxy_validity(b).ok
+    assert "first collapse rule (CV <= 1.5 x SMoE's alone) fails" in R.proxy_load_text(b)
+    monkeypatch.setattr(R, "load_summary", summary({"smoe": 0.20, "hash": 0.44, "stablemoe_proxy": 0.80}))
+    v = R.proxy_validity(b)
+    assert not v.ok and "SMoE's 0.20, Hash's 0.44" in v.failures[0]
+    monkeypatch.setattr(R, "load_summary", summary({"smoe": 0.20, "stablemoe_proxy": 0.56}))
+    assert not R.proxy_validity(b).ok

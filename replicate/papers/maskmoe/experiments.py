@@ -36,7 +36,7 @@ from replicate.experiments import Plan
 from replicate.models.decoder import Decoder, LayerSpec
 from replicate.models.lm import LRMap
 from replicate.models.probes import capture
-from replicate.models.trainer import CONVERSIONS, TrainSpec, continued, prefetch, register_conversion, train
+from replicate.models.trainer import CONVERSIONS, TrainSpec, continued, gap_drift, prefetch, register_conversion, train
 from replicate.moe import check_budgets, hash_table, param_counts
 from replicate.moe.losses import load_balancing_loss
 from replicate.kernels import route
@@ -163,6 +163,11 @@ def _train(cfg, data, model, seed, tag, eval_steps=(), **kw) -> dict:
                  module=lambda: RoutedLM(spec.model, spec.optim), **cfg.trainer_kwargs(), **kw)
 
 
+def all_frequent(data: Data) -> torch.Tensor:
+    """The frequent set of the ρ = 1 control: every token type (rule 'types' at fraction 1.0)."""
+    return torch.ones_like(data.frequent_V)
+
+
 def maskmoe_tag(cfg, n_visible, frac_tag, per_layer) -> str:
     return f"maskmoe:Vf={n_visible}:{frac_tag}:per_layer={per_layer}"
 
@@ -262,6 +267,10 @@ def run_variant(cfg: MaskMoEConfig, data: Data, variant: str, seed: int) -> dict
         masks = masks_for(cfg, data, seed)
         res = _train(cfg, data, variant_model(cfg, data, "masked", seed, masks), seed,
                      maskmoe_tag(cfg, cfg.n_visible_frequent, _frac_tag(cfg), cfg.mask_per_layer), ck)
+    elif variant == "maskmoe_rho1":  # the control: every type frequent (the frequent-fraction sweep's point 1.0)
+        masks = masks_for(cfg, data, seed, frequent_V=all_frequent(data))
+        res = _train(cfg, data, variant_model(cfg, data, "masked", seed, masks), seed,
+                     maskmoe_tag(cfg, cfg.n_visible_frequent, "types=1.0", cfg.mask_per_layer))
     else:
         raise ValueError(f"variant: unknown {variant!r}; allowed: {', '.join(VARIANTS)}")
     return {"result": res, "masks": masks, "table": table}
@@ -291,7 +300,9 @@ def budgets(cfg: MaskMoEConfig, data: Data) -> pd.DataFrame:
               "hash": variant_model(cfg, data, "hash", cfg.seed),
               "stablemoe_proxy": proxy_stage2_model(cfg, data, cfg.seed, [hash_table(data.n_ids, cfg.n_experts, 1,
                                                                                   cfg.seed)[:, 0]] * len(masks)),
-              "maskmoe": variant_model(cfg, data, "masked", cfg.seed, masks)}
+              "maskmoe": variant_model(cfg, data, "masked", cfg.seed, masks),
+              "maskmoe_rho1": variant_model(cfg, data, "masked", cfg.seed,
+                                            masks_for(cfg, data, cfg.seed, frequent_V=all_frequent(data)))}
     counts = {v: param_counts(Decoder(m)) for v, m in models.items()}
     check_budgets(counts, field="active", rtol=0.005)  # raises naming the variant that breaks the budget
     ref = counts["dense"].active
@@ -431,6 +442,7 @@ class Buckets:
     gaps: pd.DataFrame  # one row per (comparison, group): paired gap, its bootstrap interval, per-seed gaps
     boot: dict  # (comparison, group) -> bootstrap replicates of the gap
     per_seed: dict  # (comparison, group) -> the gap of each common seed
+    drift: dict  # comparison -> change of its paired training-loss gap at the end of training (``trainer.gap_drift``)
 
 
 @plan.step
@@ -465,7 +477,7 @@ def buckets(cfg: MaskMoEConfig, data: Data, runs: Runs) -> Buckets:
                          "seed_std": float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else float("nan"),
                          "positions": int(n_w.sum()), "types": n_types})
         for a, b in (("smoe", "maskmoe"), ("hash", "maskmoe"), ("stablemoe_proxy", "maskmoe"), ("dense", "maskmoe"),
-                     ("dense", "smoe"), ("smoe", "hash")):
+                     ("maskmoe_rho1", "maskmoe"), ("smoe", "maskmoe_rho1"), ("dense", "smoe"), ("smoe", "hash")):
             if a not in mean_loss or b not in mean_loss:
                 continue
             pa = {r["seed"]: r["result"]["final"]["heldout"]["loss"].double() for r in runs.records if r["variant"] == a}
@@ -483,7 +495,10 @@ def buckets(cfg: MaskMoEConfig, data: Data, runs: Runs) -> Buckets:
                          "ci_lo": np.quantile(reps, 0.025), "ci_hi": np.quantile(reps, 0.975),
                          "paired_seeds": len(per_seed), "gap_per_seed": " / ".join(f"{x:+.4f}" for x in per_seed),
                          "positions": int(n_w.sum())})
-    return Buckets(pd.DataFrame(rows), pd.DataFrame(gaps), boot, seed_gaps)
+    keys = {v: {r["seed"]: r["result"]["key"] for r in runs.records if r["variant"] == v} for v in VARIANTS}
+    comps = sorted({c for c, _ in seed_gaps})
+    drift = {c: gap_drift(PAPER_ID, keys[c.split(" - ")[0]], keys[c.split(" - ")[1]], cfg.steps) for c in comps}
+    return Buckets(pd.DataFrame(rows), pd.DataFrame(gaps), boot, seed_gaps, drift)
 
 
 @plan.step
