@@ -23,6 +23,8 @@ runs twice.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import inspect
 import time
 from types import MappingProxyType
@@ -74,6 +76,10 @@ class Plan:
         return fn
 
     def start(self, cfg) -> "Experiments":
+        # the paper's report module now, with the code the plan was imported with: a notebook that imports it only
+        # when its tables are drawn (a long run later) could otherwise pair this plan with report code edited since
+        if importlib.util.find_spec(f"replicate.papers.{self.paper_id}") is not None:
+            importlib.import_module(f"replicate.papers.{self.paper_id}.report")
         return Experiments(self, cfg)
 
     def run_all(self, cfg) -> Bundle:

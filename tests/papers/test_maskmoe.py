@@ -242,9 +242,10 @@ def test_plan_at_smoke_runs_every_step_and_claim(env):
 
 def test_proxy_collapse_rule_is_relative_to_fixed_routing(monkeypatch):
     """The StableMoE proxy's validity: its load CV may be at most 1.5 x the larger of SMoE's and the random Hash
-    Layer's (any fixed per-token table is that imbalanced on Zipfian text). The committed small numbers (proxy 0.56,
-    SMoE 0.20, Hash 0.44) pass; a proxy at 0.8 (beyond 1.5 x 0.44) fails naming both references; without a Hash
-    row the rule falls back to SMoE's alone (0.56 > 0.30 fails). The evidence text states the first rule's outcome."""
+    Layer's (any fixed per-token table is that imbalanced on Zipfian text). The numbers of the run that prompted the
+    revision (proxy 0.56, SMoE 0.20, Hash 0.44) pass; a proxy at 0.8 (beyond 1.5 x 0.44) fails naming both
+    references; without a Hash row the rule falls back to SMoE's alone (0.56 > 0.30 fails). The evidence text
+    states the first rule's outcome."""
     from replicate.papers.maskmoe import report as R
 
     def summary(cvs):

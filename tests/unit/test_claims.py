@@ -141,3 +141,10 @@ def test_single_seed_claim_states_the_spread_at_which_it_flips():
     flip = float(re.search(r"seed std above ([0-9.]+)", c.ours_ci).group(1))
     wide = [0.05 - 1.05 * flip, 0.05, 0.05 + 1.05 * flip]  # std = 1.05 * flip
     assert C.single_seed_gap_claim("X", "", 0.05, reps, wide, metric="m", what="boot").verdict == "inconclusive"
+
+
+def test_converging_also_flags_a_drift_larger_than_the_gap():
+    """A small decided gap whose drift towards 0 exceeds the gap itself (though not the spread) is still converging."""
+    c = C.Claim("X", "", "", None, 0.004, "ci", "reproduced", "ev")
+    assert C.converging(c, -0.006, 0.01, "trend").verdict == "inconclusive"
+    assert C.converging(c, -0.003, 0.01, "trend").verdict == "reproduced"

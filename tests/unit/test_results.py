@@ -127,3 +127,15 @@ def test_staging_of_ended_processes_is_swept_and_a_live_ones_kept(dirs):
     assert sorted(sweep_staging("temporal_scaling_law", "smoke")) == sorted(gone)
     assert live.exists() and all(p.exists() for p in other) and not any(p.exists() for p in gone)
     assert staging_path("lbpe", "small", ".path").name.endswith(".path")
+
+
+def test_plan_start_imports_the_papers_report_module():
+    """``Plan.start`` imports the paper's report module at once, so a notebook pairs its plan with the report code
+    of the same moment (not with code edited during a long run, imported lazily when the tables are drawn)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from replicate.papers import finedeep; from replicate.papers.finedeep import FinedeepConfig; "
+            "assert 'replicate.papers.finedeep.report' not in sys.modules; finedeep.plan.start(FinedeepConfig.smoke()); "
+            "assert 'replicate.papers.finedeep.report' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)

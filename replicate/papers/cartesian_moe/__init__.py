@@ -114,8 +114,9 @@ class CartesianMoEConfig(LMConfig):
     budget_rtol: float = param(0.005, help="total (and fixed-k active) FFN parameters of every MoE variant within "
                                "this fraction of SMoE-Share's", source="spec §3.4: 0.5%", min=0.0, max=1.0)
     drift_frac: float = param(0.2, help="a decided loss comparison whose paired training-loss gap moved towards 0 by "
-                              "more than the seed spread between the last drift_frac of the steps and the drift_frac "
-                              "before is 'still converging' (inconclusive)", source="ours, after the referee audit "
+                              "more than the seed spread (or the gap itself) between the last drift_frac of the "
+                              "steps and the drift_frac before is 'still converging' (inconclusive)",
+                              source="ours, after the referee audit "
                               "(the runs are short: PPL still falls steeply at the last step)", min=0.05, max=0.5)
     n_boot: int = param(1000, help="bootstrap resamples over held-out windows", source="ours", min=10, max=100_000)
 
