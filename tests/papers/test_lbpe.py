@@ -29,7 +29,7 @@ def data(env, cfg):
 
 
 def test_scales_resolve_and_unconfirmed_choices_switch(cfg):
-    assert resolve_config("lbpe", "small").n_seeds == 3
+    assert resolve_config("lbpe", "small").n_seeds >= 3
     assert resolve_config("lbpe", "small").run_cpt is False  # continual pre-training is paper scale
     with pytest.raises(ConfigError, match="budget"):  # paper scale on this CPU: refused without force
         resolve_config("lbpe", "paper")
@@ -42,6 +42,13 @@ def test_scales_resolve_and_unconfirmed_choices_switch(cfg):
         resolve_config("lbpe", "smoke", lbpe_mode="greedy")
     with pytest.raises(ConfigError, match="corpus"):
         resolve_config("lbpe", "smoke", corpus="wikipedia")
+    with pytest.raises(ConfigError, match="lm_arms"):  # bpe and lbpe always; other arms only among extra_arms
+        resolve_config("lbpe", "smoke", lm_arms=("bpe", "maxmatch"))
+    with pytest.raises(ConfigError, match="lm_arms"):
+        resolve_config("lbpe", "smoke", lm_arms=("bpe", "lbpe", "maxmatch"), extra_arms=("lbpe_merge",))
+    small = resolve_config("lbpe", "small")
+    assert small.lm_arms == lbpe.ENCODINGS and set(small.extra_arms) == set(lbpe.OTHER_ARMS)  # other arms: frequency
+    assert set(resolve_config("lbpe", "paper", force=True).lm_arms) == set(lbpe.ENCODINGS + lbpe.OTHER_ARMS)
 
 
 # ------------------------------------------------------------------------------------------ bits per byte
@@ -127,10 +134,11 @@ def test_equal_training_bytes_for_both_encodings(data, cfg):
 
 def test_run_lm_trains_both_encodings_on_the_same_bytes(data, cfg):
     one = dataclasses.replace(cfg, n_seeds=1)
-    runs = lbpe.run_lm(one, data)
+    runs = lbpe.run_lm(one, data, arms=lbpe.ENCODINGS)
     frame = lbpe.lm_frame(runs, data)
     t1 = lbpe.table1(frame, data)
     assert list(t1["encoding"]) == ["bpe", "lbpe"]
+    assert (t1["evals_averaged"] == one.last_evals).all()  # the score is the mean of the last evaluations
     assert (t1["train_bytes"] >= one.train_bytes).all()
     assert (t1["eval_bytes"] == t1["eval_bytes"].iloc[0]).all()
     final = frame[frame["final"]]
@@ -160,7 +168,7 @@ def test_cpt_switches_encoding_and_continues_phase1(data, cfg, monkeypatch):
     c = dataclasses.replace(cfg, cpt_n_seeds=1, train_bytes=20_000)
     runs = lbpe.run_cpt(c, data)
     phase1, arms = calls[0], calls[1:]
-    assert phase1["keep"] and phase1["batches"].streams[0].tokens is data.streams["bpe"]
+    assert phase1["keep"] and phase1["batches"].tokens is data.streams["bpe"]
     assert [r["encoding"] for r in runs] == ["bpe", "lbpe"]
     s1 = runs[0]["phase1_steps"]
     full = steps_for_bytes(lbpe.lm_batches(c, data, "bpe", c.seed), data.byte_len, c.train_bytes)
@@ -169,7 +177,7 @@ def test_cpt_switches_encoding_and_continues_phase1(data, cfg, monkeypatch):
     sched = phase1["spec"].lr_map.schedule
     assert sched.max_steps == len(full) and phase1["spec"].optim.max_steps == s1 and phase1["spec"].lr_map.offset == 0
     for e, call, r in zip(lbpe.ENCODINGS, arms, runs):
-        assert call["batches"].streams[0].tokens is data.streams[e]  # the encoder switches ...
+        assert call["batches"].tokens is data.streams[e]  # the encoder switches ...
         assert call["spec"].init_from == phase1["spec"].key and call["parent"]["key"] == phase1["spec"].key  # ... weights kept
         assert call["spec"].model.vocab_size == phase1["spec"].model.vocab_size
         assert call["spec"].lr_map.schedule == sched and call["spec"].lr_map.offset == s1  # ... the schedule continues
@@ -210,13 +218,19 @@ def test_frequency_stats_known_answer():
     assert st["ratio_long"] == pytest.approx(6 / 2)
     assert st["ratio_short"] == pytest.approx(6 / 12)
     assert st["ratio_single"] == pytest.approx(22 / 20)
+    assert st["ratio_lt_long"] == pytest.approx((22 + 6) / (20 + 12))  # the paper's grouping: < 4 bytes
+    assert st["unused_delta"] == 0
+    same = lbpe.frequency_stats({"bpe": counts["bpe"], "lbpe": counts["bpe"]}, groups, lengths=np.array(lengths))
+    assert (same["gini_delta"], same["entropy_delta"], same["unused_delta"]) == (0, 0, 0)  # null case
+    assert all(same[f"len_ratio_{L}"] == 1 for L in (1, 2, 3, 4, 5))
 
 
 def test_frequency_bootstrap_brackets_the_point(data, cfg):
     fb = lbpe.freq_boot(dataclasses.replace(cfg, n_boot=40), data)
     point, boot = fb.point, fb.boot
     assert len(boot) == 40
-    for k in ("c1_ratio", "ratio_long", "ratio_short", "ratio_single", "gini_delta"):
+    for k in ("c1_ratio", "ratio_long", "ratio_short", "ratio_single", "gini_delta", "entropy_delta",
+              "unused_delta", "ratio_lt_long", "len_ratio_1"):
         assert boot[k].min() <= point[k] <= boot[k].max()
 
 
@@ -279,7 +293,7 @@ def test_scaffold_arm_keeps_bpe_embedding_size_and_text(sdata, data, cfg):
 
 def test_scaffold_summary_rows(sdata, data, cfg):
     t = lbpe.scaffold_summary(cfg, data, sdata)
-    assert list(t["encoding"]) == ["bpe", "lbpe", "scaffold_bpe", "scaffold_lbpe"]
+    assert list(t["encoding"]) == ["bpe", "lbpe", *cfg.extra_arms, "scaffold_bpe", "scaffold_lbpe"]
     assert (t["scaffold_ids_emitted"] == 0).all()
     assert (t["usable_vocab"] == cfg.vocab_size - 1).all()  # every id but EOS
     assert (t.set_index("encoding").loc[["bpe", "lbpe"], "scaffolds"] == 0).all()
@@ -299,3 +313,201 @@ def test_scaffold_claim_is_paired_by_seed_and_not_run_without_runs(data, cfg):
     with pytest.raises(ConfigError, match="scaffold_compose"):
         resolve_config("lbpe", "smoke", scaffold_compose="both")
     assert resolve_config("lbpe", "small").run_scaffold is False and cfg.run_scaffold
+
+
+# ------------------------------------------------------------------------------ issue #13: baselines, pairing, rules
+
+
+from replicate.papers.lbpe import baselines as B  # noqa: E402
+from replicate.papers.lbpe import report as R  # noqa: E402
+from replicate.tokenization.words import bpe_encode_word  # noqa: E402
+
+
+def test_heap_bpe_equals_the_naive_loop_and_hf(data):
+    import random
+
+    bpe = data.encoders["bpe"]
+    heap = B.HeapBPEEncoder(data.tok)
+    text = "".join(d.text for d in data.eval_docs)
+    assert heap.encode(text) == bpe.encode(text) == data.tok.encode(text).ids
+    rng = random.Random(0)
+    alphabet = sorted({t for t in bpe.vocab if len(t) == 1 and t.isalpha()})[:8] + ["Ġ"]
+    for _ in range(500):  # repeated symbols exercise overlapping pairs ("aaaa")
+        w = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 40)))
+        assert B.heap_bpe_encode_word(list(w), bpe.merge_ranks) == bpe_encode_word(list(w), bpe.merge_ranks), w
+    ranks = {("a", "a"): 0, ("aa", "a"): 1}
+    for n in range(1, 8):
+        assert B.heap_bpe_encode_word(list("a" * n), ranks) == bpe_encode_word(list("a" * n), ranks)
+
+
+def test_maxmatch_is_the_longest_prefix_first(data):
+    vocab = {"a": 0, "b": 1, "c": 2, "d": 3, "ab": 4, "bc": 5, "bcd": 6}
+    assert B.maxmatch_encode_word(list("abcd"), vocab, 3) == ["ab", "c", "d"]  # longest prefix at each position
+    assert B.maxmatch_encode_word(list("bcda"), vocab, 3) == ["bcd", "a"]
+    mm = data.encoders["maxmatch"]
+    for ids, doc in zip(data.eval_ids["maxmatch"], data.eval_docs):
+        assert mm.decode(ids.tolist()) == doc.text
+    for w in list(mm._raw_cache)[:300]:
+        units = list(w.encode("utf-8").decode("latin-1").translate(mm._byte_table))
+        assert mm._encode_units("".join(units)) == B.maxmatch_encode_word(units, mm.vocab, mm.max_len)
+
+
+def test_operation_counts_separate_linear_from_quadratic(data, cfg):
+    lb, heap, naive = data.encoders["lbpe"], B.HeapBPEEncoder(data.tok), data.encoders["bpe"]
+    ops = {e: [B.count_ops(enc, lbpe.long_word(data, n)) for n in (400, 800, 1600)]
+           for e, enc in (("lbpe", lb), ("heap", heap), ("naive", naive))}
+    for n, o in zip((400, 800, 1600), ops["lbpe"]):
+        assert o <= (lb.max_len - 1) * n  # at most m - 1 window checks per start position
+    assert ops["lbpe"][2] / ops["lbpe"][0] == pytest.approx(4, rel=0.15)  # 4x the length, 4x the work
+    assert ops["heap"][2] / ops["heap"][0] == pytest.approx(4, rel=0.2)
+    # superlinear: every pass rescans the word (passes are bounded by the merges that apply, so below 16x)
+    assert ops["naive"][2] / ops["naive"][0] > 5
+
+
+def test_complexity_rows_and_m_sweep(data, cfg):
+    cx = lbpe.complexity(cfg, data)
+    f = cx.frame
+    assert set(f["encoder"]) == {"lbpe", "bpe_heap", "bpe_naive"}
+    assert (f.groupby("length")["n_tokens"].nunique() >= 1).all()
+    assert len(cx.m_sweep) == len(cfg.ablation_vocab_sizes) and cx.m_sweep["within_bound"].all()
+    assert cx.m_sweep["m"].is_monotonic_increasing
+
+
+def test_aligned_batches_pair_the_text(data, cfg):
+    """Both encodings' rows of a (seed, step) start at the same byte of the training text, or within a token of it."""
+    b = {e: lbpe.lm_batches(cfg, data, e, seed=3) for e in lbpe.ENCODINGS}
+    assert b["bpe"].limit == b["lbpe"].limit
+    m = data.encoders["bpe"].max_len
+    text = lambda e, ids: data.encoders[e].decode_bytes([i for i in ids if i != data.eos_id])  # EOS: 0 bytes
+    full = {e: text(e, data.streams[e].tolist()) for e in lbpe.ENCODINGS}
+    assert full["bpe"] == full["lbpe"]  # the same training text under both encodings
+    for step in (0, 5):
+        offs = np.random.default_rng([3, step]).integers(0, b["bpe"].limit, cfg.batch_size)
+        for e in lbpe.ENCODINGS:
+            rows = b[e].batch(step).numpy()
+            for i, off in enumerate(offs):
+                first = int(np.searchsorted(b[e].starts, off))
+                start = int(b[e].starts[first])
+                assert off <= start < off + m  # the row starts at the first token at or after the drawn byte
+                assert full[e][start:start + 20] == text(e, rows[i].tolist())[:20]
+    other = lbpe.lm_batches(cfg, data, "bpe", seed=4)
+    assert not torch.equal(other.batch(0), b["bpe"].batch(0))
+    assert torch.equal(dataclasses.replace(b["bpe"], offset=2).batch(0), b["bpe"].batch(2))
+
+
+def test_eval_schedule_ends_with_the_last_evaluations(cfg):
+    c = dataclasses.replace(cfg, last_evals=3, last_eval_span=0.2, n_eval_checkpoints=2)
+    cum = np.arange(1, 101) * 10
+    evals, last = lbpe.eval_schedule(c, cum)
+    assert last[-1] == 100 and len(last) == 3 and last[0] >= 80
+    assert set(last[:-1]) <= set(evals) and 100 not in evals
+
+
+def test_flatness_needs_every_metric_to_agree():
+    assert R.agree(["reproduced"] * 3) == ("reproduced", False)
+    assert R.agree(["not_reproduced"] * 3) == ("not_reproduced", False)
+    assert R.agree(["reproduced", "not_reproduced", "not_reproduced"]) == ("inconclusive", True)  # mixed
+    assert R.agree(["reproduced", "inconclusive", "reproduced"]) == ("inconclusive", False)
+
+
+def test_equivalence_margin_and_minimum_detectable_effect():
+    def claim(gaps):
+        c = C.seed_gap_claim("x", "c", gaps, metric="m", need=True)
+        return R.with_equivalence(c, C.t_interval(gaps), 0.02)
+
+    assert claim([0.0, 0.0, 0.0]).verdict == "not_reproduced"  # identical arms: never reproduced; equivalent
+    assert claim([0.003, -0.002, 0.001, 0.0]).verdict == "not_reproduced"  # inside ±0.02: no effect that large
+    assert claim([0.05, 0.06, 0.055]).verdict == "reproduced"
+    assert claim([0.05, -0.04, 0.01]).verdict == "inconclusive"  # wider than the margin, straddles 0
+    assert "paired seeds" in claim([0.05, -0.04, 0.01]).ours_ci
+    from scipy import stats
+
+    assert R.min_detectable(0.01, 4) == pytest.approx((stats.t.ppf(0.975, 3) + stats.t.ppf(0.8, 3)) * 0.01 / 2)
+
+
+def test_count_arm_is_paired_and_deterministic(data, cfg):
+    ca = lbpe.count_arm(dataclasses.replace(cfg, n_boot=30), data)
+    f = ca.frame.set_index("encoding")
+    assert (f["bytes"] == sum(len(d.text.encode()) for d in data.heldout_docs)).all()  # the same bytes, every arm
+    assert ((ca.boot["bpe"] - ca.boot["bpe"]) == 0).all() and len(ca.boot) == 30
+    again = lbpe.count_arm(dataclasses.replace(cfg, n_boot=30), data)
+    assert again.frame.equals(ca.frame) and again.boot.equals(ca.boot)
+
+
+def test_lm_claim_is_invalid_when_a_run_does_not_beat_the_bigram(cfg):
+    from types import SimpleNamespace
+
+    frame = pd.DataFrame([{"encoding": e, "seed": s, "step": 10, "final": True, "last": True, "bpb": v,
+                           "nats_per_token": v * 2, "train_bytes": 100, "train_tokens": 40, "wall_s": 1.0,
+                           "n_params": 10} for e, v in (("bpe", 2.0), ("lbpe", 2.1)) for s in (0, 1, 2)])
+    bars = pd.DataFrame([{"encoding": e, "seed": s, "unigram": 6.0, "full_bigram": 4.1, "seen_bigram": 4.5,
+                          "unigram_bpb": 3.0, "full_bigram_bpb": 2.05, "seen_bigram_bpb": 2.2}
+                         for e in ("bpe", "lbpe") for s in (0, 1, 2)])
+    b = SimpleNamespace(lm_runs=SimpleNamespace(frame=frame, bars=bars), cfg=cfg, data=SimpleNamespace(n_ids=512))
+    v = R.lm_validity(b)
+    assert not v.ok and "lbpe/seed 0" in "; ".join(v.failures) and " bpe/seed 0" not in "; ".join(v.failures)
+    ok = SimpleNamespace(lm_runs=SimpleNamespace(frame=frame, bars=bars.assign(full_bigram=4.5, full_bigram_bpb=2.2)),
+                         cfg=cfg, data=SimpleNamespace(n_ids=512))
+    assert R.lm_validity(ok).ok
+
+
+def test_single_byte_positions_add_up(data, cfg):
+    sb = lbpe.single_bytes(cfg, data).set_index("encoding")
+    occ = lbpe.frequency(cfg, data)["occurrence"]
+    for e in lbpe.ENCODINGS:
+        ones = int(occ[(occ["encoding"] == e) & (occ["token_len"] == 1)]["occurrences"].sum())
+        assert sb.loc[e, "total"] == ones  # every single-byte token placed exactly once
+        assert sb.loc[e, "first_space"] <= sb.loc[e, "first"]
+
+
+def _ns(**kw):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(**kw)
+
+
+def test_flatness_claim_null_and_mixed_cases(cfg):
+    summary = pd.DataFrame({"encoding": ["bpe", "lbpe"], "entropy_bits": [9.0, 9.0]})
+    zeros = pd.DataFrame({k: np.zeros(50) for k in ("gini_delta", "entropy_delta", "unused_delta")})
+    null = _ns(freq_boot=_ns(point={"gini_delta": 0.0, "entropy_delta": 0.0, "unused_delta": 0.0}, boot=zeros),
+               frequency={"summary": summary})
+    assert R._flat_claim(cfg, null).verdict == "inconclusive"  # identical encodings: never "reproduced"
+    rng = np.random.default_rng(0)
+    flatter = pd.DataFrame({"gini_delta": -0.01 + 0.001 * rng.standard_normal(50),
+                            "entropy_delta": 0.05 + 0.005 * rng.standard_normal(50),
+                            "unused_delta": -20 + rng.standard_normal(50)})
+    point = {k: float(flatter[k].mean()) for k in flatter}
+    ok = _ns(freq_boot=_ns(point=point, boot=flatter), frequency={"summary": summary})
+    assert R._flat_claim(cfg, ok).verdict == "reproduced"
+    mixed = flatter.assign(entropy_delta=-flatter["entropy_delta"])  # Gini flatter, entropy less flat
+    c = R._flat_claim(cfg, _ns(freq_boot=_ns(point={**point, "entropy_delta": -point["entropy_delta"]}, boot=mixed),
+                               frequency={"summary": summary}))
+    assert c.verdict == "inconclusive" and c.evidence.startswith("mixed")
+
+
+def test_count_claim_identical_arms_are_never_reproduced(cfg):
+    frame = pd.DataFrame({"encoding": ["bpe", "lbpe"], "bpb": [2.4, 2.4]})
+    boot = pd.DataFrame({"bpe": np.full(40, 2.4), "lbpe": np.full(40, 2.4)})
+    c = R._count_claim(cfg, _ns(count_arm=_ns(frame=frame, boot=boot, n_blocks=10)))
+    assert c.verdict == "not_reproduced" and c.evidence.startswith("equivalent")  # no effect larger than the margin
+    better = _ns(count_arm=_ns(frame=frame.assign(bpb=[2.45, 2.40]), boot=boot.assign(bpe=2.45 + 0.001 *
+                 np.random.default_rng(1).standard_normal(40)), n_blocks=10))
+    assert R._count_claim(cfg, better).verdict == "reproduced"
+
+
+def test_complexity_claim_rejects_quadratic_work(cfg):
+    n = np.array([1000, 2000, 4000, 8000])
+
+    def bundle(ops_lbpe):
+        rows = [{"encoder": e, "length": L, "ops": o, "seconds": 1e-6 * o, "max_token_len": 14}
+                for e, opss in (("lbpe", ops_lbpe), ("bpe_heap", 2 * n), ("bpe_naive", n ** 2))
+                for L, o in zip(n, opss)]
+        f = pd.DataFrame(rows)
+        encs = f["encoder"].unique()
+        ms = pd.DataFrame({"vocab_size": [2048], "m": [14], "ops_per_byte": [2.0], "bound_m_per_byte": [14],
+                           "within_bound": [True]})
+        return _ns(complexity=lbpe.Complexity(f, {e: lbpe.loglog_slope(f, e) for e in encs},
+                                              {e: lbpe.loglog_slope(f, e, "ops")[0] for e in encs}, ms))
+
+    assert R._complexity_claim(cfg, bundle(2 * n)).verdict == "reproduced"
+    assert R._complexity_claim(cfg, bundle(n ** 2 // 100)).verdict != "reproduced"  # quadratic work

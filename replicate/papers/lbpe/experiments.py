@@ -2,22 +2,29 @@
 
 Steps, in order (the notebook runs one per cell):
 
-- ``data``: a byte-level BPE trained on the training documents; the BPE and LBPE encodings of the training,
-  held-out and evaluation text (the same bytes, exactly), the training streams and the evaluation sets.
-- ``frequency``, ``freq_boot``, ``segmentation``, ``ablation``: the frequency analyses of spec §5 on both
-  encodings, their bootstrap over documents (the frequency claims), the words segmented differently, and the
-  vocabulary-size ablation (table2).
-- ``lm_runs``, ``loss_by_length``: one LM per (encoding, seed) at equal training bytes, scored in bits per byte; the loss
-  by target-token length.
+- ``data``: a byte-level BPE trained on the training documents; the BPE, LBPE and other arms' encodings
+  (``extra_arms``: longest-prefix match, the merge-loop reading) of the training, held-out and evaluation text (the
+  same bytes, exactly), the training streams and the evaluation sets.
+- ``frequency``, ``freq_boot``, ``single_bytes``, ``ablation``, ``segmentation``: the frequency analyses of spec
+  §5 on every encoding, their bootstrap over documents (the frequency claims, three flatness metrics, per-length
+  ratios), where single-byte tokens sit in their words, the vocabulary-size ablation (table2) and the words
+  segmented differently.
+- ``lm_runs``, ``loss_by_length``: one LM per (encoding, seed) at equal training bytes on byte-aligned batches
+  (the same text in the same order for every encoding), scored in bits per byte, with the count-model bars of
+  validity; the loss by target-token length.
+- ``count_arm``: the deterministic count-model arm (ours): Kneser-Ney bigrams at equal training bytes, all
+  held-out text, a paired block bootstrap.
 - ``cpt``: continual pre-training, BPE then BPE or LBPE data (paper scale; on at smoke to test the path).
 - ``scaffold_data``, ``scaffold_summary``, ``scaffold_lm``: Scaffold-BPE and LBPE on it (Table 4; its LMs at
   paper scale, on at smoke).
-- ``speed``, ``complexity``: encoding throughput against HF's Rust BPE, and the O(m·|T|) slope fits.
+- ``speed``, ``complexity``: encoding throughput against HF's Rust BPE, and the O(m·|T|) claim (counted operations
+  and median timings of LBPE, heap BPE and naive BPE; the m sweep).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import time
@@ -29,6 +36,7 @@ import torch
 
 from replicate.data import corpora, lm, tokenizer
 from replicate.data.evaluation import (
+    LN2,
     bits_per_byte,
     budget_docs,
     byte_lengths,
@@ -40,8 +48,10 @@ from replicate.data.evaluation import (
 )
 from replicate.experiments import Plan
 from replicate.models.lm import LRMap
-from replicate.models.trainer import TrainSpec, continued, train
+from replicate.data.ngram import KneserNeyBigram, seen_windows, unigram_nll
+from replicate.models.trainer import TrainSpec, continued, prefetch, train
 from replicate.papers.lbpe import ENCODINGS, PAPER_ID, LBPEConfig
+from replicate.papers.lbpe.baselines import HeapBPEEncoder, MaxMatchEncoder, count_ops
 from replicate.papers.lbpe.method import lbpe_encode_word, make_encoder, make_scaffold_encoder
 from replicate.tokenization import analysis as A
 from replicate.tokenization.scaffold import train_scaffold_bpe
@@ -90,6 +100,11 @@ def encoding_tag(cfg: LBPEConfig, encoding: str) -> str:
     return {"lbpe": lbpe_name(cfg)}.get(encoding, encoding)
 
 
+def arm_encoder(tok, arm: str):
+    """The encoder of one of the other arms (spec §4.3): ``maxmatch`` or ``lbpe_merge`` (variant B)."""
+    return MaxMatchEncoder(tok) if arm == "maxmatch" else make_encoder(tok, mode="merge")
+
+
 def _tokenizer_name(cfg: LBPEConfig) -> str:
     return f"lbpe-{cfg.corpus.replace('/', '_')}"
 
@@ -130,6 +145,7 @@ def data(cfg: LBPEConfig) -> Data:
     train_docs, heldout_docs = corpora.split(load_corpus(cfg))
     tok = tokenizer.train_bpe(train_docs, cfg.vocab_size, name=_tokenizer_name(cfg))
     encs = {"bpe": make_encoder(tok, mode="bpe"), "lbpe": make_encoder(tok, mode=cfg.lbpe_mode, tie_break=cfg.tie_break)}
+    encs.update({a: arm_encoder(tok, a) for a in cfg.extra_arms})
     return _encode_all(cfg, tok, encs, train_docs, heldout_docs, tok.get_vocab_size(),
                        f"tok=bpe{cfg.vocab_size}:{tokenizer.tokenizer_fingerprint(tok)}", rust=("bpe",))
 
@@ -195,18 +211,41 @@ def length_groups(token_lengths, vocab_ids, long_min: int) -> dict[str, np.ndarr
     return {"single": v[L[v] == 1], "short": v[(L[v] >= 2) & (L[v] < long_min)], "long": v[L[v] >= long_min]}
 
 
-def frequency_stats(counts: dict[str, np.ndarray], groups: dict[str, np.ndarray]) -> dict[str, float]:
-    """The numbers behind claims C1 and C3 from total counts per id of each encoding."""
-    b, l = counts["bpe"], counts["lbpe"]
+def entropy_bits(counts: np.ndarray) -> float:
+    """Entropy of the token distribution, -Σ p log2 p (higher = flatter)."""
+    c = np.asarray(counts, dtype=np.float64)
+    p = c[c > 0] / c.sum()
+    return float(-(p * np.log2(p)).sum())
+
+
+def frequency_stats(counts: dict[str, np.ndarray], groups: dict[str, np.ndarray], other: str = "lbpe",
+                    lengths: np.ndarray | None = None) -> dict[str, float]:
+    """The numbers behind claims C1 and C3 from total counts per id of BPE and ``other`` (LBPE by default).
+
+    Flatness (C3-flat) is read on three metrics that express it (DESIGN §7, metrics that agree), each ``other``
+    minus BPE: the Gini coefficient over V (negative = flatter), the entropy in bits (positive = flatter) and the
+    number of vocabulary entries never emitted (negative = flatter). ``lengths`` (bytes per id) adds the
+    occurrence ratio of every token length (``len_ratio_<L>``, fig3's intervals)."""
+    b, l = counts["bpe"], counts[other]
     vid = np.concatenate(list(groups.values()))
     short_all = np.concatenate([groups["single"], groups["short"]])
     out = {
         # C1: BPE occurrences per vocabulary entry, short (< long_min bytes) over long
         "c1_ratio": (b[short_all].sum() / len(short_all)) / max(b[groups["long"]].sum() / len(groups["long"]), 1e-12),
         "gini_delta": A.gini(l[vid]) - A.gini(b[vid]),
+        "entropy_delta": entropy_bits(l[vid]) - entropy_bits(b[vid]),
+        "unused_delta": float((l[vid] == 0).sum() - (b[vid] == 0).sum()),
+        # the paper's coarser grouping: every token shorter than long_min bytes (single bytes included)
+        "ratio_lt_long": l[short_all].sum() / max(b[short_all].sum(), 1),
     }
     for g, ids in groups.items():
         out[f"ratio_{g}"] = l[ids].sum() / max(b[ids].sum(), 1)
+    if lengths is not None:
+        L = np.asarray(lengths)[vid]
+        bl = np.bincount(L, weights=b[vid].astype(np.float64))
+        ll = np.bincount(L, weights=l[vid].astype(np.float64), minlength=len(bl))
+        for k in np.unique(L):
+            out[f"len_ratio_{int(k)}"] = ll[k] / bl[k] if bl[k] > 0 else float("nan")
     return out
 
 
@@ -214,24 +253,73 @@ def frequency_stats(counts: dict[str, np.ndarray], groups: dict[str, np.ndarray]
 class FrequencyBootstrap:
     point: dict  # frequency_stats on the whole text
     boot: pd.DataFrame  # one row per resample
+    arms: pd.DataFrame  # the point statistics of every other encoding against BPE (extra_arms table)
 
 
 @plan.step
 def freq_boot(cfg: LBPEConfig, data: Data) -> FrequencyBootstrap:
     """Point values of :func:`frequency_stats` and their bootstrap over documents (blocks resampled with
-    replacement, the same resample for both encodings)."""
+    replacement, the same resample for both encodings); the point values of every other arm beside them."""
     enc = data.encoders["bpe"]
     groups = length_groups(enc.token_lengths, enc.vocab.values(), cfg.long_min_len)
+    lengths = np.asarray(enc.token_lengths)
     ids = freq_ids(cfg, data)
     blocks = {e: block_counts(ids[e], enc.vocab_size) for e in ENCODINGS}
-    point = frequency_stats({e: b.sum(0) for e, b in blocks.items()}, groups)
+    point = frequency_stats({e: b.sum(0) for e, b in blocks.items()}, groups, lengths=lengths)
     rng = np.random.default_rng(cfg.seed)
     n = len(blocks["bpe"])
     rows = []
     for _ in range(cfg.n_boot):
         w = np.bincount(rng.integers(0, n, n), minlength=n)
-        rows.append(frequency_stats({e: w @ b for e, b in blocks.items()}, groups))
-    return FrequencyBootstrap(point, pd.DataFrame(rows))
+        rows.append(frequency_stats({e: w @ b for e, b in blocks.items()}, groups, lengths=lengths))
+    totals = {e: np.bincount(_flat(x), minlength=enc.vocab_size) for e, x in ids.items()}
+    arms = []
+    for e in data.encoders:
+        if e == "bpe":
+            continue
+        st = frequency_stats(totals, groups, other=e)
+        arms.append({"encoding": e, "tokens": int(totals[e].sum()), "long_ratio": st["ratio_long"],
+                     "short_ratio": st["ratio_short"], "single_ratio": st["ratio_single"],
+                     "lt_long_ratio": st["ratio_lt_long"], "gini_delta": st["gini_delta"],
+                     "entropy_delta_bits": st["entropy_delta"], "unused_delta": int(st["unused_delta"])})
+    return FrequencyBootstrap(point, pd.DataFrame(rows), pd.DataFrame(arms))
+
+
+@plan.step
+def single_bytes(cfg: LBPEConfig, data: Data) -> pd.DataFrame:
+    """Where the single-byte tokens of each encoding sit inside their pre-token (C3-single's mechanism), counted over
+    every word occurrence of the frequency text: ``whole`` (a one-byte word), ``first`` / ``last`` / ``interior``
+    unit of a longer word, and of the ``first`` ones how many are the word's leading space (Ġ). The LBPE scan is not
+    anchored at the word start: a long vocabulary string found inside the word can leave its first unit (often the
+    space) or its last ones stranded, and at equal length the leftmost window wins."""
+    words: dict[str, int] = {}
+    pick = {"train": (data.train_docs,), "heldout": (data.heldout_docs,),
+            "all": (data.train_docs, data.heldout_docs)}[cfg.freq_corpus]
+    enc0 = data.encoders["bpe"]
+    for docs in pick:
+        for d in docs:
+            for w in enc0.words(d.text):
+                if isinstance(w, str):
+                    words[w] = words.get(w, 0) + 1
+    rows = []
+    for e in ENCODINGS:
+        enc = data.encoders[e]
+        tally = {"whole": 0, "first": 0, "first_space": 0, "interior": 0, "last": 0}
+        for w, c in words.items():
+            toks = enc.tokenize_word(w)
+            if len(toks) == 1:
+                tally["whole"] += c * (len(toks[0]) == 1)
+                continue
+            for i, t in enumerate(toks):
+                if len(t) != 1:
+                    continue
+                pos = "first" if i == 0 else "last" if i == len(toks) - 1 else "interior"
+                tally[pos] += c
+                if pos == "first" and t == "Ġ":
+                    tally["first_space"] += c
+        rows.append({"encoding": e, **tally, "total": tally["whole"] + tally["first"] + tally["interior"]
+                     + tally["last"]})
+    return pd.DataFrame(rows)
 
 
 @plan.step
@@ -255,7 +343,9 @@ def ablation(cfg: LBPEConfig, data: Data) -> pd.DataFrame:
         rows.append({"vocab_size": v, "max_token_len": encs["bpe"].max_len,
                      "bytes_per_token_bpe": nb / len(ids["bpe"]), "bytes_per_token_lbpe": nb / len(ids["lbpe"]),
                      "long_ratio_lbpe_over_bpe": st["ratio_long"], "short_ratio_lbpe_over_bpe": st["ratio_short"],
-                     "single_ratio_lbpe_over_bpe": st["ratio_single"], "gini_lbpe_minus_bpe": st["gini_delta"],
+                     "single_ratio_lbpe_over_bpe": st["ratio_single"],
+                     "lt_long_ratio_lbpe_over_bpe": st["ratio_lt_long"], "gini_lbpe_minus_bpe": st["gini_delta"],
+                     "entropy_lbpe_minus_bpe_bits": st["entropy_delta"],
                      "unused_frac_bpe": util["bpe"], "unused_frac_lbpe": util["lbpe"]})
     return pd.DataFrame(rows)
 
@@ -300,24 +390,92 @@ def scaffold_summary(cfg: LBPEConfig, data: Data, scaffold_data: Data) -> pd.Dat
 # ============================================================================================ LM training
 
 
-def lm_batches(cfg: LBPEConfig, data: Data, encoding: str, seed: int) -> lm.Batches:
-    """The training batches of one encoding and seed (a pure function of (seed, step))."""
-    return lm.Batches((lm.Stream(data.streams[encoding]),), (1.0,), cfg.batch_size, cfg.seq_len, seed)
+@dataclass(frozen=True)
+class AlignedBatches:
+    """Training batches that put the same text, in the same order, in front of every encoding (DESIGN §7, pair what
+    can be paired): step s of seed k draws ``batch_size`` byte offsets of the training stream from
+    ``default_rng([k, s + offset])``; each row is the ``seq_len + 1`` tokens of this encoding's stream starting at
+    the first token that starts at or after that byte (so two encodings' rows start at the same byte, or within one
+    token of it). ``starts[i]``: the byte offset of token i (EOS counts 0 bytes); ``limit``: the largest offset
+    drawn, the same for every encoding (each has ``seq_len + 1`` tokens after it). Pure in (seed, step), as
+    ``replicate.data.lm.Batches``."""
+
+    tokens: np.ndarray
+    starts: np.ndarray
+    limit: int
+    batch_size: int
+    seq_len: int
+    seed: int
+    offset: int = 0
+
+    def batch(self, step: int) -> torch.Tensor:
+        rng = np.random.default_rng([self.seed, step + self.offset])
+        offs = rng.integers(0, self.limit, size=self.batch_size)
+        first = np.searchsorted(self.starts, offs, side="left")
+        rows = first[:, None] + np.arange(self.seq_len + 1)[None, :]
+        return torch.from_numpy(self.tokens[rows].astype(np.int64))
 
 
-def run_lm(cfg: LBPEConfig, data: Data) -> list[dict]:
-    """One run per (encoding, seed) at ``train_bytes`` training bytes each; returns one record per run."""
+def token_starts(stream: np.ndarray, byte_len: np.ndarray) -> np.ndarray:
+    """Byte offset of every token of ``stream`` in the text it encodes."""
+    b = byte_len[np.asarray(stream, dtype=np.int64)]
+    return np.concatenate([[0], np.cumsum(b)[:-1]]).astype(np.int64)
+
+
+def aligned_limit(data: Data, seq_len: int) -> int:
+    """The largest byte offset every encoding of ``data`` can start a training row at."""
+    return int(min(token_starts(st, data.byte_len)[len(st) - seq_len - 2] for st in data.streams.values()))
+
+
+def lm_batches(cfg: LBPEConfig, data: Data, encoding: str, seed: int) -> AlignedBatches:
+    """The training batches of one encoding and seed (a pure function of (seed, step), aligned by byte offset)."""
+    stream = data.streams[encoding]
+    return AlignedBatches(stream, token_starts(stream, data.byte_len), aligned_limit(data, cfg.seq_len),
+                          cfg.batch_size, cfg.seq_len, seed)
+
+
+def eval_schedule(cfg: LBPEConfig, cum: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(every evaluation step but the final one, the steps whose mean is the run's metric): ``n_eval_checkpoints``
+    along the run for the curve, and ``last_evals`` spread over the last ``last_eval_span`` of the bytes (the final
+    evaluation, at ``len(cum)``, is the last of them)."""
+    n = len(cum)
+    k = cfg.last_evals
+    fr = [1 - cfg.last_eval_span * i / (k - 1) for i in range(1, k)] if k > 1 else []
+    last = {min(n, int(np.searchsorted(cum, f * cum[-1])) + 1) for f in fr} | {n}
+    last = tuple(sorted(last))
+    return tuple(sorted(set(eval_steps_at(cum, cfg.n_eval_checkpoints)) | {s for s in last if s < n})), last
+
+
+def lm_spec(cfg: LBPEConfig, data: Data, e: str, seed: int):
+    """(spec, batches, cumulative bytes, last-evaluation steps) of one LM run; equal training bytes for every
+    encoding, and the model's initial weights are the seed's (the same for every encoding)."""
+    batches = lm_batches(cfg, data, e, seed)
+    cum = steps_for_bytes(batches, data.byte_len, cfg.train_bytes)
+    evals, last = eval_schedule(cfg, cum)
+    spec = TrainSpec(cfg.decoder(data.n_ids), cfg.optim(len(cum)),
+                     data.description + f";enc={encoding_tag(cfg, e)};aligned={batches.limit}", cfg.batch_size,
+                     cfg.seq_len, seed, eval_steps=evals, ckpt_every=max(10, len(cum) // 4))
+    return spec, batches, cum, last
+
+
+def train_one(cfg: LBPEConfig, data: Data, e: str, seed: int) -> dict:
+    spec, batches, _, _ = lm_spec(cfg, data, e, seed)
+    return train(PAPER_ID, spec, batches, {"heldout": data.eval_sets[e].windows}, **cfg.trainer_kwargs())
+
+
+def run_lm(cfg: LBPEConfig, data: Data, arms=None) -> list[dict]:
+    """One run per (encoding, seed) at ``train_bytes`` training bytes each (with ``workers`` > 1 trained side by
+    side first, ``replicate.models.trainer.prefetch``); returns one record per run."""
+    arms = tuple(arms or cfg.lm_arms)
+    seeds = range(cfg.seed, cfg.seed + cfg.n_seeds)
+    prefetch([functools.partial(train_one, cfg, data, e, s) for s in seeds for e in arms], cfg.workers, cfg.threads)
     out = []
-    for seed in range(cfg.seed, cfg.seed + cfg.n_seeds):
-        for e in data.encoders:
-            batches = lm_batches(cfg, data, e, seed)
-            cum = steps_for_bytes(batches, data.byte_len, cfg.train_bytes)
-            spec = TrainSpec(cfg.decoder(data.n_ids), cfg.optim(len(cum)),
-                             data.description + f";enc={encoding_tag(cfg, e)}", cfg.batch_size, cfg.seq_len, seed,
-                             eval_steps=eval_steps_at(cum, cfg.n_eval_checkpoints), ckpt_every=max(10, len(cum) // 4))
-            res = train(PAPER_ID, spec, batches, {"heldout": data.eval_sets[e].windows}, **cfg.trainer_kwargs())
+    for seed in seeds:
+        for e in arms:
+            spec, _, cum, last = lm_spec(cfg, data, e, seed)
+            res = train_one(cfg, data, e, seed)
             out.append({"encoding": e, "seed": seed, "result": res, "cum_bytes": cum, "steps": len(cum),
-                        "tokens_per_step": cfg.batch_size * cfg.seq_len})
+                        "last_steps": last, "tokens_per_step": cfg.batch_size * cfg.seq_len})
     return out
 
 
@@ -325,12 +483,69 @@ def run_lm(cfg: LBPEConfig, data: Data) -> list[dict]:
 class LMArm:
     runs: list  # one record per (encoding, seed): the training result, its byte counts
     frame: pd.DataFrame  # one row per (encoding, seed, evaluated step): bits per byte, per-token loss, ...
+    bars: pd.DataFrame  # the count models on the same held-out text, per encoding (and seed): the validity bars
+
+
+def count_bars(cfg: LBPEConfig, data: Data, runs: list[dict]) -> pd.DataFrame:
+    """The validity bars of every run (DESIGN §7: a model must beat a count model before it is compared), on its own
+    encoding's evaluation set, in nats per token and bits per byte: the add-one unigram and the interpolated
+    Kneser-Ney bigram of the whole training stream (the bar of issue #13), and the Kneser-Ney bigram of exactly the
+    windows the run trained on (``replicate.data.ngram.seen_windows``)."""
+    rows = []
+    full = {}
+    for r in runs:
+        e, ev = r["encoding"], data.eval_sets[r["encoding"]]
+        if e not in full:
+            full[e] = (torch.from_numpy(unigram_nll(data.streams[e], data.n_ids, ev.windows)),
+                       torch.from_numpy(KneserNeyBigram(data.streams[e], data.n_ids).nll(ev.windows)))
+        uni, big = full[e]
+        seen = torch.from_numpy(KneserNeyBigram(seen_windows(lm_batches(cfg, data, e, r["seed"]), r["steps"]),
+                                                data.n_ids).nll(ev.windows))
+        rows.append({"encoding": e, "seed": r["seed"],
+                     "unigram": nats_per_token(uni, ev), "full_bigram": nats_per_token(big, ev),
+                     "seen_bigram": nats_per_token(seen, ev), "unigram_bpb": bits_per_byte(uni, ev, data.byte_len),
+                     "full_bigram_bpb": bits_per_byte(big, ev, data.byte_len),
+                     "seen_bigram_bpb": bits_per_byte(seen, ev, data.byte_len)})
+    return pd.DataFrame(rows)
 
 
 @plan.step
 def lm_runs(cfg: LBPEConfig, data: Data) -> LMArm:
     runs = run_lm(cfg, data)
-    return LMArm(runs, lm_frame(runs, data))
+    return LMArm(runs, lm_frame(runs, data), count_bars(cfg, data, runs))
+
+
+@dataclass(frozen=True)
+class CountArm:
+    """The deterministic count-model arm (ours): a Kneser-Ney bigram of each encoding's whole training stream (the
+    same training bytes), scored on all the held-out text; blocks of ``block_bytes`` of that text resampled together
+    for every encoding (a paired block bootstrap)."""
+
+    frame: pd.DataFrame  # one row per encoding: bits per byte, nats per token, tokens, bytes
+    boot: pd.DataFrame  # one row per resample: bits per byte of every encoding
+    n_blocks: int
+
+
+@plan.step
+def count_arm(cfg: LBPEConfig, data: Data) -> CountArm:
+    rows, per_block, n_blocks = [], {}, 0
+    for e in data.encoders:
+        ev = eval_set(data.heldout_ids[e], cfg.seq_len, data.eos_id, data.byte_len)
+        nll = KneserNeyBigram(data.streams[e], data.n_ids).nll(ev.windows)[ev.mask.numpy()]
+        tb = data.byte_len[ev.targets[ev.mask].numpy()]
+        block = token_starts(ev.targets[ev.mask].numpy(), data.byte_len) // cfg.block_bytes
+        n_blocks = int(tb.sum()) // cfg.block_bytes + 1  # the same text, so the same blocks, for every encoding
+        per_block[e] = (np.bincount(block, weights=nll, minlength=n_blocks),
+                        np.bincount(block, weights=tb, minlength=n_blocks))
+        rows.append({"encoding": e, "model": "Kneser-Ney bigram", "bpb": float(nll.sum() / LN2 / tb.sum()),
+                     "nats_per_token_NOT_COMPARABLE": float(nll.mean()), "tokens": len(nll), "bytes": int(tb.sum()),
+                     "train_tokens": len(data.streams[e])})
+    rng = np.random.default_rng(cfg.seed)
+    boot = []
+    for _ in range(cfg.n_boot):
+        w = np.bincount(rng.integers(0, n_blocks, n_blocks), minlength=n_blocks)
+        boot.append({e: float(w @ nb / LN2 / (w @ bb)) for e, (nb, bb) in per_block.items()})
+    return CountArm(pd.DataFrame(rows), pd.DataFrame(boot), n_blocks)
 
 
 @plan.step
@@ -355,7 +570,8 @@ def run_cpt(cfg: LBPEConfig, data: Data) -> list[dict]:
         schedule = cfg.optim(len(full))  # the schedule a whole BPE run would follow
         s1 = int(np.searchsorted(full, cfg.cpt_switch_frac * full[-1])) + 1
         # phase 1: the first s1 steps of that whole run (its learning rate follows the whole schedule)
-        spec1 = TrainSpec(model, dataclasses.replace(schedule, max_steps=s1), data.description + ";enc=bpe",
+        spec1 = TrainSpec(model, dataclasses.replace(schedule, max_steps=s1),
+                          data.description + f";enc=bpe;aligned={base.limit}",
                           cfg.batch_size, cfg.seq_len, seed, ckpt_every=max(10, s1 // 4), lr_map=LRMap(schedule))
         p1 = train(PAPER_ID, spec1, base, {"heldout": data.eval_sets["bpe"].windows}, keep_weights=True,
                    **cfg.trainer_kwargs())
@@ -365,8 +581,8 @@ def run_cpt(cfg: LBPEConfig, data: Data) -> list[dict]:
             batches = dataclasses.replace(lm_batches(cfg, data, e, seed), offset=s1)
             cum = steps_for_bytes(batches, data.byte_len, max(rest, 1))
             stretch = (len(full) - s1) / len(cum)  # phase 2's own steps mapped onto the rest of the schedule
-            spec2 = continued(TrainSpec(model, dataclasses.replace(schedule, max_steps=len(cum)),
-                                        data.description + f";enc={encoding_tag(cfg, e)};data_offset={s1}",
+            desc = data.description + f";enc={encoding_tag(cfg, e)};aligned={base.limit};data_offset={s1}"
+            spec2 = continued(TrainSpec(model, dataclasses.replace(schedule, max_steps=len(cum)), desc,
                                         cfg.batch_size, cfg.seq_len, seed, ckpt_every=max(10, len(cum) // 4)),
                               p1, lr_map=LRMap(schedule, offset=s1, stretch=round(stretch, 6)))
             res = train(PAPER_ID, spec2, batches, {"heldout": data.eval_sets[e].windows}, parent=p1,
@@ -387,7 +603,8 @@ def cpt(cfg: LBPEConfig, data: Data) -> pd.DataFrame | None:
 @plan.step
 def scaffold_lm(cfg: LBPEConfig, scaffold_data: Data) -> pd.DataFrame | None:
     """table4's runs: Scaffold-BPE vs Scaffold-BPE + LBPE at equal bytes, paired by seed (None unless run_scaffold)."""
-    return lm_frame(run_lm(cfg, scaffold_data), scaffold_data) if cfg.run_scaffold else None
+    return lm_frame(run_lm(cfg, scaffold_data, arms=tuple(scaffold_data.encoders)), scaffold_data) \
+        if cfg.run_scaffold else None
 
 
 def lm_frame(runs: list[dict], data: Data) -> pd.DataFrame:
@@ -399,6 +616,7 @@ def lm_frame(runs: list[dict], data: Data) -> pd.DataFrame:
         points = sorted(res["evals"].get("heldout", {}).items()) + [(r["steps"], res["final"]["heldout"])]
         for step, loss in points:
             rows.append({"encoding": r["encoding"], "seed": r["seed"], "step": step, "final": step == r["steps"],
+                         "last": step in r.get("last_steps", (r["steps"],)),
                          "train_bytes": int(r["cum_bytes"][step - 1]), "train_tokens": step * r["tokens_per_step"],
                          "bpb": bits_per_byte(loss, ev, data.byte_len), "nats_per_token": nats_per_token(loss, ev),
                          "wall_s": res["wall_s"], "n_params": res["n_params"]})
@@ -440,13 +658,16 @@ def speed(cfg: LBPEConfig, data: Data) -> pd.DataFrame:
         "HF tokenizers BPE (Rust)": lambda: (lambda xs: [e.ids for e in tok.encode_batch(xs)]),
         "HF tokenizers BPE (Rust, 1 thread)": lambda: hf_one_thread,
         "BPE (ours, Python)": lambda: make_encoder(tok, mode="bpe").encode_batch,
+        "BPE heap (ours, Python)": lambda: HeapBPEEncoder(tok).encode_batch,
         "LBPE scan (ours, Python)": lambda: make_encoder(tok, mode="scan", tie_break=cfg.tie_break).encode_batch,
         "LBPE merge loop (ours, Python)": lambda: make_encoder(tok, mode="merge").encode_batch,
     }
     df = A.encoding_speed(texts, encoders, repeats=cfg.speed_repeats)
     hf = [e.ids for e in tok.encode_batch(texts)]
     same = make_encoder(tok, mode="bpe").encode_batch(texts) == hf
-    df["ids_equal_hf_bpe"] = [True if "Rust" in n else (same if n.startswith("BPE") else False) for n in df["encoder"]]
+    heap = HeapBPEEncoder(tok).encode_batch(texts) == hf
+    df["ids_equal_hf_bpe"] = [True if "Rust" in n else (heap if n.startswith("BPE heap") else same
+                                                         if n.startswith("BPE") else False) for n in df["encoder"]]
     rust = df[(df["encoder"] == "HF tokenizers BPE (Rust)") & (df["cache"] == "cold")]["seconds"].iloc[0]
     df["times_slower_than_rust"] = df["seconds"] / rust
     return df
@@ -461,29 +682,64 @@ def long_word(data: Data, n: int) -> str:
     return letters[:n]
 
 
-def complexity_frame(cfg: LBPEConfig, data: Data, repeats: int = 3) -> pd.DataFrame:
-    """Seconds to encode one long pre-token of each length with the LBPE scan and rank BPE (no cache)."""
-    encs = {"lbpe": make_encoder(data.tok, mode="scan", tie_break=cfg.tie_break), "bpe": make_encoder(data.tok, mode="bpe")}
+COMPLEXITY_ENCODERS = {"lbpe": "LBPE scan", "bpe_heap": "BPE, heap (linear-time)", "bpe_naive": "BPE, naive rescan"}
+
+
+def _median_seconds(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def complexity_frame(cfg: LBPEConfig, data: Data) -> pd.DataFrame:
+    """Work and time to encode one long pre-token of each length (no cache): the LBPE scan, the heap BPE and the
+    naive BPE loop (up to ``naive_max_len``). ``ops``: the deterministic operation count (``baselines.count_ops``);
+    ``seconds``: the median of ``complexity_repeats`` timings (the machine may be shared)."""
+    tok = data.tok
+    encs = {"lbpe": make_encoder(tok, mode="scan", tie_break=cfg.tie_break), "bpe_heap": HeapBPEEncoder(tok),
+            "bpe_naive": make_encoder(tok, mode="bpe")}
     rows = []
     for n in cfg.complexity_lengths:
         w = long_word(data, n)
+        outs = {}
         for e, enc in encs.items():
-            best = math.inf
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                toks = enc._encode_units(w)
-                best = min(best, time.perf_counter() - t0)
-            assert "".join(toks) == w
-            rows.append({"encoder": e, "length": n, "seconds": best, "n_tokens": len(toks), "max_token_len": enc.max_len})
+            if e == "bpe_naive" and n > cfg.naive_max_len:
+                continue
+            outs[e] = enc._encode_units(w)
+            assert "".join(outs[e]) == w
+            rows.append({"encoder": e, "length": n, "ops": count_ops(enc, w),
+                         "seconds": _median_seconds(lambda: enc._encode_units(w), cfg.complexity_repeats),
+                         "repeats": cfg.complexity_repeats, "n_tokens": len(outs[e]), "max_token_len": enc.max_len})
+        if "bpe_naive" in outs and outs["bpe_naive"] != outs["bpe_heap"]:
+            raise RuntimeError(f"heap BPE and naive BPE disagree on a {n}-byte word")
     return pd.DataFrame(rows)
 
 
-def loglog_slope(frame: pd.DataFrame, encoder: str) -> tuple[float, tuple[float, float] | None]:
-    """Slope of log(seconds) on log(length) and its 95% t-interval (1: linear in |T|, 2: quadratic)."""
+def m_sweep(cfg: LBPEConfig, data: Data) -> pd.DataFrame:
+    """LBPE's work per byte against m, the longest token: one vocabulary per ``ablation_vocab_sizes`` (trained on the
+    same documents; the larger the vocabulary, the longer its longest entry), one pre-token of ``m_sweep_len``."""
+    w = long_word(data, cfg.m_sweep_len)
+    rows = []
+    for v in cfg.ablation_vocab_sizes:
+        tok = tokenizer.train_bpe(data.train_docs, v, name=_tokenizer_name(cfg))
+        enc = make_encoder(tok, mode="scan", tie_break=cfg.tie_break)
+        ops = count_ops(enc, w)
+        rows.append({"vocab_size": v, "m": enc.max_len, "length": len(w), "ops": ops, "ops_per_byte": ops / len(w),
+                     "bound_m_per_byte": enc.max_len, "within_bound": ops <= enc.max_len * len(w),
+                     "seconds": _median_seconds(lambda: enc._encode_units(w), cfg.complexity_repeats),
+                     "us_per_byte": 1e6 * _median_seconds(lambda: enc._encode_units(w), 1) / len(w)})
+    return pd.DataFrame(rows)
+
+
+def loglog_slope(frame: pd.DataFrame, encoder: str, y: str = "seconds") -> tuple[float, tuple[float, float] | None]:
+    """Slope of log(``y``) on log(length) and its 95% t-interval (1: linear in |T|, 2: quadratic)."""
     from scipy import stats
 
     g = frame[frame["encoder"] == encoder]
-    r = stats.linregress(np.log(g["length"]), np.log(g["seconds"]))
+    r = stats.linregress(np.log(g["length"]), np.log(g[y]))
     if len(g) < 3:
         return float(r.slope), None
     h = r.stderr * stats.t.ppf(0.975, len(g) - 2)
@@ -492,14 +748,18 @@ def loglog_slope(frame: pd.DataFrame, encoder: str) -> tuple[float, tuple[float,
 
 @dataclass(frozen=True)
 class Complexity:
-    frame: pd.DataFrame  # seconds per (encoder, length)
-    slopes: dict  # encoder -> (log-log slope, its 95% t-interval or None)
+    frame: pd.DataFrame  # ops and median seconds per (encoder, length)
+    slopes: dict  # encoder -> (log-log slope of seconds, its 95% t-interval or None)
+    op_slopes: dict  # encoder -> log-log slope of the counted operations (deterministic)
+    m_sweep: pd.DataFrame  # LBPE's work per byte against m
 
 
 @plan.step
 def complexity(cfg: LBPEConfig, data: Data) -> Complexity:
     frame = complexity_frame(cfg, data)
-    return Complexity(frame, {e: loglog_slope(frame, e) for e in frame["encoder"].unique()})
+    encs = frame["encoder"].unique()
+    return Complexity(frame, {e: loglog_slope(frame, e) for e in encs},
+                      {e: loglog_slope(frame, e, "ops")[0] for e in encs}, m_sweep(cfg, data))
 
 
 run_experiments = plan.run_all
