@@ -384,10 +384,14 @@ class BPEEncoder(WordEncoder):
         unk, unk_id = self.unk_token, self.unk_id
         return tuple(unk_id if t == unk else vocab[t] for t in self._encode_units(syms))
 
-    def _encode_units(self, word: Sequence[str]) -> list[str]:
+    def _encode_units(self, word: Sequence[str], counter: list | None = None) -> list[str]:
+        """The naive rank BPE loop: each pass rescans every adjacent pair and merges the best-ranked one.
+        ``counter`` (a one-element list): adds the pair lookups done, one per pair per pass (the loop's work)."""
         ranks = self.merge_ranks
         s = list(word)
         while len(s) > 1:
+            if counter is not None:
+                counter[0] += len(s) - 1
             best, best_rank = None, None
             for pair in zip(s, s[1:]):
                 r = ranks.get(pair)

@@ -122,20 +122,9 @@ def count_ops(encoder, word: str) -> int:
         heap_bpe_encode_word(list(word), encoder.merge_ranks, counter=c)
         return c[0]
     if isinstance(encoder, BPEEncoder):
-        ranks, s, ops = encoder.merge_ranks, list(word), 0
-        while len(s) > 1:
-            best, best_rank = None, None
-            for pair in zip(s, s[1:]):
-                ops += 1
-                r = ranks.get(pair)
-                if r is not None and (best_rank is None or r < best_rank):
-                    best, best_rank = pair, r
-            if best is None:
-                break
-            from replicate.tokenization.words import merge_pair
-
-            s = merge_pair(s, *best)
-        return ops
+        c = [0]
+        encoder._encode_units(list(word), counter=c)
+        return c[0]
     # LBPE scan: the walk of LBPEEncoder._scan, counted
     prefixes, n, ops = encoder._prefixes, len(word), 0
     for j in range(n - 1):
