@@ -229,12 +229,12 @@ def converging(claim: Claim, drift: float | None, spread: float, what: str) -> C
     """A decided comparison whose gap is still closing when training stops cannot say which arm ends ahead: when the
     gap moved towards 0 by more than ``spread`` or than the gap itself over the last stretch of training (``drift``:
     late gap − earlier gap, same sign convention as the claim's value), a ``reproduced`` or ``not_reproduced`` verdict
-    becomes
-    ``inconclusive`` ("still converging"); a gap that holds or widens keeps its verdict. ``what`` names the
-    measurement of the drift. ``drift`` None (no curve): the claim unchanged, said so."""
+    becomes ``inconclusive`` ("still converging"); a gap that holds or widens keeps its verdict. ``what`` names the
+    measurement of the drift; an unknown ``spread`` (NaN) leaves the gap itself as the bar. ``drift`` None (no
+    curve): the claim unchanged, said so."""
     if drift is None or claim.ours_value is None:
         return replace(claim, ours_ci=f"{claim.ours_ci}; gap trend: not measured")
-    closing = np.sign(drift) == -np.sign(claim.ours_value) and abs(drift) > min(spread, abs(claim.ours_value))
+    closing = np.sign(drift) == -np.sign(claim.ours_value) and abs(drift) > np.nanmin([spread, abs(claim.ours_value)])
     text = f"{claim.ours_ci}; gap trend ({what}): {drift:+.4f} against a seed spread of {spread:.4f}"
     if closing and claim.verdict in ("reproduced", "not_reproduced"):
         return replace(claim, ours_ci=text + f": still converging, so the {claim.verdict} order at the end of "

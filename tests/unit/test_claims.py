@@ -148,3 +148,9 @@ def test_converging_also_flags_a_drift_larger_than_the_gap():
     c = C.Claim("X", "", "", None, 0.004, "ci", "reproduced", "ev")
     assert C.converging(c, -0.006, 0.01, "trend").verdict == "inconclusive"
     assert C.converging(c, -0.003, 0.01, "trend").verdict == "reproduced"
+
+
+def test_converging_with_an_unknown_spread_uses_the_gap():
+    c = C.Claim("X", "", "", None, 0.004, "ci", "reproduced", "ev")
+    assert C.converging(c, -0.006, float("nan"), "trend").verdict == "inconclusive"
+    assert C.converging(c, -0.002, float("nan"), "trend").verdict == "reproduced"
