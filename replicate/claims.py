@@ -243,6 +243,18 @@ def converging(claim: Claim, drift: float | None, spread: float, what: str) -> C
     return replace(claim, ours_ci=text + ("" if not closing else ": closing"))
 
 
+def converging_paired(claim: Claim, drift: float | None, seed_gaps, comparison: str, frac: float) -> Claim:
+    """:func:`converging` for a comparison of two runs trained on the same batches, its ``drift`` measured by
+    ``trainer.gap_drift``: the change of the paired training-loss gap ``comparison`` (a − b) between the last ``frac``
+    of the steps and the ``frac`` before. The spread is the std of ``seed_gaps``, the per-seed gaps of the pair that
+    was trained on every seed (a single-seed baseline has none of its own, and the deciding pair's seed noise is the
+    scale a drift must exceed to matter); NaN under two seeds, which leaves the gap itself as the bar."""
+    g = list(seed_gaps)
+    spread = float(np.std(g, ddof=1)) if len(g) > 1 else float("nan")
+    return converging(claim, drift, spread, f"paired training-loss gap {comparison}, last {frac:.0%} of the steps − "
+                      f"the {frac:.0%} before, same batches")
+
+
 def second_metric(claim: Claim, verdict: str, text: str) -> Claim:
     """``claim`` judged on a second metric that expresses the same property (DESIGN §7, metrics that agree): where
     the two point opposite ways (one ``reproduced``, the other ``not_reproduced``) the evidence says ``mixed`` and

@@ -232,6 +232,13 @@ def train_curve(paper_id: str, key: str) -> tuple[np.ndarray, np.ndarray] | None
     return (np.array([int(r["step"]) for r in rows]), np.array([float(r["train_loss"]) for r in rows]))
 
 
+def run_keys(records: list[dict], variant: str) -> dict[int, str]:
+    """seed -> run key of ``variant``'s runs among ``records`` (a paper's run records: ``variant``, ``seed`` and the
+    ``result`` of :func:`train`), the pairing :func:`gap_drift` takes: two variants' runs of one seed saw the same
+    batches."""
+    return {r["seed"]: r["result"]["key"] for r in records if r["variant"] == variant}
+
+
 def gap_drift(paper_id: str, keys_a: dict, keys_b: dict, steps: int, frac: float = 0.2) -> float | None:
     """How the paired gap a − b still moves at the end of training: per common seed (``keys_*``: seed -> run key;
     the same seed means the same batches, so the logged batch losses pair exactly), the mean training-loss gap over

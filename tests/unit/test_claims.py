@@ -154,3 +154,24 @@ def test_converging_with_an_unknown_spread_uses_the_gap():
     c = C.Claim("X", "", "", None, 0.004, "ci", "reproduced", "ev")
     assert C.converging(c, -0.006, float("nan"), "trend").verdict == "inconclusive"
     assert C.converging(c, -0.002, float("nan"), "trend").verdict == "reproduced"
+
+
+def test_converging_paired_takes_the_spread_from_the_seed_gaps():
+    """``converging_paired``: ``converging`` with the std of the deciding pair's seed gaps as the spread and the drift
+    named by the comparison and the stretch; a drift towards 0 beyond that spread turns a decided claim inconclusive,
+    one within it (a wider spread, or the same drift against the gap of a single seed) keeps it; no curve: not
+    measured."""
+    c = C.Claim("X", "", "", None, 0.05, "ci", "reproduced", "ev")
+    tight, wide = [0.04, 0.05, 0.06], [0.02, 0.05, 0.08]  # std 0.01, 0.03
+    out = C.converging_paired(c, -0.02, tight, "a - b", 0.2)
+    assert out.verdict == "inconclusive" and out.evidence == "still converging; ev"
+    assert out.ours_ci.startswith("ci; gap trend (paired training-loss gap a - b, last 20% of the steps − the 20% "
+                                  "before, same batches): -0.0200 against a seed spread of 0.0100: still converging")
+    assert out == C.converging(c, -0.02, float(np.std(tight, ddof=1)), "paired training-loss gap a - b, last 20% of "
+                               "the steps − the 20% before, same batches")
+    for gaps in (wide, [0.05]):  # within the spread; one seed: no spread, the gap 0.05 is the bar
+        kept = C.converging_paired(c, -0.02, gaps, "a - b", 0.25)
+        assert kept.verdict == "reproduced" and kept.evidence == "ev" and "last 25% of the steps" in kept.ours_ci
+    assert "seed spread of nan" in C.converging_paired(c, -0.02, [0.05], "a - b", 0.2).ours_ci
+    none = C.converging_paired(c, None, tight, "a - b", 0.2)
+    assert none.ours_ci == "ci; gap trend: not measured" and none.verdict == "reproduced"

@@ -37,7 +37,7 @@ from replicate.experiments import Plan
 from replicate.models.decoder import Decoder
 from replicate.models.ffn import SubLayerStack, build_ffn
 from replicate.models.probes import capture
-from replicate.models.trainer import TrainSpec, gap_drift, prefetch, train
+from replicate.models.trainer import TrainSpec, gap_drift, prefetch, run_keys, train
 from replicate.moe import MoE, ParamCount, check_budgets, param_counts
 from replicate.papers.cartesian_moe import DECIDING, PAPER_ID, ROUTED, CartesianMoEConfig
 from replicate.papers.cartesian_moe.method import (
@@ -402,7 +402,7 @@ def comparisons(cfg: CartesianMoEConfig, data: Data, runs: Runs, robustness: Rob
                      "ci_lo": float(np.quantile(reps, 0.025)), "ci_hi": float(np.quantile(reps, 0.975)),
                      "paired_seeds": len(common),
                      "gap_per_seed": " / ".join(f"{x:+.4f}" for x in per_seed[(metric, name)])})
-    keys = {v: {r["seed"]: r["result"]["key"] for r in runs.records if r["variant"] == v} for v, _ in arms(cfg)}
+    keys = {v: run_keys(runs.records, v) for v, _ in arms(cfg)}
     drift = {f"{a} - {b}": gap_drift(PAPER_ID, keys[a], keys[b], cfg.steps, cfg.drift_frac)
              for metric, a, b in pairs(cfg) if metric == "loss"}
     frame = pd.DataFrame(rows)

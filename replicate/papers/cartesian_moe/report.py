@@ -310,12 +310,9 @@ def _single(b: Bundle, cid: str, text: str, metric: str, names: list[str], metri
 
 
 def _converging(b: Bundle, claim: C.Claim, comparison: str) -> C.Claim:
-    """``claims.converging`` with the paired training-loss drift of ``comparison`` (a − b) and the seed spread of the
-    deciding pair's loss gap."""
-    g = _seed_gaps(b, "loss", "fine_grained - cartesian")
-    return C.converging(claim, b.comparisons.drift.get(comparison), float(np.std(g, ddof=1)) if len(g) > 1 else
-                        float("nan"), f"paired training-loss gap {comparison}, last {b.cfg.drift_frac:.0%} of the "
-                        f"steps − the {b.cfg.drift_frac:.0%} before, same batches")
+    """``claims.converging_paired`` with the seed spread of the deciding pair's loss gap."""
+    return C.converging_paired(claim, b.comparisons.drift.get(comparison),
+                               _seed_gaps(b, "loss", "fine_grained - cartesian"), comparison, b.cfg.drift_frac)
 
 
 def _not_run(cid: str, text: str, metric: str, why: str, paper_value=None) -> C.Claim:

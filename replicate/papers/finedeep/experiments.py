@@ -39,7 +39,7 @@ from replicate.experiments import Plan
 from replicate.models.decoder import Decoder, LayerSpec
 from replicate.models.lm import CausalLM
 from replicate.models.probes import capture
-from replicate.models.trainer import TrainSpec, gap_drift, prefetch, train
+from replicate.models.trainer import TrainSpec, gap_drift, prefetch, run_keys, train
 from replicate.moe import check_budgets, param_counts
 from replicate.papers.finedeep import PAPER_ID, FinedeepConfig
 from replicate.papers.finedeep.method import (
@@ -360,11 +360,6 @@ class Comparisons:
     drift: dict  # "a - b" -> change of the paired training-loss gap over the last stretch of training (None: no log)
 
 
-def keys_of(runs: Runs, variant: str) -> dict[int, str]:
-    """seed -> run key of ``variant``'s runs (for ``trainer.gap_drift``)."""
-    return {r["seed"]: r["result"]["key"] for r in runs.records if r["variant"] == variant}
-
-
 @plan.step
 def comparisons(cfg: FinedeepConfig, data: Data, runs: Runs) -> Comparisons:
     """Paired gaps of the held-out loss (a − b > 0: b better), per common seed (same batches, paired init) and
@@ -390,7 +385,8 @@ def comparisons(cfg: FinedeepConfig, data: Data, runs: Runs) -> Comparisons:
                      "gap_per_seed": " / ".join(f"{x:+.4f}" for x in per_seed[name])})
     ends = [variant_name(M, K, cfg.score) for M, K in (cfg.grid[0], cfg.grid[-1]) if (M, K) != cfg.deciding]
     dw = np.min(np.stack([reps_of[e] for e in ends]), 0) if ends else np.array([])
-    drift = {f"{a} - {dec}": gap_drift(PAPER_ID, keys_of(runs, a), keys_of(runs, dec), cfg.steps, cfg.drift_frac)
+    drift = {f"{a} - {dec}": gap_drift(PAPER_ID, run_keys(runs.records, a), run_keys(runs.records, dec), cfg.steps,
+                                      cfg.drift_frac)
              for a in others}
     frame = pd.DataFrame(rows)
     frame["train_gap_drift"] = [drift[n] for n in frame["comparison"]]

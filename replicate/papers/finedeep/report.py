@@ -337,17 +337,10 @@ def _not_run(cid: str, text: str, metric: str, why: str) -> C.Claim:
     return C.Claim(cid, text, metric, None, None, "", "not_run", why)
 
 
-def _drift_spread(b: Bundle) -> float:
-    g = b.comparisons.per_seed.get(f"dense - {_dec(b)}", [])
-    return float(np.std(g, ddof=1)) if len(g) > 1 else float("nan")
-
-
 def _converging(b: Bundle, claim: C.Claim, comparison: str) -> C.Claim:
-    """``claims.converging`` with the paired training-loss drift of ``comparison`` and the dense − deciding seed
-    spread."""
-    return C.converging(claim, b.comparisons.drift.get(comparison), _drift_spread(b),
-                        f"paired training-loss gap {comparison}, last {b.cfg.drift_frac:.0%} of the steps − the "
-                        f"{b.cfg.drift_frac:.0%} before, same batches")
+    """``claims.converging_paired`` with the dense − deciding seed spread."""
+    return C.converging_paired(claim, b.comparisons.drift.get(comparison),
+                               b.comparisons.per_seed.get(f"dense - {_dec(b)}", []), comparison, b.cfg.drift_frac)
 
 
 def _scale_free(b: Bundle, cid: str, text: str, metric: str, gaps_of, evidence: str, detail: str = "") -> C.Claim:

@@ -36,7 +36,8 @@ from replicate.experiments import Plan
 from replicate.models.decoder import Decoder, LayerSpec
 from replicate.models.lm import LRMap
 from replicate.models.probes import capture
-from replicate.models.trainer import CONVERSIONS, TrainSpec, continued, gap_drift, prefetch, register_conversion, train
+from replicate.models.trainer import (CONVERSIONS, TrainSpec, continued, gap_drift, prefetch, register_conversion,
+                                      run_keys, train)
 from replicate.moe import check_budgets, hash_table, param_counts
 from replicate.moe.losses import load_balancing_loss
 from replicate.kernels import route
@@ -495,7 +496,7 @@ def buckets(cfg: MaskMoEConfig, data: Data, runs: Runs) -> Buckets:
                          "ci_lo": np.quantile(reps, 0.025), "ci_hi": np.quantile(reps, 0.975),
                          "paired_seeds": len(per_seed), "gap_per_seed": " / ".join(f"{x:+.4f}" for x in per_seed),
                          "positions": int(n_w.sum())})
-    keys = {v: {r["seed"]: r["result"]["key"] for r in runs.records if r["variant"] == v} for v in VARIANTS}
+    keys = {v: run_keys(runs.records, v) for v in VARIANTS}
     comps = sorted({c for c, _ in seed_gaps})
     drift = {c: gap_drift(PAPER_ID, keys[c.split(" - ")[0]], keys[c.split(" - ")[1]], cfg.steps) for c in comps}
     return Buckets(pd.DataFrame(rows), pd.DataFrame(gaps), boot, seed_gaps, drift)

@@ -313,11 +313,10 @@ def _window_claim(b: Bundle, cid: str, text: str, comp: str, group: str, what: s
 
 
 def _converging(b: Bundle, claim: C.Claim, comp: str) -> C.Claim:
-    """``claims.converging`` with the paired training-loss drift of ``comp`` (a − b) and the SMoE − MaskMoE seed
-    spread (all positions)."""
-    g = b.buckets.per_seed.get(("smoe - maskmoe", "all"), [])
-    return C.converging(claim, b.buckets.drift.get(comp), float(np.std(g, ddof=1)) if len(g) > 1 else float("nan"),
-                        f"paired training-loss gap {comp}, last 20% of the steps − the 20% before, same batches")
+    """``claims.converging_paired`` with the SMoE − MaskMoE seed spread (all positions); ``buckets`` measures the
+    drift with ``trainer.gap_drift``'s default stretch, 20% (this paper has no ``drift_frac`` parameter)."""
+    return C.converging_paired(claim, b.buckets.drift.get(comp), b.buckets.per_seed.get(("smoe - maskmoe", "all"), []),
+                               comp, 0.2)
 
 
 def _seed_claim(b: Bundle, cid: str, text: str, gaps, metric: str, evidence: str, detail: str = "") -> C.Claim:
