@@ -232,6 +232,9 @@ def test_frequency_bootstrap_brackets_the_point(data, cfg):
     for k in ("c1_ratio", "ratio_long", "ratio_short", "ratio_single", "gini_delta", "entropy_delta",
               "unused_delta", "ratio_lt_long", "len_ratio_1"):
         assert boot[k].min() <= point[k] <= boot[k].max()
+    assert len(fb.heldout_boot) == 40 and fb.heldout_blocks >= 2
+    for k in ("gini_delta", "entropy_delta", "ratio_single"):  # held-out text only (C3-flat), paired byte blocks
+        assert fb.heldout_boot[k].min() <= fb.heldout_point[k] <= fb.heldout_boot[k].max()
 
 
 # ----------------------------------------------------------------------------------------------- claims
@@ -418,6 +421,10 @@ def test_equivalence_margin_and_minimum_detectable_effect():
     assert claim([0.0, 0.0, 0.0]).verdict == "not_reproduced"  # identical arms: never reproduced; equivalent
     assert claim([0.003, -0.002, 0.001, 0.0]).verdict == "not_reproduced"  # inside ±0.02: no effect that large
     assert claim([0.05, 0.06, 0.055]).verdict == "reproduced"
+    # an interval that excludes 0 but lies inside the margin: no effect larger than the margin (was "reproduced")
+    inside = claim([0.005, 0.006, 0.0055, 0.0052])
+    assert inside.verdict == "not_reproduced" and "statistically non-zero but below the margin" in inside.evidence
+    assert claim([-0.005, -0.006, -0.0055]).verdict == "not_reproduced"
     assert claim([0.05, -0.04, 0.01]).verdict == "inconclusive"  # wider than the margin, straddles 0
     assert "paired seeds" in claim([0.05, -0.04, 0.01]).ours_ci
     from scipy import stats
@@ -425,11 +432,47 @@ def test_equivalence_margin_and_minimum_detectable_effect():
     assert R.min_detectable(0.01, 4) == pytest.approx((stats.t.ppf(0.975, 3) + stats.t.ppf(0.8, 3)) * 0.01 / 2)
 
 
+def test_equivalence_is_reachable_only_with_enough_seeds():
+    # the committed small run: gap std 0.0134 over 4 seeds, margin 0.02 (referee audit F3)
+    assert R.seeds_for_equivalence(0.0134, 0.02) == 5 and R.seeds_for_equivalence(0.0134, 0.02, 0.0075) == 7
+    assert R.equivalence_reach(0.0134, 4, 0.02, -0.0075).startswith("equivalence unreachable at 4 seeds")
+    assert R.equivalence_reach(0.0134, 7, 0.02, -0.0075).startswith("equivalence reachable")
+    assert R.seeds_for_equivalence(0.01, 0.02, 0.03) is None  # a gap beyond the margin is never equivalent
+
+
+def test_bootstrap_block_size_is_at_least_20_kb():
+    for scale in ("small", "paper"):
+        assert resolve_config("lbpe", scale, force=True).block_bytes >= 20_000  # blocks of 2 kB were too correlated
+
+
+def test_basic_interval_brackets_a_biased_statistic():
+    reps = np.array([80.0, 70, 60, 75, 65] * 20)  # resamples biased below the point (never-seen entries)
+    q = C.percentile_interval(reps)
+    assert q[1] < 91  # the percentile interval excludes its own point (the audit's "+91 [+55, +88]")
+    assert R.basic_interval(91.0, reps) == pytest.approx((2 * 91 - q[1], 2 * 91 - q[0]))  # reflected: bias removed
+    assert R.basic_interval(5.0, np.full(10, 5.0)) == (5.0, 5.0)
+
+
+def test_tie_break_check_rows(data, cfg):
+    t = lbpe.tie_break_check(cfg, data).set_index("tie_break")
+    assert list(t.index) == ["leftmost", "rank"] and t.loc["leftmost", "default"]
+    fb = lbpe.freq_boot(dataclasses.replace(cfg, n_boot=10, freq_corpus="heldout"), data)
+    assert t.loc["leftmost", "single_ratio"] == pytest.approx(fb.point["ratio_single"])  # the same held-out counts
+
+
 def test_count_arm_is_paired_and_deterministic(data, cfg):
     ca = lbpe.count_arm(dataclasses.replace(cfg, n_boot=30), data)
-    f = ca.frame.set_index("encoding")
-    assert (f["bytes"] == sum(len(d.text.encode()) for d in data.heldout_docs)).all()  # the same bytes, every arm
-    assert ((ca.boot["bpe"] - ca.boot["bpe"]) == 0).all() and len(ca.boot) == 30
+    f = ca.frame.set_index(["model", "encoding"])
+    nbytes = sum(len(d.text.encode()) for d in data.heldout_docs)
+    assert (f["bytes"] == nbytes).all()  # the same bytes, every arm and order
+    assert set(ca.frame["model"]) == {"bigram", "trigram"}
+    assert ca.block_bytes == cfg.block_bytes and ca.n_blocks == nbytes // cfg.block_bytes + 1
+    assert ((ca.boot["bigram:bpe"] - ca.boot["bigram:bpe"]) == 0).all() and len(ca.boot) == 30
+    assert (f.xs("trigram")["bpb"] < f.xs("bigram")["bpb"]).all()  # the trigram has more context
+    per = ca.per_doc[(ca.per_doc["model"] == "bigram") & (ca.per_doc["encoding"] == "bpe")]
+    assert len(per) == len(data.heldout_docs) and per["bytes"].sum() == nbytes
+    # the per-play bits per byte combine to the whole text's
+    assert (per["bpb"] * per["bytes"]).sum() / nbytes == pytest.approx(f.loc[("bigram", "bpe"), "bpb"])
     again = lbpe.count_arm(dataclasses.replace(cfg, n_boot=30), data)
     assert again.frame.equals(ca.frame) and again.boot.equals(ca.boot)
 
@@ -441,14 +484,20 @@ def test_lm_claim_is_invalid_when_a_run_does_not_beat_the_bigram(cfg):
                            "nats_per_token": v * 2, "train_bytes": 100, "train_tokens": 40, "wall_s": 1.0,
                            "n_params": 10} for e, v in (("bpe", 2.0), ("lbpe", 2.1)) for s in (0, 1, 2)])
     bars = pd.DataFrame([{"encoding": e, "seed": s, "unigram": 6.0, "full_bigram": 4.1, "seen_bigram": 4.5,
-                          "unigram_bpb": 3.0, "full_bigram_bpb": 2.05, "seen_bigram_bpb": 2.2}
+                          "unigram_bpb": 3.0, "full_bigram_bpb": 2.05, "seen_bigram_bpb": 2.2, "seen_trigram": 4.3,
+                          "seen_trigram_bpb": 2.15, "full_trigram": 3.9, "full_trigram_bpb": 1.95}
                          for e in ("bpe", "lbpe") for s in (0, 1, 2)])
     b = SimpleNamespace(lm_runs=SimpleNamespace(frame=frame, bars=bars), cfg=cfg, data=SimpleNamespace(n_ids=512))
     v = R.lm_validity(b)
     assert not v.ok and "lbpe/seed 0" in "; ".join(v.failures) and " bpe/seed 0" not in "; ".join(v.failures)
     ok = SimpleNamespace(lm_runs=SimpleNamespace(frame=frame, bars=bars.assign(full_bigram=4.5, full_bigram_bpb=2.2)),
                          cfg=cfg, data=SimpleNamespace(n_ids=512))
-    assert R.lm_validity(ok).ok
+    assert R.lm_validity(ok).ok  # above the whole-text trigram (3.9 nats) is reported, not a condition
+    assert not R.validity_table(ok)["beats_full_trigram"].any()
+    tri = SimpleNamespace(lm_runs=SimpleNamespace(frame=frame, bars=bars.assign(full_bigram=4.5, seen_trigram=4.1)),
+                          cfg=cfg, data=SimpleNamespace(n_ids=512))
+    v = R.lm_validity(tri)  # every run above the trigram of its own training windows: invalid
+    assert not v.ok and "trigram of their own training windows" in "; ".join(v.failures)
 
 
 def test_single_byte_positions_add_up(data, cfg):
@@ -466,33 +515,56 @@ def _ns(**kw):
     return SimpleNamespace(**kw)
 
 
+def _flat_bundle(point, boot):
+    return _ns(freq_boot=_ns(point=point, boot=boot, heldout_point=point, heldout_boot=boot, heldout_blocks=20))
+
+
 def test_flatness_claim_null_and_mixed_cases(cfg):
-    summary = pd.DataFrame({"encoding": ["bpe", "lbpe"], "entropy_bits": [9.0, 9.0]})
     zeros = pd.DataFrame({k: np.zeros(50) for k in ("gini_delta", "entropy_delta", "unused_delta")})
-    null = _ns(freq_boot=_ns(point={"gini_delta": 0.0, "entropy_delta": 0.0, "unused_delta": 0.0}, boot=zeros),
-               frequency={"summary": summary})
+    null = _flat_bundle({"gini_delta": 0.0, "entropy_delta": 0.0, "unused_delta": 0.0}, zeros)
     assert R._flat_claim(cfg, null).verdict == "inconclusive"  # identical encodings: never "reproduced"
     rng = np.random.default_rng(0)
     flatter = pd.DataFrame({"gini_delta": -0.01 + 0.001 * rng.standard_normal(50),
                             "entropy_delta": 0.05 + 0.005 * rng.standard_normal(50),
                             "unused_delta": -20 + rng.standard_normal(50)})
     point = {k: float(flatter[k].mean()) for k in flatter}
-    ok = _ns(freq_boot=_ns(point=point, boot=flatter), frequency={"summary": summary})
-    assert R._flat_claim(cfg, ok).verdict == "reproduced"
+    assert R._flat_claim(cfg, _flat_bundle(point, flatter)).verdict == "reproduced"
     mixed = flatter.assign(entropy_delta=-flatter["entropy_delta"])  # Gini flatter, entropy less flat
-    c = R._flat_claim(cfg, _ns(freq_boot=_ns(point={**point, "entropy_delta": -point["entropy_delta"]}, boot=mixed),
-                               frequency={"summary": summary}))
-    assert c.verdict == "inconclusive" and c.evidence.startswith("mixed")
+    c = R._flat_claim(cfg, _flat_bundle({**point, "entropy_delta": -point["entropy_delta"]}, mixed))
+    assert c.verdict == "inconclusive" and c.evidence.startswith("mixed") and c.ours_value is None
+    # unused entries are judged on the basic interval, not the percentile one
+    biased = flatter.assign(unused_delta=-30 + rng.standard_normal(50))
+    lo, hi = R.basic_interval(point["unused_delta"], biased["unused_delta"])
+    assert f"[{lo:+.4g}, {hi:+.4g}]" in R._flat_claim(cfg, _flat_bundle(point, biased)).ours_ci
+
+
+def _count_bundle(gaps: dict, n=40, sd=0.001):
+    """A count arm whose BPE − LBPE gap is ``gaps[model]`` per order, resampled with noise ``sd``."""
+    rng = np.random.default_rng(1)
+    rows, boot = [], {}
+    for m, g in gaps.items():
+        rows += [{"model": m, "encoding": "bpe", "bpb": 2.4 + g}, {"model": m, "encoding": "lbpe", "bpb": 2.4}]
+        boot[f"{m}:bpe"] = 2.4 + g + sd * rng.standard_normal(n)
+        boot[f"{m}:lbpe"] = np.full(n, 2.4)
+    per = pd.DataFrame(columns=["model", "encoding", "play", "bytes", "bpb"])
+    return _ns(count_arm=_ns(frame=pd.DataFrame(rows), boot=pd.DataFrame(boot), per_doc=per, n_blocks=30,
+                             block_bytes=20_000))
 
 
 def test_count_claim_identical_arms_are_never_reproduced(cfg):
-    frame = pd.DataFrame({"encoding": ["bpe", "lbpe"], "bpb": [2.4, 2.4]})
-    boot = pd.DataFrame({"bpe": np.full(40, 2.4), "lbpe": np.full(40, 2.4)})
-    c = R._count_claim(cfg, _ns(count_arm=_ns(frame=frame, boot=boot, n_blocks=10)))
-    assert c.verdict == "not_reproduced" and c.evidence.startswith("equivalent")  # no effect larger than the margin
-    better = _ns(count_arm=_ns(frame=frame.assign(bpb=[2.45, 2.40]), boot=boot.assign(bpe=2.45 + 0.001 *
-                 np.random.default_rng(1).standard_normal(40)), n_blocks=10))
-    assert R._count_claim(cfg, better).verdict == "reproduced"
+    c = R._count_claim(cfg, _count_bundle({"bigram": 0.0, "trigram": 0.0}, sd=0.0))
+    assert c.verdict == "not_reproduced" and "equivalent" in c.evidence  # no effect larger than the margin
+    assert R._count_claim(cfg, _count_bundle({"bigram": 0.05, "trigram": 0.04})).verdict == "reproduced"
+    # both orders clearly non-zero but inside ±0.02: was "reproduced", now no effect larger than the margin
+    small = R._count_claim(cfg, _count_bundle({"bigram": 0.0074, "trigram": 0.006}))
+    assert small.verdict == "not_reproduced" and "statistically non-zero but below the margin" in small.evidence
+    # the orders point opposite ways: mixed, inconclusive
+    c = R._count_claim(cfg, _count_bundle({"bigram": 0.05, "trigram": -0.05}))
+    assert c.verdict == "inconclusive" and c.evidence.startswith("mixed")
+    # one order decides, the other straddles 0 outside the margin: they do not agree, inconclusive
+    wide = _count_bundle({"bigram": 0.05, "trigram": 0.0}, sd=0.001)
+    wide.count_arm.boot["trigram:bpe"] = 2.4 + 0.03 * np.random.default_rng(2).standard_normal(40)
+    assert R._count_claim(cfg, wide).verdict == "inconclusive"
 
 
 def test_complexity_claim_rejects_quadratic_work(cfg):

@@ -5,15 +5,16 @@ Steps, in order (the notebook runs one per cell):
 - ``data``: a byte-level BPE trained on the training documents; the BPE, LBPE and other arms' encodings
   (``extra_arms``: longest-prefix match, the merge-loop reading) of the training, held-out and evaluation text (the
   same bytes, exactly), the training streams and the evaluation sets.
-- ``frequency``, ``freq_boot``, ``single_bytes``, ``ablation``, ``segmentation``: the frequency analyses of spec
-  §5 on every encoding, their bootstrap over documents (the frequency claims, three flatness metrics, per-length
-  ratios), where single-byte tokens sit in their words, the vocabulary-size ablation (table2) and the words
+- ``frequency``, ``freq_boot``, ``single_bytes``, ``tie_break_check``, ``ablation``, ``segmentation``: the
+  frequency analyses of spec §5 on every encoding, their bootstrap over documents (the frequency claims, per-length
+  ratios) and over byte blocks of the held-out text (the three flatness metrics), where single-byte tokens sit in
+  their words, the length-group ratios under both tie-breaks, the vocabulary-size ablation (table2) and the words
   segmented differently.
 - ``lm_runs``, ``loss_by_length``: one LM per (encoding, seed) at equal training bytes on byte-aligned batches
   (the same text in the same order for every encoding), scored in bits per byte, with the count-model bars of
   validity; the loss by target-token length.
-- ``count_arm``: the deterministic count-model arm (ours): Kneser-Ney bigrams at equal training bytes, all
-  held-out text, a paired block bootstrap.
+- ``count_arm``: the deterministic count-model arm (ours): Kneser-Ney bigrams and trigrams at equal training
+  bytes, all held-out text, a paired block bootstrap and the gap of every held-out play.
 - ``cpt``: continual pre-training, BPE then BPE or LBPE data (paper scale; on at smoke to test the path).
 - ``scaffold_data``, ``scaffold_summary``, ``scaffold_lm``: Scaffold-BPE and LBPE on it (Table 4; its LMs at
   paper scale, on at smoke).
@@ -48,7 +49,7 @@ from replicate.data.evaluation import (
 )
 from replicate.experiments import Plan
 from replicate.models.lm import LRMap
-from replicate.data.ngram import KneserNeyBigram, seen_windows, unigram_nll
+from replicate.data.ngram import KneserNeyBigram, KneserNeyTrigram, document_nll, seen_windows, unigram_nll
 from replicate.models.trainer import TrainSpec, continued, prefetch, train
 from replicate.papers.lbpe import ENCODINGS, PAPER_ID, LBPEConfig
 from replicate.papers.lbpe.baselines import HeapBPEEncoder, MaxMatchEncoder, count_ops
@@ -254,6 +255,21 @@ class FrequencyBootstrap:
     point: dict  # frequency_stats on the whole text
     boot: pd.DataFrame  # one row per resample
     arms: pd.DataFrame  # the point statistics of every other encoding against BPE (extra_arms table)
+    heldout_point: dict  # frequency_stats on the held-out text only (C3-flat: the text BPE was not trained on)
+    heldout_boot: pd.DataFrame  # its paired bootstrap over blocks of ``block_bytes`` of the held-out text
+    heldout_blocks: int
+
+
+def byte_block_counts(docs_ids: list[np.ndarray], byte_len: np.ndarray, block_bytes: int, size: int) -> np.ndarray:
+    """(n_blocks, size) token counts of consecutive ``block_bytes``-byte blocks of the text ``docs_ids`` encode (a
+    token belongs to the block its first byte falls in): the same text gives the same blocks under every encoding,
+    so resampling blocks is paired across encodings."""
+    ids = _flat(docs_ids)
+    block = token_starts(ids, byte_len) // block_bytes
+    n = int(byte_len[ids].sum()) // block_bytes + 1
+    out = np.zeros((n, size), dtype=np.int64)
+    np.add.at(out, (block, ids), 1)
+    return out
 
 
 @plan.step
@@ -282,7 +298,15 @@ def freq_boot(cfg: LBPEConfig, data: Data) -> FrequencyBootstrap:
                      "short_ratio": st["ratio_short"], "single_ratio": st["ratio_single"],
                      "lt_long_ratio": st["ratio_lt_long"], "gini_delta": st["gini_delta"],
                      "entropy_delta_bits": st["entropy_delta"], "unused_delta": int(st["unused_delta"])})
-    return FrequencyBootstrap(point, pd.DataFrame(rows), pd.DataFrame(arms))
+    hb = {e: byte_block_counts(data.heldout_ids[e], data.byte_len, cfg.block_bytes, enc.vocab_size)
+          for e in ENCODINGS}
+    h_point = frequency_stats({e: b.sum(0) for e, b in hb.items()}, groups, lengths=lengths)
+    nh = len(hb["bpe"])
+    h_rows = []
+    for _ in range(cfg.n_boot):
+        w = np.bincount(rng.integers(0, nh, nh), minlength=nh)
+        h_rows.append(frequency_stats({e: w @ b for e, b in hb.items()}, groups))
+    return FrequencyBootstrap(point, pd.DataFrame(rows), pd.DataFrame(arms), h_point, pd.DataFrame(h_rows), nh)
 
 
 @plan.step
@@ -319,6 +343,24 @@ def single_bytes(cfg: LBPEConfig, data: Data) -> pd.DataFrame:
                     tally["first_space"] += c
         rows.append({"encoding": e, **tally, "total": tally["whole"] + tally["first"] + tally["interior"]
                      + tally["last"]})
+    return pd.DataFrame(rows)
+
+
+@plan.step
+def tie_break_check(cfg: LBPEConfig, data: Data) -> pd.DataFrame:
+    """The UNCONFIRMED tie-break (spec §3.4) against the length-group ratios: the held-out plays encoded by LBPE
+    under both ``tie_break`` readings, occurrences of single bytes, short and long tokens over BPE's."""
+    enc0 = data.encoders["bpe"]
+    groups = length_groups(enc0.token_lengths, enc0.vocab.values(), cfg.long_min_len)
+    texts = [d.text for d in data.heldout_docs]
+    counts = {"bpe": np.bincount(_flat(data.heldout_ids["bpe"]), minlength=enc0.vocab_size)}
+    rows = []
+    for tb in ("leftmost", "rank"):
+        ids = data.heldout_ids["lbpe"] if (cfg.lbpe_mode, tb) == ("scan", cfg.tie_break) else \
+            [np.asarray(x) for x in make_encoder(data.tok, mode="scan", tie_break=tb).encode_batch(texts)]
+        st = frequency_stats({**counts, "lbpe": np.bincount(_flat(ids), minlength=enc0.vocab_size)}, groups)
+        rows.append({"tie_break": tb, "default": tb == cfg.tie_break, "single_ratio": st["ratio_single"],
+                     "short_ratio": st["ratio_short"], "long_ratio": st["ratio_long"]})
     return pd.DataFrame(rows)
 
 
@@ -486,26 +528,38 @@ class LMArm:
     bars: pd.DataFrame  # the count models on the same held-out text, per encoding (and seed): the validity bars
 
 
+def _scatter(values: np.ndarray, ev) -> torch.Tensor:
+    """A (W, T) loss tensor holding ``values`` (one per predicted token, in text order) at the mask's positions."""
+    out = torch.zeros(ev.mask.shape, dtype=torch.float64)
+    out[ev.mask] = torch.from_numpy(np.asarray(values, dtype=np.float64))
+    return out
+
+
 def count_bars(cfg: LBPEConfig, data: Data, runs: list[dict]) -> pd.DataFrame:
     """The validity bars of every run (DESIGN §7: a model must beat a count model before it is compared), on its own
-    encoding's evaluation set, in nats per token and bits per byte: the add-one unigram and the interpolated
-    Kneser-Ney bigram of the whole training stream (the bar of issue #13), and the Kneser-Ney bigram of exactly the
-    windows the run trained on (``replicate.data.ngram.seen_windows``)."""
+    encoding's evaluation set, in nats per token and bits per byte: the add-one unigram, and the interpolated
+    Kneser-Ney bigram and trigram of the whole training stream (``full_*``: 1/epochs times the text a run saw) and
+    of exactly the windows the run trained on (``seen_*``, ``replicate.data.ngram.seen_windows``: the same data).
+    Every token is scored from its full context (the trigram through ``document_nll``)."""
     rows = []
     full = {}
     for r in runs:
         e, ev = r["encoding"], data.eval_sets[r["encoding"]]
         if e not in full:
             full[e] = (torch.from_numpy(unigram_nll(data.streams[e], data.n_ids, ev.windows)),
-                       torch.from_numpy(KneserNeyBigram(data.streams[e], data.n_ids).nll(ev.windows)))
-        uni, big = full[e]
-        seen = torch.from_numpy(KneserNeyBigram(seen_windows(lm_batches(cfg, data, e, r["seed"]), r["steps"]),
-                                                data.n_ids).nll(ev.windows))
-        rows.append({"encoding": e, "seed": r["seed"],
-                     "unigram": nats_per_token(uni, ev), "full_bigram": nats_per_token(big, ev),
-                     "seen_bigram": nats_per_token(seen, ev), "unigram_bpb": bits_per_byte(uni, ev, data.byte_len),
-                     "full_bigram_bpb": bits_per_byte(big, ev, data.byte_len),
-                     "seen_bigram_bpb": bits_per_byte(seen, ev, data.byte_len)})
+                       torch.from_numpy(KneserNeyBigram(data.streams[e], data.n_ids).nll(ev.windows)),
+                       _scatter(document_nll(KneserNeyTrigram(data.streams[e], data.n_ids), data.eval_ids[e],
+                                             data.eos_id), ev))
+        uni, big, tri = full[e]
+        seen_w = seen_windows(lm_batches(cfg, data, e, r["seed"]), r["steps"])
+        seen = torch.from_numpy(KneserNeyBigram(seen_w, data.n_ids).nll(ev.windows))
+        seen3 = _scatter(document_nll(KneserNeyTrigram(seen_w, data.n_ids), data.eval_ids[e], data.eos_id), ev)
+        row = {"encoding": e, "seed": r["seed"]}
+        for name, loss in (("unigram", uni), ("full_bigram", big), ("seen_bigram", seen), ("full_trigram", tri),
+                           ("seen_trigram", seen3)):
+            row[name] = nats_per_token(loss, ev)
+            row[f"{name}_bpb"] = bits_per_byte(loss, ev, data.byte_len)
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -515,37 +569,49 @@ def lm_runs(cfg: LBPEConfig, data: Data) -> LMArm:
     return LMArm(runs, lm_frame(runs, data), count_bars(cfg, data, runs))
 
 
+COUNT_MODELS = {"bigram": KneserNeyBigram, "trigram": KneserNeyTrigram}  # the count-model arm's two orders
+
+
 @dataclass(frozen=True)
 class CountArm:
-    """The deterministic count-model arm (ours): a Kneser-Ney bigram of each encoding's whole training stream (the
-    same training bytes), scored on all the held-out text; blocks of ``block_bytes`` of that text resampled together
-    for every encoding (a paired block bootstrap)."""
+    """The deterministic count-model arm (ours): an interpolated Kneser-Ney bigram and trigram of each encoding's
+    whole training stream (the same training bytes), scored on all the held-out text (every token from its full
+    context); blocks of ``block_bytes`` of that text resampled together for every encoding and model (a paired
+    block bootstrap), and the gap of every play on its own (the blocks of one play are correlated)."""
 
-    frame: pd.DataFrame  # one row per encoding: bits per byte, nats per token, tokens, bytes
-    boot: pd.DataFrame  # one row per resample: bits per byte of every encoding
+    frame: pd.DataFrame  # one row per (model, encoding): bits per byte, nats per token, tokens, bytes
+    boot: pd.DataFrame  # one row per resample: bits per byte of every "<model>:<encoding>"
+    per_doc: pd.DataFrame  # one row per (model, encoding, held-out play): bits per byte
     n_blocks: int
+    block_bytes: int
 
 
 @plan.step
 def count_arm(cfg: LBPEConfig, data: Data) -> CountArm:
-    rows, per_block, n_blocks = [], {}, 0
+    rows, docs, per_block, n_blocks = [], [], {}, 0
     for e in data.encoders:
-        ev = eval_set(data.heldout_ids[e], cfg.seq_len, data.eos_id, data.byte_len)
-        nll = KneserNeyBigram(data.streams[e], data.n_ids).nll(ev.windows)[ev.mask.numpy()]
-        tb = data.byte_len[ev.targets[ev.mask].numpy()]
-        block = token_starts(ev.targets[ev.mask].numpy(), data.byte_len) // cfg.block_bytes
+        targets = np.concatenate([np.asarray(d, dtype=np.int64) for d in data.heldout_ids[e]])
+        doc = np.concatenate([np.full(len(d), i) for i, d in enumerate(data.heldout_ids[e])])
+        tb = data.byte_len[targets]
+        block = token_starts(targets, data.byte_len) // cfg.block_bytes
         n_blocks = int(tb.sum()) // cfg.block_bytes + 1  # the same text, so the same blocks, for every encoding
-        per_block[e] = (np.bincount(block, weights=nll, minlength=n_blocks),
-                        np.bincount(block, weights=tb, minlength=n_blocks))
-        rows.append({"encoding": e, "model": "Kneser-Ney bigram", "bpb": float(nll.sum() / LN2 / tb.sum()),
-                     "nats_per_token_NOT_COMPARABLE": float(nll.mean()), "tokens": len(nll), "bytes": int(tb.sum()),
-                     "train_tokens": len(data.streams[e])})
+        for m, cls in COUNT_MODELS.items():
+            nll = document_nll(cls(data.streams[e], data.n_ids), data.heldout_ids[e], data.eos_id)
+            per_block[f"{m}:{e}"] = (np.bincount(block, weights=nll, minlength=n_blocks),
+                                     np.bincount(block, weights=tb, minlength=n_blocks))
+            rows.append({"model": m, "encoding": e, "bpb": float(nll.sum() / LN2 / tb.sum()),
+                         "nats_per_token_NOT_COMPARABLE": float(nll.mean()), "tokens": len(nll),
+                         "bytes": int(tb.sum()), "train_tokens": len(data.streams[e])})
+            for i, d in enumerate(data.heldout_docs):
+                k = doc == i
+                docs.append({"model": m, "encoding": e, "play": d.name, "bytes": int(tb[k].sum()),
+                             "bpb": float(nll[k].sum() / LN2 / tb[k].sum())})
     rng = np.random.default_rng(cfg.seed)
     boot = []
     for _ in range(cfg.n_boot):
         w = np.bincount(rng.integers(0, n_blocks, n_blocks), minlength=n_blocks)
-        boot.append({e: float(w @ nb / LN2 / (w @ bb)) for e, (nb, bb) in per_block.items()})
-    return CountArm(pd.DataFrame(rows), pd.DataFrame(boot), n_blocks)
+        boot.append({k: float(w @ nb / LN2 / (w @ bb)) for k, (nb, bb) in per_block.items()})
+    return CountArm(pd.DataFrame(rows), pd.DataFrame(boot), pd.DataFrame(docs), n_blocks, cfg.block_bytes)
 
 
 @plan.step
@@ -670,7 +736,7 @@ def speed(cfg: LBPEConfig, data: Data) -> pd.DataFrame:
                                                          if n.startswith("BPE") else False) for n in df["encoder"]]
     rust = df[(df["encoder"] == "HF tokenizers BPE (Rust)") & (df["cache"] == "cold")]["seconds"].iloc[0]
     df["times_slower_than_rust"] = df["seconds"] / rust
-    return df
+    return df.drop(columns=["slowdown"], errors="ignore")  # relative to the fastest row: read times_slower_than_rust
 
 
 def long_word(data: Data, n: int) -> str:
