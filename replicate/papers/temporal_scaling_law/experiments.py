@@ -22,7 +22,9 @@ Steps, in order (the notebook runs one per cell):
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -32,9 +34,11 @@ from replicate.claims import Validity
 from replicate.data import corpora, lm, tokenizer
 from replicate.experiments import Plan
 from replicate.models.lm import OptimConfig
-from replicate.models.trainer import TrainSpec, train
+from replicate.models.trainer import TrainSpec, prefetch, train
 from replicate.papers.temporal_scaling_law import FORMS, PAPER_ID, TSLConfig, checkpoint_schedule
 from replicate.papers.temporal_scaling_law.method import (
+    FIXED_THETA,
+    THETA,
     Clock,
     PositionWeightedLM,
     clock,
@@ -44,12 +48,13 @@ from replicate.papers.temporal_scaling_law.method import (
     mean_hyperbolic,
     r2,
     shared_b,
+    spec_a2,
     spec_parameters,
 )
 
 TSL = "TSL"
 SPEC = "TSL, spec forms (a0 log, a1 hyperbolic, a2 piecewise cosine)"
-ANNEALING = "LR-annealing law on L(N) (Tissue et al.)"
+ANNEALING = "LR-annealing law E + A·S1^-α [− C·S2] on L(N) (Tissue et al.)"  # S2 only where the prefix covers it
 POWER = "E + A·N^-α on L(N)"
 PURE = "(N_c/N)^α on L(N)"
 COSINE = "piecewise cosine on L(N) (ablation)"
@@ -163,22 +168,28 @@ def e1(cfg: TSLConfig, data: Data) -> dict:
     return train(PAPER_ID, e1_spec(cfg, data), e1_batches(cfg, data), data.eval_sets, **cfg.trainer_kwargs())
 
 
+def _mixture_run(cfg: TSLConfig, data: Data, r: float, seed: int, threads: int) -> dict:
+    """One E3 candidate: code fraction ``r``, seed ``seed``, trained at ``threads`` torch threads."""
+    spec = TrainSpec(cfg.decoder(cfg.vocab_size, prefix="mix_"), cfg.optim(cfg.mix_steps, prefix="mix_"),
+                     data.description + f";mix_code={r}", cfg.batch_size, cfg.mix_seq_len, seed,
+                     eval_steps=checkpoint_schedule(cfg.mix_steps, cfg.mix_n_checkpoints, 0),
+                     ckpt_every=max(10, cfg.mix_steps // 10))
+    batches = lm.Batches((lm.Stream(data.id_train), lm.Stream(data.code_train)), (1 - r, r), cfg.batch_size,
+                         cfg.mix_seq_len, seed)
+    return train(PAPER_ID, spec, batches, data.mix_eval, **{**cfg.trainer_kwargs(), "threads": threads})
+
+
 @plan.step
 def mixtures(cfg: TSLConfig, data: Data) -> dict[tuple[float, int], dict]:
     """E3: ``mix_seeds`` runs per code fraction r; evaluation on the 50/50 blend of held-out plays and code.
-    Keyed by (r, seed)."""
-    out = {}
-    opt = cfg.optim(cfg.mix_steps, prefix="mix_")
-    for seed in range(cfg.seed, cfg.seed + cfg.mix_seeds):
-        for r in cfg.mixture_code_fractions:
-            spec = TrainSpec(cfg.decoder(cfg.vocab_size, prefix="mix_"), opt, data.description + f";mix_code={r}",
-                             cfg.batch_size, cfg.mix_seq_len, seed,
-                             eval_steps=checkpoint_schedule(cfg.mix_steps, cfg.mix_n_checkpoints, 0),
-                             ckpt_every=max(10, cfg.mix_steps // 10))
-            batches = lm.Batches((lm.Stream(data.id_train), lm.Stream(data.code_train)), (1 - r, r),
-                                 cfg.batch_size, cfg.mix_seq_len, seed)
-            out[(r, seed)] = train(PAPER_ID, spec, batches, data.mix_eval, **cfg.trainer_kwargs())
-    return out
+    Keyed by (r, seed). With ``workers`` > 1 the (small) runs train side by side, one thread each, which is faster
+    than one after another at two threads; the runs then always train at one thread, so their numbers do not depend
+    on the worker count."""
+    threads = 1 if cfg.workers > 1 else cfg.threads
+    calls = [functools.partial(_mixture_run, cfg, data, r, seed, threads)
+             for seed in range(cfg.seed, cfg.seed + cfg.mix_seeds) for r in cfg.mixture_code_fractions]
+    prefetch(calls, cfg.workers, threads)
+    return {(c.args[2], c.args[3]): c() for c in calls}
 
 
 @plan.step
@@ -203,23 +214,38 @@ def position_index(cfg: TSLConfig, n: int) -> np.ndarray:
     return np.arange(n, dtype=float) + cfg.position_start
 
 
-def curves(evals: dict, idx: np.ndarray | None = None) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """step -> (mean per-position loss, its standard error) over the windows ``idx`` (all by default)."""
+class Curve(NamedTuple):
+    """One checkpoint's per-position loss on an evaluation set, over its windows (or a bootstrap resample of them)."""
+
+    L: np.ndarray  # mean loss per position
+    se: np.ndarray  # its standard error over windows
+    loss: float  # L(N): the mean over windows and positions
+    loss_se: float  # its standard error: the std of the window means / sqrt(W) (a window's positions are correlated)
+
+
+def curves(evals: dict, idx: np.ndarray | None = None) -> dict[int, Curve]:
+    """step -> :class:`Curve` over the windows ``idx`` (a resample with repeats; all windows by default). A resample
+    is a weighted mean (window counts), so no (W, n) copy is made per checkpoint."""
     out = {}
     for step, m in sorted(evals.items()):
-        m = m.numpy() if isinstance(m, torch.Tensor) else m
-        m = m if idx is None else m[idx]
-        out[step] = (m.mean(0), m.std(0, ddof=1) / np.sqrt(len(m)))
+        m = np.asarray(m.numpy() if isinstance(m, torch.Tensor) else m, dtype=np.float64)
+        W = len(m)
+        w = np.ones(W) if idx is None else np.bincount(idx, minlength=W).astype(float)
+        mean = w @ m / W
+        var = np.maximum(w @ (m * m) / W - mean**2, 0.0) * W / (W - 1)
+        wm = m.mean(1)
+        lv = max(float(w @ (wm * wm) / W - (w @ wm / W) ** 2), 0.0) * W / (W - 1)
+        out[step] = Curve(mean, np.sqrt(var / W), float(w @ wm / W), float(np.sqrt(lv / W)))
     return out
 
 
-def stage1(cfg: TSLConfig, curves_by_step: dict) -> pd.DataFrame:
-    """Stage-1 fits, one row per checkpoint: the law's parameters and diagnostics, L(N) and its standard error."""
+def stage1(cfg: TSLConfig, curves_by_step: dict, full: bool = True) -> pd.DataFrame:
+    """One row per checkpoint: L(N) and its standard error, and (``full``) the stage-1 fit of the law with its
+    diagnostics. The bootstrap needs only L(N): TSL itself fits its shared b from the curves."""
     rows = []
-    for step, (L, se) in curves_by_step.items():
-        fit = fit_positions(position_index(cfg, len(L)), L, se)
-        rows.append({"step": step, "loss": float(L.mean()), "loss_se": float(np.sqrt(np.mean(se**2) / len(se))),
-                     **fit})
+    for step, cv in curves_by_step.items():
+        fit = fit_positions(position_index(cfg, len(cv.L)), cv.L, cv.se) if full else {}
+        rows.append({"step": step, "loss": cv.loss, "loss_se": cv.loss_se, **fit})
     return pd.DataFrame(rows)
 
 
@@ -243,17 +269,33 @@ def tsl_trajectories(cfg: TSLConfig, s1df: pd.DataFrame, ck: Clock, obs: np.ndar
     steps = s1df["step"].to_numpy()
     if cfg.share_b:
         i = position_index(cfg, n_positions)
-        b, b_bound = shared_b(i, [curves_by_step[st] for st in steps[obs]])
-        at = np.array([fit_at_b(i, *curves_by_step[st], b) for st in steps])  # (c, a2, se_c, se_a2) per step
+        b, b_bound = shared_b(i, [curves_by_step[st][:2] for st in steps[obs]])
+        at = np.array([fit_at_b(i, *curves_by_step[st][:2], b) for st in steps])  # (c, a2, se_c, se_a2) per step
         points = {"c": at[:, 0], "a2": at[:, 1], "b": np.full(len(steps), b), "se_c": at[:, 2], "se_a2": at[:, 3],
                   "se_b": np.zeros(len(steps))}
         names = ("c", "a2")
     else:
         points = {k: s1df[k].to_numpy() for k in ("c", "b", "a2", "se_c", "se_b", "se_a2")}
         b_bound, names = False, ("c", "b", "a2")
-    fits = {p: fit_form(getattr(cfg, f"{p}_form"), ck.at(obs), points[p][obs], points[f"se_{p}"][obs],
-                        decreasing=p == "a2", anneal=anneal) for p in names}
+    fits = {p: _form_or_constant(getattr(cfg, f"{p}_form"), ck.at(obs), points[p][obs], points[f"se_{p}"][obs],
+                                 decreasing=p == "a2", anneal=anneal) for p in names}
     return points, fits, b_bound
+
+
+def _form_or_constant(form: str, obs: Clock, y: np.ndarray, se: np.ndarray, **kw):
+    """The configured form, with two fallbacks chosen by AIC (χ² + 2k), each a member of a simpler family rather than
+    a failure hidden: a constant, where it follows the points within noise (a parameter whose drift over the prefix
+    is not resolved has no shape to extrapolate); and, where the form's shape θ runs to a bound of its range (the
+    points do not pin it down), the family's members with the shape fixed (for the power forms: linear, θ = −1, and
+    logarithmic, θ = 0). The fit returned says which it is (``form``, ``theta``, ``theta_fixed``)."""
+    f = fit_form(form, obs, y, se, **kw)
+    cands = [f] if f.ok else []
+    if form in THETA and f.converged and not f.ok:
+        cands += [g for t in FIXED_THETA for g in [fit_form(form, obs, y, se, theta=t, **kw)] if g.ok]
+    const = fit_form("constant", obs, y, se)
+    if const.fits_its_points:
+        cands.append(const)
+    return min(cands, key=lambda x: x.aic) if cands else f
 
 
 def predict(cfg: TSLConfig, s1df: pd.DataFrame, horizon: Horizon, fit_frac: float, n_positions: int,
@@ -278,6 +320,11 @@ def predict(cfg: TSLConfig, s1df: pd.DataFrame, horizon: Horizon, fit_frac: floa
     def checked(pred, fits, domain=()):
         fails = [f"{name}: {f.form} fit {'did not converge' if not f.converged else 'at a bound of its shape' if f.theta_at_bound else f'not identifiable (|corr| {f.max_corr:.3f})'}"
                  for name, f in fits if not f.ok]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rel = float(np.sqrt(np.mean(((pred[obs] - L[obs]) / L[obs]) ** 2)))
+        if not rel <= cfg.max_prefix_error:  # NaN fails too
+            fails.append(f"misses its own prefix: in-sample relative error {rel:.2%} of L(N) over {int(obs.sum())} "
+                         f"checkpoints (more than {cfg.max_prefix_error:.1%})")
         for name, values, lo, hi in domain:
             bad = ~np.isfinite(values[fut]) | (values[fut] < lo) | (values[fut] > hi)
             if bad.any():
@@ -302,17 +349,18 @@ def predict(cfg: TSLConfig, s1df: pd.DataFrame, horizon: Horizon, fit_frac: floa
             out[SPEC] = (np.full(len(steps), np.nan), Validity(("a0, a1 infinite (b at 0): the spec's parameters "
                                                                "are not identified by these fits",)))
         else:
-            fits = {"a0": fit_form("log", oc, a0[obs]), "a1": fit_form("hyperbolic", oc, a1[obs]),
-                    "a2": fit_form("piecewise_cosine", oc, a2[obs])}
+            se = {k: s1df[f"se_{k}"].to_numpy()[obs] for k in ("a0", "a1", "a2")}
+            fits = {"a0": fit_form("log", oc, a0[obs], se["a0"]), "a1": fit_form("hyperbolic", oc, a1[obs], se["a1"]),
+                    "a2": spec_a2(oc, a2[obs], se["a2"])}
             t = {p: f.predict(ck) for p, f in fits.items()}
             with np.errstate(divide="ignore", invalid="ignore"):
                 pred = mean_hyperbolic(n_positions, t["a0"] / t["a1"], 1.0 / t["a1"], t["a2"], start=cfg.position_start)
             out[SPEC] = checked(pred, fits.items(), [("a0", t["a0"], 0.0, np.inf), ("a1", t["a1"], 1e-12, np.inf),
                                                      ("a2", t["a2"], 1e-9, np.inf)])
     for method, form, kw in ((ANNEALING, "lr_power", {"decreasing": True, "anneal": anneal}),
-                             (POWER, "power", {"decreasing": True}), (COSINE, "piecewise_cosine", {})):
+                             (POWER, "power", {"decreasing": True}), (COSINE, "spec_a2", {})):
         if want(method):
-            f = fit_form(form, oc, L[obs], Lse[obs], **kw)
+            f = spec_a2(oc, L[obs], Lse[obs]) if form == "spec_a2" else fit_form(form, oc, L[obs], Lse[obs], **kw)
             out[method] = checked(f.predict(ck), [("L", f)])
     if want(PURE):  # ln L = ln(N_c) α − α ln N: a straight line in log-log
         slope, icpt = np.polyfit(np.log(ck.u[obs]), np.log(L[obs]), 1)
@@ -339,9 +387,9 @@ def positions(cfg: TSLConfig, e1: dict) -> pd.DataFrame:
     h = e1_horizon(cfg)
     rows = []
     for name, ev in e1["evals"].items():
-        for step, (L, se) in curves(ev).items():
+        for step, cv in curves(ev).items():
             rows.append(pd.DataFrame({"set": name, "step": step, "tokens": step * h.tokens_per_step,
-                                      "position": position_index(cfg, len(L)), "loss": L, "se": se}))
+                                      "position": position_index(cfg, len(cv.L)), "loss": cv.L, "se": cv.se}))
     return pd.concat(rows, ignore_index=True)
 
 
@@ -361,29 +409,40 @@ def fits(cfg: TSLConfig, e1: dict) -> pd.DataFrame:
     return pd.concat(out, ignore_index=True)
 
 
+SPEC_FORMS = {"a0": "log", "a1": "hyperbolic", "a2": "piecewise_cosine"}  # the spec's families (§3.3); a2 with δ2
+# where it improves the fit (method.spec_a2)
+
+
 @plan.step
 def forms(cfg: TSLConfig, fits: pd.DataFrame) -> pd.DataFrame:
-    """Every candidate form fitted to every parameter (identifiable c, b, a2 and the spec's derived a0, a1):
-    R² over all fitted checkpoints (shape), the MSE of extrapolating from the main fraction (prediction), and
-    whether the fit passed its checks."""
+    """Every candidate form fitted to every parameter trajectory (identifiable c, b, a2 and the spec's derived a0,
+    a1), weighted by the per-checkpoint standard errors: R² and χ²/dof over all fitted checkpoints (shape), the MSE
+    of extrapolating from the main fraction (prediction), whether the fit passed its checks, and whether the
+    trajectory is ``measurable`` at all: a constant misses it beyond noise (χ² above the 0.999 quantile), i.e. the
+    parameter's drift over training is larger than its per-checkpoint error. ``spec_form`` marks the spec's family
+    per parameter (for a2, the piecewise cosine with or without δ2, whichever :func:`spec_a2` keeps)."""
     h = e1_horizon(cfg)
     rows = []
-    spec = {"a0": "log", "a1": "hyperbolic", "a2": "piecewise_cosine"}
     for name, df in fits.groupby("set", sort=False):
         d = df[df["fitted"]].sort_values("step")
         ck = h.clock(d["step"].to_numpy())
         obs = ck.u <= cfg.main_fit_fraction + 1e-9
         for p in ("c", "b", "a2", "a0", "a1"):
-            y = d[p].to_numpy()
+            y, se = d[p].to_numpy(), d[f"se_{p}"].to_numpy()
+            if not (np.all(np.isfinite(se)) and np.all(se > 0)):
+                se = None  # b at 0 somewhere: a0, a1 infinite there (their fits then fail as not finite)
+            measurable = not fit_form("constant", ck, y, se).fits_its_points if se is not None else False
+            spec = spec_a2(ck, y, se).form if p == "a2" else SPEC_FORMS.get(p)
             for form in FORMS:
                 kw = {"decreasing": p == "a2", "anneal": _anneal(cfg, ck, obs)}
-                full = fit_form(form, ck, y, **kw)
-                ext = fit_form(form, ck.at(obs), y[obs], **kw)
+                full = fit_form(form, ck, y, se, **kw)
+                ext = fit_form(form, ck.at(obs), y[obs], None if se is None else se[obs], **kw)
                 rows.append({"set": name, "parameter": p, "form": form,
                              "r2_full": r2(y, full.predict(ck)) if np.all(np.isfinite(y)) else np.nan,
-                             "fit_ok": full.ok, "max_corr": full.max_corr,
+                             "chi2_red": full.chi2_red, "fits_within_noise": full.fits_its_points,
+                             "fit_ok": full.ok, "max_corr": full.max_corr, "measurable": measurable,
                              "extrapolation_mse": float(np.mean((ext.predict(ck.at(~obs)) - y[~obs]) ** 2)),
-                             "spec_form": spec.get(p) == form,
+                             "spec_form": spec == form,
                              "configured": p in ("c", "b", "a2") and getattr(cfg, f"{p}_form") == form})
     return pd.DataFrame(rows)
 
@@ -441,96 +500,154 @@ def predictions(cfg: TSLConfig, e1: dict, fits: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(rows, ignore_index=True)
 
 
+def _bootstrap_set(cfg: TSLConfig, name: str, k: int, ev: dict) -> list[dict]:
+    """The bootstrap of one evaluation set (its own generator, seeded by the set's index ``k``, so the result does
+    not depend on which process computes it)."""
+    h, sched = e1_horizon(cfg), e1_schedule(cfg)
+    rng = np.random.default_rng([cfg.seed, k])
+    log_v = float(np.log(cfg.vocab_size))
+    W = next(iter(ev.values())).shape[0]
+    rows = []
+    for b in range(cfg.n_boot):
+        cv = curves(ev, rng.integers(0, W, W))
+        df = stage1(cfg, cv, full=False).sort_values("step")
+        for frac in cfg.fit_fractions:
+            fut = (df["step"] / h.total_steps > frac + 1e-9).to_numpy()
+            for method, (pred, v) in predict(cfg, df, h, frac, cfg.seq_len, sched, cv, only=CLAIM_METHODS,
+                                             log_v=log_v).items():
+                rows.append({"set": name, "fit_fraction": frac, "boot": b, "method": method, "valid": v.ok,
+                             **scores(df["loss"].to_numpy()[fut], pred[fut])})
+    return rows
+
+
 @plan.step
 def bootstrap(cfg: TSLConfig, e1: dict) -> pd.DataFrame:
-    """Paired bootstrap over evaluation windows of the main-fraction prediction scores: every resample refits stage 1
-    and every claim method. One row per (set, resample, method), with the method's validity on that resample."""
-    h, sched = e1_horizon(cfg), e1_schedule(cfg)
-    rng = np.random.default_rng(cfg.seed)
-    rows = []
-    for name, ev in e1["evals"].items():
-        W = next(iter(ev.values())).shape[0]
-        ev = {s: m for s, m in ev.items() if s in sched}
-        for b in range(cfg.n_boot):
-            cv = curves(ev, rng.integers(0, W, W))
-            df = stage1(cfg, cv).sort_values("step")
-            fut = (df["step"] / h.total_steps > cfg.main_fit_fraction + 1e-9).to_numpy()
-            for method, (pred, v) in predict(cfg, df, h, cfg.main_fit_fraction, cfg.seq_len, sched, cv,
-                                             only=CLAIM_METHODS, log_v=float(np.log(cfg.vocab_size))).items():
-                rows.append({"set": name, "boot": b, "method": method, "valid": v.ok,
-                             **scores(df["loss"].to_numpy()[fut], pred[fut])})
-    return pd.DataFrame(rows)
+    """Paired bootstrap over evaluation windows of the prediction scores at every fit fraction: every resample
+    recomputes the curves and refits every claim method (TSL's shared b included) on them. One row per (set, fit
+    fraction, resample, method), with the method's validity on that resample. The sets run in parallel processes
+    where there are cores for them (the same numbers either way)."""
+    import concurrent.futures as cf
+    import multiprocessing as mp
+    import os
+
+    sched = e1_schedule(cfg)
+    jobs = [(cfg, name, k, {s: m.numpy().astype(np.float64) for s, m in ev.items() if s in sched})
+            for k, (name, ev) in enumerate(e1["evals"].items())]
+    n = min(len(jobs), os.cpu_count() or 1)
+    if n > 1:
+        try:
+            with cf.ProcessPoolExecutor(n, mp_context=mp.get_context("spawn")) as pool:
+                parts = list(pool.map(_bootstrap_set, *zip(*jobs)))
+        except cf.process.BrokenProcessPool:  # no importable main (a script on stdin): one after another
+            parts = [_bootstrap_set(*j) for j in jobs]
+    else:
+        parts = [_bootstrap_set(*j) for j in jobs]
+    return pd.DataFrame([r for p in parts for r in p])
 
 
 @dataclass(frozen=True)
 class MixtureSelection:
-    table: pd.DataFrame  # one row per (code fraction, seed): predictions from the prefix, actual final loss
-    boot: pd.DataFrame  # window bootstrap of the seed-mean actual final loss per candidate (resample, r, loss)
+    table: pd.DataFrame  # one row per (fit fraction, code fraction, seed): each rule's forecast, the actual final loss
+    boot: pd.DataFrame  # per (resample, fit fraction, code fraction): seed-mean forecasts and actual final loss
+
+
+MIX_RULES = ("TSL", "annealing_law", "prefix_loss")  # the columns of MixtureSelection that rank candidates
 
 
 @plan.step
 def mixture_selection(cfg: TSLConfig, mixtures: dict) -> MixtureSelection:
-    """E3: per candidate r and seed, each rule's predicted final loss from the prefix (TSL, the whole-loss law,
-    the loss at the cut-off) and the actual final loss on the blend; a bootstrap over the blend's windows of the
-    actual final losses averaged over seeds (the same resample for every candidate: the differences are paired)."""
+    """E3: per fit fraction, candidate r and seed, each rule's forecast of the final loss on the blend from the
+    prefix (TSL, the whole-loss law, and the loss at the cut-off itself: the greedy rule to beat), and the actual
+    final loss. With ``mix_per_domain`` each law is fitted to the plays windows and to the code windows of the blend
+    separately and the two forecasts averaged (the blend's per-position curve is a mixture of two hyperbolas, not
+    one). The bootstrap resamples seeds within each candidate and windows within each domain (the same draw for every
+    candidate and rule: the differences are paired); the forecasts are fixed per run (seed noise dominates them)."""
     h = mix_horizon(cfg)
     sched = checkpoint_schedule(cfg.mix_steps, cfg.mix_n_checkpoints, 0)
+    log_v = float(np.log(cfg.vocab_size))
     rows, finals = [], {}
-    for (r, seed), res in mixtures.items():
-        cv = curves(res["evals"]["blend"])
-        df = stage1(cfg, cv).sort_values("step")
-        pred = predict(cfg, df, h, cfg.main_fit_fraction, cfg.mix_seq_len, sched, cv, only=(TSL, ANNEALING),
-                       log_v=float(np.log(cfg.vocab_size)))
-        obs = fit_mask(cfg, df["step"].to_numpy(), h.total_steps, cfg.main_fit_fraction, sched)
-        final = res["final"]["blend"].numpy()
-        finals.setdefault(r, []).append(final.mean(1))
-        rows.append({"code_fraction": r, "seed": seed, "predicted_TSL": float(pred[TSL][0][-1]),
-                     "TSL_valid": pred[TSL][1].ok, "predicted_annealing_law": float(pred[ANNEALING][0][-1]),
-                     "annealing_law_valid": pred[ANNEALING][1].ok,
-                     "prefix_loss": float(df["loss"][obs].iloc[-1]), "actual_final": float(final.mean()),
-                     "TSL_validity": "; ".join(pred[TSL][1].failures)})
+    for (r, seed), res in sorted(mixtures.items()):
+        ev = {s: m.numpy().astype(np.float64) for s, m in res["evals"]["blend"].items()}
+        W = next(iter(ev.values())).shape[0]
+        parts = [np.arange(W // 2), np.arange(W // 2, W)] if cfg.mix_per_domain else [np.arange(W)]
+        blend = stage1(cfg, curves(ev), full=False).sort_values("step")
+        steps = blend["step"].to_numpy()
+        for frac in cfg.fit_fractions:
+            fc = {TSL: [], ANNEALING: []}
+            for part in parts:
+                cv = curves({s: m[part] for s, m in ev.items()})
+                df = stage1(cfg, cv, full=False).sort_values("step")
+                for m, (pred, v) in predict(cfg, df, h, frac, cfg.mix_seq_len, sched, cv, only=(TSL, ANNEALING),
+                                            log_v=log_v).items():
+                    fc[m].append((float(pred[-1]), v))
+            obs = fit_mask(cfg, steps, h.total_steps, frac, sched)
+            row = {"fit_fraction": frac, "code_fraction": r, "seed": seed,
+                   "prefix_loss": float(blend["loss"][obs].iloc[-1]),
+                   "actual_final": float(res["final"]["blend"].numpy().mean())}
+            for m, col in ((TSL, "TSL"), (ANNEALING, "annealing_law")):
+                row[col] = float(np.mean([p for p, _ in fc[m]]))
+                row[f"{col}_valid"] = all(v.ok for _, v in fc[m])
+                row[f"{col}_validity"] = "; ".join(sorted({f for _, v in fc[m] for f in v.failures}))
+            rows.append(row)
+        finals[(r, seed)] = [res["final"]["blend"].numpy()[part].mean(1) for part in parts]
+    table = pd.DataFrame(rows)
     rng = np.random.default_rng(cfg.seed + 3)
-    W = len(next(iter(finals.values()))[0])
+    cands = sorted({r for r, _ in finals})
+    seeds = {r: sorted(s for rr, s in finals if rr == r) for r in cands}
+    sizes = [len(f) for f in finals[next(iter(finals))]]
+    by = {(f, r): t.set_index("seed")[list(MIX_RULES)]
+          for (f, r), t in table.groupby(["fit_fraction", "code_fraction"])}
     boot = []
     for k in range(max(cfg.n_boot, 200)):
-        idx = rng.integers(0, W, W)
-        boot += [{"boot": k, "code_fraction": r, "actual_final": float(np.mean([f[idx].mean() for f in fs]))}
-                 for r, fs in finals.items()]
-    return MixtureSelection(pd.DataFrame(rows), pd.DataFrame(boot))
+        idx = [rng.integers(0, n, n) for n in sizes]
+        for r in cands:
+            pick = rng.choice(seeds[r], len(seeds[r]))
+            actual = float(np.mean([np.mean([f[i].mean() for f, i in zip(finals[(r, s)], idx)]) for s in pick]))
+            for frac in cfg.fit_fractions:
+                fc = by[(frac, r)].loc[pick].mean()
+                boot.append({"boot": k, "fit_fraction": frac, "code_fraction": r, "actual_final": actual,
+                             **{col: float(fc[col]) for col in MIX_RULES}})
+    return MixtureSelection(table, pd.DataFrame(boot))
 
 
-def relative_improvement(cfg: TSLConfig, ev: dict, idx=None) -> tuple[pd.DataFrame, float]:
+def relative_improvement(cfg: TSLConfig, ev: dict, idx=None) -> tuple[pd.DataFrame, float, float]:
     """v1 insight over consecutive checkpoints (spec §3.6): r_i^k = (L_i(N_k) − L_i(N_{k+1})) / L_i(N_k) for every
-    consecutive pair of fitted checkpoints, averaged over the pairs: r_i. Returns the per-position profile and its
-    normalised slope d r / d ln i × ln(n) / mean(r), the relative change of r across the positions (0 = uniform)."""
+    consecutive pair of fitted checkpoints, averaged over the pairs: r_i. Returns the per-position profile and two
+    normalised slopes d r / d ln i × ln(n) / mean(r), the relative change of r across the positions (0 = uniform):
+    the least-squares line over positions (each position one point, so the long-context octaves dominate), and the
+    octave-weighted one (weights 1/i: every octave of context counts the same, as the early positions' share of
+    the claim asks)."""
     h = e1_horizon(cfg)
     sched = e1_schedule(cfg)
     steps = [s for s in sorted(ev) if s in sched and s / h.total_steps >= cfg.drop_before_frac - 1e-9]
     c = curves({s: ev[s] for s in steps}, idx)
-    L = np.stack([c[s][0] for s in steps])  # (K, n)
+    L = np.stack([c[s].L for s in steps])  # (K, n)
     r = ((L[:-1] - L[1:]) / L[:-1]).mean(0)
     i = position_index(cfg, len(r))
     x = np.log(i + (1 - cfg.position_start))
-    slope = np.polyfit(x, r, 1)[0]
+    norm = x.max() / r.mean()
+    slope = np.polyfit(x, r, 1)[0] * norm
+    octave = np.polyfit(x, r, 1, w=1.0 / np.sqrt(i + (1 - cfg.position_start)))[0] * norm
     return (pd.DataFrame({"position": i, "rel_improvement": r, "from_step": steps[0], "to_step": steps[-1],
-                          "pairs": len(steps) - 1}), float(slope * x.max() / r.mean()))
+                          "pairs": len(steps) - 1}), float(slope), float(octave))
 
 
 @dataclass(frozen=True)
 class Uniformity:
     frame: pd.DataFrame  # per position: mean relative improvement over consecutive checkpoints
-    slope: float  # normalised slope (0 = uniform)
-    boot: np.ndarray  # the slope over window bootstrap resamples
+    slope: float  # normalised slope (0 = uniform), positions weighted equally
+    slope_octave: float  # the same, octaves of context weighted equally
+    boot: np.ndarray  # (n_boot, 2): both slopes over window bootstrap resamples
 
 
 @plan.step
 def uniformity(cfg: TSLConfig, e1: dict) -> Uniformity:
-    ev = e1["evals"]["id"]
-    frame, slope = relative_improvement(cfg, ev)
+    ev = {s: m.numpy().astype(np.float64) for s, m in e1["evals"]["id"].items()}
+    frame, slope, octave = relative_improvement(cfg, ev)
     W = ev[next(iter(ev))].shape[0]
     rng = np.random.default_rng(cfg.seed + 1)
-    boot = np.array([relative_improvement(cfg, ev, rng.integers(0, W, W))[1] for _ in range(cfg.n_boot)])
-    return Uniformity(frame, slope, boot)
+    boot = np.array([relative_improvement(cfg, ev, rng.integers(0, W, W))[1:] for _ in range(cfg.n_boot)])
+    return Uniformity(frame, slope, octave, boot)
 
 
 @dataclass(frozen=True)
