@@ -488,8 +488,10 @@ def claims(cfg, b: Bundle) -> list[C.Claim]:
     c6 = C.second_metric(c6, v_oct, f"octave-weighted slope {u.slope_octave:.4f} "
                          + C.fmt_ci(ci_oct, "same bootstrap"))
     if c6.verdict == "reproduced" and v_oct == "inconclusive":  # both metrics must reach the equivalence
-        c6 = replace(c6, verdict="inconclusive", evidence="the octave-weighted slope does not reach the margin; "
-                     + c6.evidence)
+        bar = cfg.equivalence_margin if u.slope_octave > 0 else -cfg.equivalence_margin
+        need = windows_needed(ci_oct, u.slope_octave, bar, cfg.eval_windows)
+        c6 = replace(c6, verdict="inconclusive", ours_ci=c6.ours_ci + (f"; {need}" if need else ""),
+                     evidence="the octave-weighted slope does not reach the margin; " + c6.evidence)
     out.append(C.judged(c6, learned["id"]))
     # C7: position re-weighting gives no gain (paper scale).
     rw = b.reweight_gains
