@@ -84,15 +84,17 @@ def build_moe(*, d_model: int, d_ff: int, n_experts: int = 8, k: int = 2, router
               vocab_size: int | None = None, routing_mask: torch.Tensor | None = None, hash_seed: int = 0,
               hash_counts: torch.Tensor | None = None, d_shared: int = 0, shared_mix: str = "gate",
               balance_coef: float = 0.01, z_coef: float = 0.0, balance_first_choice: bool = False,
-              init_std: float | None = None, mask_gate: str = "masked", shared_scale: float = 1.0) -> MoE:
+              init_std: float | None = None, mask_gate: str = "masked", shared_scale: float = 1.0,
+              score_scale: float = 1.0) -> MoE:
     """A routed MoE whose experts each have width ``d_ff`` (``mask_gate``: the masked router's gate,
-    see ``MaskedRouter``; ``shared_scale``: a constant factor on the shared expert's output, see ``MoE``)."""
+    see ``MaskedRouter``; ``shared_scale``: a constant factor on the shared expert's output; ``score_scale``: one
+    on the routed weights (LLaMA-MoE's score scale factor); see ``MoE``)."""
     r = build_router(router, d_model=d_model, n_experts=n_experts, k=k, renormalize=renormalize, top_p=top_p,
                      k_max=k_max, vocab_size=vocab_size, routing_mask=routing_mask, hash_seed=hash_seed,
                      hash_counts=hash_counts, init_std=init_std, mask_gate=mask_gate)
     return MoE(d_model, d_ff, n_experts, r, d_shared=d_shared, shared_mix=shared_mix, balance_coef=balance_coef,
                z_coef=z_coef, balance_first_choice=balance_first_choice, init_std=init_std,
-               shared_scale=shared_scale)
+               shared_scale=shared_scale, score_scale=score_scale)
 
 
 @register_ffn("sigmoid_moe")

@@ -40,6 +40,8 @@ class MoE(nn.Module, Probed):
         d_shared: width of the shared expert (0 = none). n shared experts of width f are one SwiGLU of width
             n*f (their sum is exactly that SwiGLU's output).
         shared_mix: "add" (y = r + S) or "gate" (learned 2-way softmax, with bias).
+        score_scale: the routed weights w[t, k] are multiplied by this constant (default 1): LLaMA-MoE's
+            ``score_scale_factor`` (n/k makes a token's k renormalized weights sum to n/k, as DSMoE's rescale).
         shared_scale: S(x) is multiplied by this constant (default 1). 1/n makes the shared SwiGLU of width n*f
             the *mean* of n experts of width f (CartesianMoE's Fine-grained baseline: ½(S1 + S2)).
         balance_coef, z_coef: weights of the load-balancing and z losses in ``aux`` (0 = not computed).
@@ -52,7 +54,8 @@ class MoE(nn.Module, Probed):
 
     def __init__(self, d_model: int, d_expert: int, n_experts: int, router: nn.Module, *, d_shared: int = 0,
                  shared_mix: str = "gate", balance_coef: float = 0.01, z_coef: float = 0.0,
-                 balance_first_choice: bool = False, init_std: float | None = None, shared_scale: float = 1.0):
+                 balance_first_choice: bool = False, init_std: float | None = None, shared_scale: float = 1.0,
+                 score_scale: float = 1.0):
         super().__init__()
         if shared_mix not in ("add", "gate"):
             raise ValueError(f"MoE: shared_mix={shared_mix!r}; allowed: add, gate")
@@ -62,6 +65,7 @@ class MoE(nn.Module, Probed):
         self.shared = SwiGLU(d_model, d_shared) if d_shared else None
         self.shared_mix = shared_mix
         self.shared_scale = float(shared_scale)
+        self.score_scale = float(score_scale)
         self.shared_gate = nn.Linear(d_model, 2) if (d_shared and shared_mix == "gate") else None
         self.balance_coef, self.z_coef, self.balance_first_choice = balance_coef, z_coef, balance_first_choice
         self.last_stats: dict[str, torch.Tensor] = {}
@@ -75,7 +79,8 @@ class MoE(nn.Module, Probed):
             self._probe("router", routing.topk_idx_TK)
             if routing.probs_TE is not None:
                 self._probe("router_probs", routing.probs_TE)
-        y_TD = self.experts(x_TD, routing.topk_idx_TK, routing.topk_w_TK)
+        w_TK = routing.topk_w_TK if self.score_scale == 1.0 else self.score_scale * routing.topk_w_TK
+        y_TD = self.experts(x_TD, routing.topk_idx_TK, w_TK)
         if self.shared is not None:
             s_TD = self.shared(x_TD)
             if self.shared_scale != 1.0:

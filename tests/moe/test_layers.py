@@ -343,6 +343,24 @@ def test_shared_scale_halves_the_shared_expert(mix):
     assert not torch.allclose(one(x)[0], half(x)[0])  # the scale does change the output
 
 
+def test_score_scale_multiplies_the_routed_weights():
+    """``score_scale`` (LLaMA-MoE's score_scale_factor): the routed output is exactly that constant times the unscaled
+    one, and the router's gradient is scaled by it too; a shared expert is not scaled."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, D, dtype=torch.float64)
+    one = build_ffn("moe", d_model=D, d_ff=FW, n_experts=4, k=2, balance_coef=0.0).double()
+    s = build_ffn("moe", d_model=D, d_ff=FW, n_experts=4, k=2, balance_coef=0.0, score_scale=2.0).double()
+    s.load_state_dict(one.state_dict())
+    torch.testing.assert_close(s(x)[0], 2.0 * one(x)[0])
+    one(x)[0].sum().backward()
+    s(x)[0].sum().backward()
+    torch.testing.assert_close(s.router.weight.grad, 2.0 * one.router.weight.grad)
+    sh = build_ffn("moe", d_model=D, d_ff=FW, n_experts=4, k=2, d_shared=8, shared_mix="add", score_scale=3.0).double()
+    x_TD = x.view(-1, D)
+    r = sh.router(x_TD)
+    torch.testing.assert_close(sh(x)[0].view(-1, D), 3.0 * sh.experts(x_TD, r.topk_idx_TK, r.topk_w_TK) + sh.shared(x_TD))
+
+
 def test_registry_and_errors():
     from replicate.models.ffn import FFN_REGISTRY
 
