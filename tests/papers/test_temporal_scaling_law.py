@@ -117,6 +117,9 @@ def test_the_fraction_rule_holds_a_verdict_only_where_every_fraction_gives_it():
     assert across_fractions({0.3: "reproduced", 0.4: "reproduced", 0.5: "reproduced"})[0] == "reproduced"
     assert across_fractions({0.3: "reproduced", 0.4: "inconclusive", 0.5: "reproduced"})[0] == "inconclusive"
     assert across_fractions({0.3: "not_reproduced", 0.5: "reproduced"})[0] == "inconclusive"
+    # a clear miss at some fraction that no fraction contradicts refutes "accurate from a short prefix"
+    assert across_fractions({0.3: "not_reproduced", 0.4: "not_reproduced", 0.5: "inconclusive"})[0] == "not_reproduced"
+    assert across_fractions({0.3: "inconclusive", 0.4: "inconclusive"})[0] == "inconclusive"
 
 
 @pytest.mark.parametrize("noise, c_of", [

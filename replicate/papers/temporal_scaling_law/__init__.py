@@ -97,8 +97,8 @@ class TSLConfig(LMConfig):
                                 "before the first one) or 1 (i tokens of context). The law c/(b+i) is the same family "
                                 "under either, b shifting by 1, but its bound b >= 0 is not: counted from 1 it excludes "
                                 "curves that fall faster over the first positions than 1/i, which E3's small models "
-                                "show (their shared b sat at 0 in 6 of 12 runs); counted from 0 every finite curve of "
-                                "the family has b > 0", source="UNCONFIRMED (spec §3.1); ours: 0", choices=(0, 1))
+                                "showed in an earlier design; counted from 0 every finite curve of the family has "
+                                "b > 0 (E1's fits are the same either way)", source="UNCONFIRMED (spec §3.1); ours: 0", choices=(0, 1))
     c_form: str = param("lr_power", help="temporal form of c = a0/a1 (the context benefit's scale)",
                         source="ours (the spec's a0 ~ log runs as the 'spec forms' variant)", choices=FORMS)
     share_b: bool = param(True, help="one b for all observed checkpoints (fitted jointly; c and a2 then linear per "
@@ -156,9 +156,10 @@ class TSLConfig(LMConfig):
                                     min=0.05, max=0.95)
     mix_per_domain: bool = param(False, help="E3: fit each law to the plays and the code windows of the blend "
                                  "separately and average the two forecasts (the blend's per-position curve is a "
-                                 "mixture of two hyperbolas); false: one fit to the blend. Measured at small: as many "
-                                 "runs pass their checks either way (9 of 12), and on 128 windows a domain's fit "
-                                 "missed its own prefix by 1.5 % in 2 runs", source="ours (audit)")
+                                 "mixture of two hyperbolas); false: one fit to the blend. Measured at small: 12 of 12 "
+                                 "runs pass their checks with one fit, 10 of 12 per domain (on 96 windows a domain's "
+                                 "fit missed its own prefix by 1.3-1.6 %, about the evaluation noise of so few "
+                                 "windows), which makes C5 invalid", source="ours (audit)")
     mix_eval_windows: int = param(192, help="E3 evaluation windows (half plays, half code)", source="ours (seed noise, "
                                   "not window noise, separates E3's candidates)", min=4,
                                   max=4096)

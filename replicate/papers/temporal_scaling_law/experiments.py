@@ -510,7 +510,7 @@ def _bootstrap_set(cfg: TSLConfig, name: str, k: int, ev: dict) -> list[dict]:
     rows = []
     for b in range(cfg.n_boot):
         cv = curves(ev, rng.integers(0, W, W))
-        df = stage1(cfg, cv, full=False).sort_values("step")
+        df = stage1(cfg, cv, full=not cfg.share_b).sort_values("step")  # without a shared b TSL needs stage 1
         for frac in cfg.fit_fractions:
             fut = (df["step"] / h.total_steps > frac + 1e-9).to_numpy()
             for method, (pred, v) in predict(cfg, df, h, frac, cfg.seq_len, sched, cv, only=CLAIM_METHODS,
