@@ -176,8 +176,6 @@ class TSLConfig(LMConfig):
                    "({mix_d_model})", mix_n_heads=3),
         constraint("main_fit_fraction", lambda c: c.main_fit_fraction in c.fit_fractions,
                    "must be one of fit_fractions {fit_fractions}", main_fit_fraction=0.35),
-        constraint("mix_fit_fraction", lambda c: c.mix_fit_fraction in c.fit_fractions,
-                   "must be one of fit_fractions {fit_fractions}", mix_fit_fraction=0.35),
         constraint("n_checkpoints", lambda c: len(checkpoint_schedule(c.steps, c.n_checkpoints, c.n_log_checkpoints))
                    == c.n_checkpoints + c.n_log_checkpoints, "with n_log_checkpoints={n_log_checkpoints} must give "
                    "that many distinct checkpoint steps out of steps={steps} (fewer, or more steps)", n_checkpoints=41),

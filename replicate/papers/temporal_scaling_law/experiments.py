@@ -554,6 +554,11 @@ class MixtureSelection:
 MIX_RULES = ("TSL", "annealing_law", "prefix_loss")  # the columns of MixtureSelection that rank candidates
 
 
+def mix_fractions(cfg: TSLConfig) -> list[float]:
+    """The prefixes E3 forecasts from: every fit fraction and the one claim C5 is judged at."""
+    return sorted(set(cfg.fit_fractions) | {cfg.mix_fit_fraction})
+
+
 @plan.step
 def mixture_selection(cfg: TSLConfig, mixtures: dict) -> MixtureSelection:
     """E3: per fit fraction, candidate r and seed, each rule's forecast of the final loss on the blend from the
@@ -572,7 +577,7 @@ def mixture_selection(cfg: TSLConfig, mixtures: dict) -> MixtureSelection:
         parts = [np.arange(W // 2), np.arange(W // 2, W)] if cfg.mix_per_domain else [np.arange(W)]
         blend = stage1(cfg, curves(ev), full=False).sort_values("step")
         steps = blend["step"].to_numpy()
-        for frac in cfg.fit_fractions:
+        for frac in mix_fractions(cfg):
             fc = {TSL: [], ANNEALING: []}
             for part in parts:
                 cv = curves({s: m[part] for s, m in ev.items()})
@@ -603,7 +608,7 @@ def mixture_selection(cfg: TSLConfig, mixtures: dict) -> MixtureSelection:
         for r in cands:
             pick = rng.choice(seeds[r], len(seeds[r]))
             actual = float(np.mean([np.mean([f[i].mean() for f, i in zip(finals[(r, s)], idx)]) for s in pick]))
-            for frac in cfg.fit_fractions:
+            for frac in mix_fractions(cfg):
                 fc = by[(frac, r)].loc[pick].mean()
                 boot.append({"boot": k, "fit_fraction": frac, "code_fraction": r, "actual_final": actual,
                              **{col: float(fc[col]) for col in MIX_RULES}})

@@ -13,7 +13,15 @@ from replicate import claims as C
 from replicate import plotting
 from replicate.claims import Validity
 from replicate.experiments import Bundle
-from replicate.papers.temporal_scaling_law.experiments import ANNEALING, POWER, SPEC, TSL, e1_horizon, scores
+from replicate.papers.temporal_scaling_law.experiments import (
+    ANNEALING,
+    POWER,
+    SPEC,
+    TSL,
+    e1_horizon,
+    mix_fractions,
+    scores,
+)
 from replicate.papers.temporal_scaling_law.method import hyperbolic
 from replicate.tables import quantities
 
@@ -341,7 +349,8 @@ def _c5(cfg, b: Bundle) -> C.Claim:
     rho = float(stats.spearmanr(t["predicted_TSL"], t["actual_final"]).statistic) if len(t) > 2 else float("nan")
     greedy = float(t["prefix_loss"].idxmin())
     law = float(t["predicted_annealing_law"].idxmin())
-    other = min(cfg.fit_fractions) if frac != min(cfg.fit_fractions) else max(cfg.fit_fractions)
+    fr = mix_fractions(cfg)
+    other = min(fr) if frac != min(fr) else max(fr)
     late = t2[t2["fit_fraction"] == other].set_index("code_fraction")
     late_pick = float(late["predicted_TSL"].idxmin())
     def err(col, f=frac, agg=np.mean):
