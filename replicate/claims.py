@@ -255,6 +255,16 @@ def converging_paired(claim: Claim, drift: float | None, seed_gaps, comparison: 
                       f"the {frac:.0%} before, same batches")
 
 
+def note_lines(claims: list[Claim]) -> list[str]:
+    """The head of a notebook's generated closing note: its title, then one line per claim with its verdict, our
+    value and its interval (or the evidence where there is none)."""
+    lines = ["**Closing note (generated from the results).**", ""]
+    for c in claims:
+        val = "" if c.ours_value is None else f" = {c.ours_value:+.4g}"
+        lines.append(f"- **{c.claim_id}** ({c.verdict}): {c.claim}. Ours{val}; {c.ours_ci or c.evidence}.")
+    return lines
+
+
 def second_metric(claim: Claim, verdict: str, text: str) -> Claim:
     """``claim`` judged on a second metric that expresses the same property (DESIGN §7, metrics that agree): where
     the two point opposite ways (one ``reproduced``, the other ``not_reproduced``) the evidence says ``mixed`` and

@@ -37,6 +37,15 @@ def resolve(paper_id: str, namespace: dict):
         raise ParameterError(str(e)) from None
 
 
+def peak_memory_gib() -> tuple[float, float]:
+    """Peak resident memory of this process and of its largest finished child (a prefetch worker), in GiB (Linux
+    reports ru_maxrss in KiB): what a closing note states as the kernel's memory."""
+    import resource
+
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20)
+
+
 def setup_display():
     """Matplotlib inline with a fixed style, pandas display widths; quiet Lightning's info logs."""
     import logging

@@ -175,3 +175,13 @@ def test_converging_paired_takes_the_spread_from_the_seed_gaps():
     assert "seed spread of nan" in C.converging_paired(c, -0.02, [0.05], "a - b", 0.2).ours_ci
     none = C.converging_paired(c, None, tight, "a - b", 0.2)
     assert none.ours_ci == "ci; gap trend: not measured" and none.verdict == "reproduced"
+
+
+def test_note_lines_give_one_line_per_claim_with_its_interval_or_evidence():
+    from replicate.claims import Claim, note_lines
+
+    lines = note_lines([Claim("C1", "A beats B", "m", None, 0.01234, "[0.01, 0.02] (t)", "reproduced", "table1"),
+                        Claim("C2", "B is fast", "m", None, None, "", "not_run", "needs the `paper` scale")])
+    assert lines[:2] == ["**Closing note (generated from the results).**", ""]
+    assert lines[2] == "- **C1** (reproduced): A beats B. Ours = +0.01234; [0.01, 0.02] (t)."
+    assert lines[3] == "- **C2** (not_run): B is fast. Ours; needs the `paper` scale."

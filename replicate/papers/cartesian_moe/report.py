@@ -13,6 +13,7 @@ from replicate import claims as C
 from replicate import plotting
 from replicate.data.ngram import learning_row
 from replicate.experiments import Bundle
+from replicate.notebook import peak_memory_gib
 from replicate.papers.cartesian_moe import DECIDING, LABELS, ROUTED
 from replicate.papers.cartesian_moe.experiments import arms, final_frame
 from replicate.tables import beside_paper, quantities
@@ -442,8 +443,6 @@ def _to_settle(c: C.Claim) -> str:
 def closing_note(cfg, b: Bundle) -> str:
     """The closing note, generated: each claim with its verdict and numbers, the time the experiments took, the peak
     memory of this process, the validity bars against the run losses, and what would settle what stayed open."""
-    import resource
-
     claims_ = claims(cfg, b)
     lines = ["**Closing note (generated from the results).**", ""]
     for c in claims_:
@@ -453,7 +452,7 @@ def closing_note(cfg, b: Bundle) -> str:
         lines.append(f"- **{c.claim_id}** ({c.verdict}): {c.claim}. {ours}.{pv}")
     secs = dict(b.seconds)
     total = sum(secs.values())
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    peak, _ = peak_memory_gib()
     v = validity_table(b)
     lines += ["", f"Experiments at `{cfg.scale}`: {total:.0f} s in this kernel ("
               + ", ".join(f"{k} {s:.0f} s" for k, s in secs.items()) + "; cached runs count as ~0 s); training wall "

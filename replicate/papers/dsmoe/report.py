@@ -13,6 +13,7 @@ from replicate import claims as C
 from replicate import plotting
 from replicate.data.ngram import learning_row
 from replicate.experiments import Bundle
+from replicate.notebook import peak_memory_gib
 from replicate.papers.dsmoe.experiments import ARMS, DOMAINS, arms
 from replicate.tables import beside_paper, quantities
 
@@ -425,16 +426,10 @@ def _to_settle(c: C.Claim) -> str:
 
 def closing_note(cfg, b: Bundle) -> str:
     """The closing note, generated: each claim with its verdict and numbers, time and memory, what stayed open."""
-    import resource
-
     cl = claims(cfg, b)
-    lines = ["**Closing note (generated from the results).**", ""]
-    for c in cl:
-        val = "" if c.ours_value is None else f" = {c.ours_value:+.4g}"
-        lines.append(f"- **{c.claim_id}** ({c.verdict}): {c.claim}. Ours{val}; {c.ours_ci or c.evidence}.")
+    lines = C.note_lines(cl)
     secs = dict(b.seconds)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+    peak, child = peak_memory_gib()
     lines += ["", f"Experiments at `{cfg.scale}`: {sum(secs.values()):.0f} s in this kernel ("
               + ", ".join(f"{k} {s:.0f} s" for k, s in secs.items()) + "; cached runs count as ~0 s); peak memory of "
               f"this process {peak:.2f} GiB, of its largest worker {child:.2f} GiB."]

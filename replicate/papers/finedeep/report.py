@@ -13,6 +13,7 @@ import pandas as pd
 from replicate import claims as C
 from replicate import plotting
 from replicate.experiments import Bundle
+from replicate.notebook import peak_memory_gib
 from replicate.papers.finedeep.experiments import arms, variant_name
 from replicate.data.ngram import learning_row
 from replicate.tables import beside_paper, quantities
@@ -458,17 +459,11 @@ def _to_settle(c: C.Claim) -> str:
 def closing_note(cfg, b: Bundle) -> str:
     """The closing note, generated: each claim with its verdict and numbers, the time the experiments took, the peak
     memory of this process, and what would settle what stayed open."""
-    import resource
-
     claims_ = claims(cfg, b)
-    lines = ["**Closing note (generated from the results).**", ""]
-    for c in claims_:
-        val = "" if c.ours_value is None else f" = {c.ours_value:+.4g}"
-        lines.append(f"- **{c.claim_id}** ({c.verdict}): {c.claim}. Ours{val}; {c.ours_ci or c.evidence}.")
+    lines = C.note_lines(claims_)
     secs = dict(b.seconds)
     total = sum(secs.values())
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB (Linux)
-    child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # the largest finished worker
+    peak, child = peak_memory_gib()
     v = validity_table(b)
     lines += ["", f"Experiments at `{cfg.scale}`: {total:.0f} s in this kernel ("
               + ", ".join(f"{k} {s:.0f} s" for k, s in secs.items()) + f"; cached runs count as ~0 s); training wall "

@@ -9,6 +9,7 @@ import pandas as pd
 from replicate import claims as C
 from replicate import plotting
 from replicate.experiments import Bundle
+from replicate.notebook import peak_memory_gib
 from replicate.data.ngram import learning_row
 from replicate.tables import quantities
 from replicate.tokenization import analysis as A
@@ -786,16 +787,10 @@ def closing_note(cfg, b: Bundle) -> str:
     """The closing note, generated: each claim with its verdict and numbers, the time the experiments took in this
     kernel and its peak memory, what would settle what stayed open, and the referee audit's findings with what was
     done about each."""
-    import resource
-
     claims_ = claims(cfg, b)
-    lines = ["**Closing note (generated from the results).**", ""]
-    for c in claims_:
-        val = "" if c.ours_value is None else f" = {c.ours_value:+.4g}"
-        lines.append(f"- **{c.claim_id}** ({c.verdict}): {c.claim}. Ours{val}; {c.ours_ci or c.evidence}.")
+    lines = C.note_lines(claims_)
     secs = dict(b.seconds)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB (Linux)
-    child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+    peak, child = peak_memory_gib()
     runs = run_summary(b.lm_runs.frame)
     lines += ["", f"Experiments at `{cfg.scale}`: {sum(secs.values()):.0f} s in this kernel ("
               + ", ".join(f"{k} {v:.0f} s" for k, v in secs.items() if v >= 1) + "; runs read from the cache count "
