@@ -225,17 +225,22 @@ def single_seed_gap_claim(claim_id: str, claim: str, gap: float, replicates, see
                  f"{side}", paper_value, float(gap), text + (f"; {detail}" if detail else ""), verdict, evidence)
 
 
-def converging(claim: Claim, drift: float | None, spread: float, what: str) -> Claim:
+def converging(claim: Claim, drift: float | None, spread: float, what: str, horizon: float | None = None) -> Claim:
     """A decided comparison whose gap is still closing when training stops cannot say which arm ends ahead: when the
     gap moved towards 0 by more than ``spread`` or than the gap itself over the last stretch of training (``drift``:
     late gap − earlier gap, same sign convention as the claim's value), a ``reproduced`` or ``not_reproduced`` verdict
-    becomes ``inconclusive`` ("still converging"); a gap that holds or widens keeps its verdict. ``what`` names the
+    becomes ``inconclusive`` ("still converging"); a gap that holds or widens keeps its verdict. ``horizon``, if
+    given, is how many such stretches "as long again as the run" is: a gap that the drift, continued linearly over
+    that horizon, would not bring to 0 (|gap| > |drift| · horizon) keeps its verdict too, said so. ``what`` names the
     measurement of the drift; an unknown ``spread`` (NaN) leaves the gap itself as the bar. ``drift`` None (no
     curve): the claim unchanged, said so."""
     if drift is None or claim.ours_value is None:
         return replace(claim, ours_ci=f"{claim.ours_ci}; gap trend: not measured")
     closing = np.sign(drift) == -np.sign(claim.ours_value) and abs(drift) > np.nanmin([spread, abs(claim.ours_value)])
     text = f"{claim.ours_ci}; gap trend ({what}): {drift:+.4f} against a seed spread of {spread:.4f}"
+    if closing and horizon is not None and abs(claim.ours_value) > abs(drift) * horizon:
+        return replace(claim, ours_ci=text + f": closing, but at this rate it would not reach 0 within {horizon:g} "
+                       f"such stretches (the run's length again: {abs(drift) * horizon:.4f} < |gap|)")
     if closing and claim.verdict in ("reproduced", "not_reproduced"):
         return replace(claim, ours_ci=text + f": still converging, so the {claim.verdict} order at the end of "
                        "training may not hold", verdict="inconclusive",
@@ -248,11 +253,13 @@ def converging_paired(claim: Claim, drift: float | None, seed_gaps, comparison: 
     ``trainer.gap_drift``: the change of the paired training-loss gap ``comparison`` (a − b) between the last ``frac``
     of the steps and the ``frac`` before. The spread is the std of ``seed_gaps``, the per-seed gaps of the pair that
     was trained on every seed (a single-seed baseline has none of its own, and the deciding pair's seed noise is the
-    scale a drift must exceed to matter); NaN under two seeds, which leaves the gap itself as the bar."""
+    scale a drift must exceed to matter); NaN under two seeds, which leaves the gap itself as the bar. The horizon is
+    the run's length again (1 / ``frac`` stretches): a gap too large for the drift to close in that long keeps its
+    verdict."""
     g = list(seed_gaps)
     spread = float(np.std(g, ddof=1)) if len(g) > 1 else float("nan")
     return converging(claim, drift, spread, f"paired training-loss gap {comparison}, last {frac:.0%} of the steps − "
-                      f"the {frac:.0%} before, same batches")
+                      f"the {frac:.0%} before, same batches", horizon=1.0 / frac)
 
 
 def note_lines(claims: list[Claim]) -> list[str]:

@@ -106,3 +106,30 @@ def capture(model: nn.Module, names: Iterable[str], *, fn: Callable[[str, torch.
     finally:
         for m in installed:
             del m._probe  # back to the class attribute: None
+
+
+@torch.no_grad()
+def module_inputs(model: nn.Module, modules: list[nn.Module], windows: torch.Tensor, chunk: int = 16,
+                  fn: Callable[[int, nn.Module, torch.Tensor], torch.Tensor] | None = None) -> list[torch.Tensor]:
+    """What each of ``modules`` receives (its first positional input, flattened to (tokens, features)) during eval
+    forwards of ``model`` over ``windows`` (W, T+1: inputs are ``[:, :-1]``), in ``chunk``-window batches, read by
+    forward pre-hooks; a list in the order of ``modules`` of the chunks concatenated (W·T rows). ``fn(i, module, x)``,
+    if given, is stored instead of ``x`` (reduce on the fly: gate values, activations). ``model`` is left in eval
+    mode; its outputs are not changed."""
+    model.eval()
+    acc: list[list] = [[] for _ in modules]
+
+    def hook_for(i: int):
+        def hook(mod, args):
+            x = args[0].reshape(-1, args[0].shape[-1])
+            acc[i].append(x if fn is None else fn(i, mod, x))
+        return hook
+
+    hooks = [m.register_forward_pre_hook(hook_for(i)) for i, m in enumerate(modules)]
+    try:
+        for s in range(0, len(windows), chunk):
+            model(windows[s: s + chunk, :-1])
+    finally:
+        for h in hooks:
+            h.remove()
+    return [torch.cat(a) for a in acc]

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from replicate.models import Decoder, DecoderConfig, LayerSpec
-from replicate.models.probes import Probed, capture
+from replicate.models.probes import Probed, capture, module_inputs
 
 CFG = dict(vocab_size=61, d_model=32, n_heads=4, n_kv_heads=2, d_ff=40, max_seq_len=32)
 
@@ -54,3 +54,21 @@ def test_capture_reduces_on_the_fly_and_rejects_unknown_names():
     with pytest.raises(ValueError, match="not emitted by this model"):
         with capture(m, ["nope"]):
             pass
+
+
+def test_module_inputs_are_what_each_module_receives_over_chunks():
+    m = _model()
+    windows = torch.randint(0, 61, (5, 10))  # (W, T+1): inputs [:, :-1], 5 windows in chunks of 2
+    ffns = [b.ffn for b in m.layers]
+    got = module_inputs(m, ffns, windows, chunk=2)
+    with torch.no_grad(), capture(m, ["resid_mid"]) as rec:
+        ref_logits = m(windows[:, :-1]).logits
+    for i, b in enumerate(m.layers):  # the FFN's input is the normed mid-block stream
+        want = b.ffn_norm(rec[f"layer{i}/resid_mid"][0]).reshape(-1, 32)
+        assert got[i].shape == (5 * 9, 32)
+        torch.testing.assert_close(got[i], want)
+    sums = module_inputs(m, ffns[:1], windows, chunk=2, fn=lambda i, mod, x: x.sum(-1))
+    torch.testing.assert_close(sums[0], got[0].sum(-1))
+    assert not any(mod._forward_pre_hooks for mod in ffns)  # hooks removed
+    with torch.no_grad():
+        assert torch.equal(m(windows[:, :-1]).logits, ref_logits)

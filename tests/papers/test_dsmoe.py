@@ -10,6 +10,7 @@ import functools
 import pickle
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -50,6 +51,8 @@ def test_scales_and_unconfirmed_choices(cfg):
         resolve_config(PAPER, "smoke", topk_k=5)
     with pytest.raises(ConfigError, match="topk_scale"):
         resolve_config(PAPER, "smoke", topk_scale="sqrt")
+    with pytest.raises(ConfigError, match="lam_sweep"):
+        resolve_config(PAPER, "smoke", lam=0.25, lam_sweep=(0.25,))
 
 
 # ---------------------------------------------------------------------------------------------- the part
@@ -132,6 +135,36 @@ def test_without_ste_a_gate_below_tau_gets_no_gradient_with_ste_it_does():
         assert (layer.experts.w_up_EDF.grad[0] == 0).all() and (layer.experts.w_up_EDF.grad[1:] != 0).any()
     assert (grads[False] == 0).all()
     assert grads[True].abs().sum() > 0
+
+
+def test_without_ste_a_gate_pushed_below_tau_never_comes_back_with_ste_it_can():
+    """The ratchet C4 rests on, over optimiser steps: every token's gate 0 starts just below τ while the loss wants
+    expert 0 on (its output is the target). Without the STE the gate gets no gradient, so it stays below τ however
+    long it trains; with the STE the LM gradient lifts it above τ."""
+    torch.manual_seed(3)
+    x = torch.randn(64, d, dtype=torch.float64)
+    x[:, 0] = 3.0 + 0.1 * x[:, 0]  # a shared positive feature: Y_0 = -0.05 e_0 puts every token's q_0 below τ
+    up = {}
+    for ste in (False, True):
+        layer = _layer(seed=4, std=0.0, ste=ste, lam=0.0)
+        with torch.no_grad():
+            target = layer.experts.all_outputs(x)[:, 0].detach() * N  # what expert 0 alone, rescaled, gives
+            layer.gate.weight.zero_()
+            layer.gate.weight[1:] = 1.0  # the other gates on (the rescale has a k > 0)
+            layer.gate.weight[0, 0] = -0.05
+        start = layer.gate.weight[0].detach().clone()
+        assert (torch.sigmoid(layer.gate.logits(x))[:, 0] < 0.5).all()
+        layer.train()
+        opt = torch.optim.Adam(layer.gate.parameters(), lr=0.05)
+        for _ in range(40):
+            opt.zero_grad()
+            y, _ = layer(x)
+            (y - target).square().mean().backward()
+            opt.step()
+        up[ste] = float((torch.sigmoid(layer.gate.logits(x))[:, 0] > 0.5).double().mean())
+        if not ste:
+            assert torch.equal(layer.gate.weight[0].detach(), start)  # not one step moved it
+    assert up[False] == 0.0 and up[True] > 0.5
 
 
 def test_rescale_is_the_same_in_training_and_inference():
@@ -318,7 +351,7 @@ def test_plan_at_smoke(cfg, bundle, tmp_path):
     m = bundle.mechanism
     assert m["ok"].all(), m[~m["ok"]]
     f = bundle.runs.frame
-    assert set(f["variant"]) == set(X.ARMS)
+    assert set(f["variant"]) == set(X.ARMS) | {X.lam_arm(x) for x in cfg.lam_sweep}
     assert sorted(f[f["variant"] == "dsmoe"]["seed"]) == list(range(cfg.seed, cfg.seed + cfg.n_seeds))
     assert np.isfinite(f["loss"]).all() and (f["loss"] > 0).all()
     match = bundle.runs.match
@@ -326,8 +359,12 @@ def test_plan_at_smoke(cfg, bundle, tmp_path):
     a = bundle.analysis.activation
     assert set(a["domain"]) == {"all", "english", "code"} and (a["active_experts"] <= cfg.n_experts).all()
     sw = bundle.sweeps.frame
-    act = sw[sw["model"] == "dsmoe"].sort_values("tau")["active_experts"].to_numpy()
-    assert (np.diff(act) <= 1e-12).all()  # re-thresholding: a higher τ never activates more
+    ds = sw[sw["model"] == "dsmoe"].sort_values("tau")
+    assert (np.diff(ds["active_experts"].to_numpy()) <= 1e-12).all()  # re-thresholding: a higher τ never activates more
+    assert set(cfg.tau_sweep) | {cfg.tau} <= set(ds["tau"]) and ds["grid"].str.contains("quantile").any()
+    assert ds["tau"].is_unique and set(sw["in_range"]) <= {True, False}
+    assert set(R.dead_experts(bundle)["variant"]) == {"dsmoe", "dsmoe_no_ste", "dsmoe_soft", X.lam_arm(0.25)}
+    assert len(bundle.comparisons.domain["null"]) == cfg.null_gates
     inf = R.inference_table(bundle).set_index(["variant", "path"])
     assert inf.loc[("dsmoe", "as run at inference"), "ffn_flops_vs_dense"] < inf.loc[
         ("dsmoe", "every expert computed"), "ffn_flops_vs_dense"]
@@ -406,7 +443,71 @@ def test_verdict_rules_can_fail(cfg, bundle):
 
     assert c1([0.0] * n) == "inconclusive"
     assert c1([0.05 + 0.001 * i for i in range(n)]) == "reproduced"
+    assert c1([0.05 + 0.001 * i for i in range(n)]) == "reproduced"
     assert c1([-0.05 - 0.001 * i for i in range(n)]) == "not_reproduced"
     dom = dict(cmp_.domain, reps=np.linspace(-0.1, 0.1, 101), point=0.0)
     b = _with(ok, comparisons=dataclasses.replace(cmp_, domain=dom))
     assert {c.claim_id: c for c in R.claims(cfg, b)}["C8"].verdict == "inconclusive"
+
+    def c8(seed_gaps, null):
+        dom = dict(cmp_.domain, reps=np.linspace(0.4, 0.6, 101), point=0.5, null=np.asarray(null),
+                   seed_gaps=dict(enumerate(seed_gaps)))
+        return R._c8(_with(ok, comparisons=dataclasses.replace(cmp_, domain=dom))).verdict
+
+    assert c8([0.5, 0.6, 0.3], np.linspace(-0.2, 0.2, 20)) == "reproduced"
+    assert c8([0.5, 0.6, 0.3], np.linspace(-0.5, 0.5, 20)) == "inconclusive"  # untrained gates differ as much
+    assert c8([0.5, -0.1, 0.3], np.linspace(-0.05, 0.05, 20)) == "inconclusive"  # the seeds disagree in sign
+
+
+def _sweep_bundle(ok, cfg, rows):
+    """``ok`` with the trained DSMoE's sweep replaced by ``rows`` (tau, loss, active_frac): per-window losses all
+    equal to the point's loss, so the paired intervals are degenerate at the gaps."""
+    W = len(ok.data.windows)
+    frame = pd.DataFrame([{"model": "dsmoe", "tau": t, "grid": "fixed", "loss": l, "ppl": np.exp(l),
+                           "active_experts": a * cfg.n_experts, "active_frac": a,
+                           "in_range": bool(0 < l <= np.log(ok.data.n_ids))} for t, l, a in rows])
+    losses = {("dsmoe", t): np.full(W, l) for t, l, _ in rows}
+    sw = X.Sweeps(frame, losses)
+    reps_of = lambda d_w: np.tile(d_w.mean(), 50)  # noqa: E731
+    cmp_ = dataclasses.replace(ok.comparisons, tau=X.tau_halves(cfg, sw, reps_of))
+    return _with(ok, sweeps=sw, comparisons=cmp_)
+
+
+def test_c6_judges_only_valid_sweep_points_and_needs_both_halves(cfg, bundle):
+    """C6: points above ln V or with (almost) every expert on or off are not judged; the loss must rise above the
+    training τ and fall below it; a half going the wrong way refutes; too few valid points leave it undecided."""
+    ok = _learned(bundle)
+    lnv = float(np.log(ok.data.n_ids))
+    mono = [(0.2, 3.0, 1.0), (0.4, 3.1, 0.7), (0.5, 3.2, 0.5), (0.6, 3.4, 0.3), (0.8, lnv + 1, 0.0)]
+    b = _sweep_bundle(ok, cfg, mono)
+    assert b.comparisons.tau["up"]["tau"] == 0.6 and b.comparisons.tau["down"]["tau"] == 0.4  # 0.8, 0.2 excluded
+    assert R._c6(b).verdict == "reproduced"
+    knee = [(0.4, 3.25, 0.8), (0.5, 3.2, 0.5), (0.6, 3.4, 0.3)]  # more experts, higher loss below τ
+    assert R._c6(_sweep_bundle(ok, cfg, knee)).verdict == "not_reproduced"
+    flat = [(0.4, 3.2, 0.8), (0.5, 3.2, 0.5), (0.6, 3.4, 0.3)]
+    assert R._c6(_sweep_bundle(ok, cfg, flat)).verdict == "inconclusive"
+    cliff = [(0.2, 3.0, 1.0), (0.5, 3.2, 0.5), (0.8, lnv + 1, 0.0)]  # nothing valid beside the training τ
+    c = R._c6(_sweep_bundle(ok, cfg, cliff))
+    assert c.verdict == "inconclusive" and "(> ln V)" in c.ours_ci
+
+
+def test_c4_judges_the_ablated_arm_as_a_capacity_loss(cfg, bundle):
+    """The no-STE arm above its bigram bar (what dead gates do) keeps C4 judgeable; above the unigram, or a parent
+    that never beat the bigram, makes it invalid; DSMoE itself still needs its bigram bar."""
+    ok = _learned(bundle)
+    lm = ok.data.lm
+    loss = float(ok.runs.frame.query("variant == 'dsmoe_no_ste'")["loss"].iloc[0])
+    ds = float(ok.runs.frame.query("variant == 'dsmoe'")["loss"].max())
+    pre = R._pretrain_loss(ok)
+
+    def c4(unigram, seen):
+        lm2 = dataclasses.replace(lm, unigram_nats=unigram, seen_bigram_nats={s: seen for s in lm.seen_bigram_nats})
+        b = _with(ok, data=dataclasses.replace(ok.data, lm=lm2))
+        return {c.claim_id: c for c in R.claims(cfg, b)}["C4"]
+
+    hi = max(loss, ds, pre) + 1.0
+    assert c4(hi + 1.0, hi).verdict != "invalid"
+    if loss > max(ds, pre):  # the ablated arm alone above the bar: still judged
+        assert c4(hi + 1.0, (loss + max(ds, pre)) / 2).verdict != "invalid"
+    assert c4(min(loss, ds, pre) - 1.0, hi).verdict == "invalid"  # nothing below the unigram
+    assert c4(hi + 1.0, min(ds, pre) - 0.5).verdict == "invalid"  # DSMoE / the parent above its bar

@@ -150,6 +150,18 @@ def test_converging_also_flags_a_drift_larger_than_the_gap():
     assert C.converging(c, -0.003, 0.01, "trend").verdict == "reproduced"
 
 
+def test_converging_keeps_a_gap_the_drift_cannot_close_within_the_horizon():
+    """With a horizon, a large gap closing slowly keeps its verdict (the drift continued over the horizon stays short
+    of 0); a drift that would close it within the horizon still makes it inconclusive."""
+    c = C.Claim("X", "", "", None, 0.63, "ci", "reproduced", "ev")
+    kept = C.converging(c, -0.05, 0.008, "trend", horizon=5)
+    assert kept.verdict == "reproduced" and "would not reach 0" in kept.ours_ci
+    assert C.converging(c, -0.05, 0.008, "trend").verdict == "inconclusive"  # no horizon: the old rule
+    assert C.converging(c, -0.13, 0.008, "trend", horizon=5).verdict == "inconclusive"  # 0.65 > 0.63
+    neg = C.Claim("X", "", "", None, -0.048, "ci", "not_reproduced", "ev")
+    assert C.converging(neg, 0.0112, 0.008, "trend", horizon=5).verdict == "inconclusive"  # 0.056 > 0.048
+
+
 def test_converging_with_an_unknown_spread_uses_the_gap():
     c = C.Claim("X", "", "", None, 0.004, "ci", "reproduced", "ev")
     assert C.converging(c, -0.006, float("nan"), "trend").verdict == "inconclusive"

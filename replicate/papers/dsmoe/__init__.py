@@ -101,6 +101,23 @@ class DSMoEConfig(LMConfig):
                                          help="τ at which the soft-trained model is thresholded (Figure 2)",
                                          source="spec §5 Figure 2: steps of 0.05", min=0.0, max=1.0, min_len=2,
                                          increasing=True)
+    lam_sweep: tuple[float, ...] = param((0.25,), help="further λ at which DSMoE is continued (seed `seed`): more "
+                                         "points of PPL against activation (Figure 2); () = none",
+                                         source="ours (spec §6: the 1/(L·N) weighting is 4× the paper's 1B per gate "
+                                         "at L = 4; λ = 0.25 matches it)", min=0.0, max=1000.0, distinct=True)
+    sweep_fracs: tuple[float, ...] = param((0.95, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05),
+                                           help="active fractions at which each swept model is also thresholded: τ is "
+                                           "the gate-value quantile on the calibration windows giving that fraction "
+                                           "(the grid follows the gates wherever they sit)", source="ours (audit: "
+                                           "the learned gates sit within ±0.03 of τ)", min=0.0, max=1.0, distinct=True)
+    sweep_min_frac: float = param(0.05, help="C6 judges sweep points whose active fraction lies in [x, 1 − x] and "
+                                  "whose loss lies in (0, ln V]", source="ours, pre-registered at the audit",
+                                  min=0.0, max=0.5)
+    null_gates: int = param(20, help="fresh-gate conversions of the pre-trained model (no training): the null of "
+                            "C8's per-domain activation gap", source="ours (audit: untrained gates also differ by "
+                            "domain)", min=0, max=1000)
+    dead_share: float = param(0.01, help="an expert is dead when it is active on fewer than this share of the "
+                              "held-out tokens (C4's second metric)", source="ours", min=0.0, max=1.0)
     # --- baselines (spec §4) ---
     topk_k: int = param(0, help="k of the top-k MoE; 0 = DSMoE's measured mean active experts (seed `seed`), rounded",
                         source="spec §3.7: matched activated parameters (the paper's top-3 of 8)", min=0, max=1024)
@@ -137,12 +154,14 @@ class DSMoEConfig(LMConfig):
                    d_ff=250),
         constraint("topk_k", lambda c: c.topk_k <= c.n_experts, "must be at most n_experts ({n_experts})",
                    topk_k=2000),
+        constraint("lam_sweep", lambda c: c.lam not in c.lam_sweep, "must not repeat lam ({lam}): that run is DSMoE",
+                   lam_sweep=(1.0,)),
     )
 
     def workload(self) -> list:
         from replicate.budget import Run
 
-        cont = 2 * self.n_seeds + 3 + (2 if self.run_ablations else 0)
+        cont = 2 * self.n_seeds + 3 + len(self.lam_sweep) + (2 if self.run_ablations else 0)
         return [Run("dense pre-training", self.d_model, self.n_layers, self.d_ff, self.vocab_size, self.seq_len,
                     self.batch_size, self.steps, count=1),
                 Run("continued runs", self.d_model, self.n_layers, self.d_ff, self.vocab_size, self.seq_len,
@@ -154,7 +173,8 @@ class DSMoEConfig(LMConfig):
                    vocab_size=400, d_model=32, n_layers=2, n_heads=2, d_ff=64, n_experts=4, seq_len=32,
                    batch_size=4, steps=8, cont_steps=6, threads=1, n_seeds=2, eval_windows=16,
                    calib_windows=4, n_boot=50, gate_bins=10, timing_repeats=1, tau_sweep=(0.3, 0.5, 0.7),
-                   soft_taus=(0.2, 0.4, 0.5, 0.6, 0.8), match_rtol=0.5)
+                   soft_taus=(0.2, 0.4, 0.5, 0.6, 0.8), match_rtol=0.5, lam_sweep=(0.25,),
+                   sweep_fracs=(0.9, 0.5, 0.1), null_gates=3)
 
     @classmethod
     def small(cls):

@@ -21,6 +21,7 @@ from torch import nn
 
 from replicate.models import convert
 from replicate.models.ffn import SwiGLU, register_ffn
+from replicate.models.probes import module_inputs
 from replicate.models.trainer import register_conversion
 
 
@@ -97,23 +98,13 @@ def magnitude_mask(w: torch.Tensor, density: float) -> torch.Tensor:
     return m.view_as(w)
 
 
-@torch.no_grad()
 def neuron_importance(model: nn.Module, windows: torch.Tensor, chunk: int = 16) -> list[torch.Tensor]:
     """Per layer, per FFN neuron j of a dense decoder: mean_t |a_j(t)| · ‖V_{:, j}‖ on ``windows`` (W, T+1), with a_j
-    the SwiGLU intermediate; read from each FFN's input by a forward pre-hook."""
-    model.eval()
-    acc: dict[int, list] = {}
+    the SwiGLU intermediate, computed from each FFN's own input."""
     ffns = [b.ffn for b in model.layers]
-    hooks = [f.register_forward_pre_hook(lambda mod, args, i=i: acc.setdefault(i, []).append(
-        (F.silu(mod.gate_proj(args[0])) * mod.up_proj(args[0])).abs().reshape(-1, mod.gate_proj.weight.shape[0])))
-        for i, f in enumerate(ffns)]
-    try:
-        for s in range(0, len(windows), chunk):
-            model(windows[s: s + chunk, :-1])
-    finally:
-        for h in hooks:
-            h.remove()
-    return [torch.cat(acc[i]).mean(0) * f.down_proj.weight.norm(dim=0) for i, f in enumerate(ffns)]
+    acts = module_inputs(model, ffns, windows, chunk,
+                         lambda i, mod, x: (F.silu(mod.gate_proj(x)) * mod.up_proj(x)).abs())
+    return [a.mean(0) * f.down_proj.weight.norm(dim=0) for a, f in zip(acts, ffns)]
 
 
 def keep_top(importance: list[torch.Tensor], width: int) -> tuple:

@@ -43,8 +43,10 @@ from replicate.data.ngram import KneserNeyBigram, count_bars, seen_windows
 from replicate.data.text import LMData, LMText, stream_batches
 from replicate.experiments import Plan
 from replicate.io import torch_load
+from replicate.models import convert
 from replicate.models.decoder import Decoder, LayerSpec
 from replicate.models.lm import per_token_nll
+from replicate.models.probes import module_inputs
 from replicate.models.trainer import TrainSpec, continued, gap_drift, prefetch, run_keys, torch_threads, train
 from replicate.moe import ExpertBank, param_counts
 from replicate.paths import runs_dir
@@ -67,6 +69,17 @@ ARMS = {
     "dsmoe_soft": "DSMoE trained without G (soft σ weights), thresholded only at inference (Figure 2)",
 }
 DECIDING = ("dsmoe", "topk")
+LAM_PREFIX = "dsmoe_lam"  # + λ: DSMoE continued at another λ (``lam_sweep``)
+
+
+def lam_arm(lam: float) -> str:
+    return f"{LAM_PREFIX}{lam:g}"
+
+
+def arm_text(arm: str) -> str:
+    if arm.startswith(LAM_PREFIX):
+        return f"DSMoE at λ = {arm[len(LAM_PREFIX):]} (else as DSMoE)"
+    return ARMS[arm]
 
 
 # ==================================================================================================== data
@@ -149,9 +162,10 @@ def data(cfg: DSMoEConfig) -> Data:
 # ================================================================================================= models
 
 
-def dsmoe_spec(cfg: DSMoEConfig, *, ste: bool = True, soft: bool = False) -> LayerSpec:
+def dsmoe_spec(cfg: DSMoEConfig, *, ste: bool = True, soft: bool = False, lam: float | None = None) -> LayerSpec:
     return LayerSpec(ffn="dsmoe", d_ff=cfg.d_ff, ffn_kwargs=(
-        ("n_experts", cfg.n_experts), ("tau", cfg.tau), ("ste", ste), ("lam", cfg.lam), ("n_layers", cfg.n_layers),
+        ("n_experts", cfg.n_experts), ("tau", cfg.tau), ("ste", ste), ("lam", cfg.lam if lam is None else lam),
+        ("n_layers", cfg.n_layers),
         ("soft", soft), ("gate_init_std", cfg.gate_init_std)))
 
 
@@ -170,6 +184,8 @@ def model_config(cfg: DSMoEConfig, n_ids: int, arm: str, match: dict | None = No
         return base
     if arm in ("dsmoe", "dsmoe_no_ste", "dsmoe_soft"):
         spec = dsmoe_spec(cfg, ste=arm != "dsmoe_no_ste", soft=arm == "dsmoe_soft")
+    elif arm.startswith(LAM_PREFIX):
+        spec = dsmoe_spec(cfg, lam=float(arm[len(LAM_PREFIX):]))
     elif arm == "topk":
         spec = topk_spec(cfg, match["k"])
     elif arm == "prune_struct":
@@ -177,7 +193,7 @@ def model_config(cfg: DSMoEConfig, n_ids: int, arm: str, match: dict | None = No
     elif arm == "prune_magnitude":
         spec = LayerSpec(ffn="masked_swiglu")
     else:
-        raise ValueError(f"arm: unknown {arm!r}; allowed: {', '.join(ARMS)}")
+        raise ValueError(f"arm: unknown {arm!r}; allowed: {', '.join(ARMS)}, {LAM_PREFIX}<λ>")
     return dataclasses.replace(base, layers=(spec,) * L)
 
 
@@ -251,15 +267,21 @@ def window_losses(model: Decoder, windows: torch.Tensor, chunk: int = 16) -> tor
                       for s in range(0, len(windows), chunk)]).double()
 
 
+def calibration_windows(cfg: DSMoEConfig, data: Data) -> torch.Tensor:
+    """``calib_windows`` continued-phase training windows of seed ``seed`` (training data: what sizes the baselines
+    and places the sweeps' thresholds; the held-out windows decide nothing there)."""
+    calib = cont_batches(cfg, data.lm.stream, cfg.seed)
+    w = torch.cat([torch.as_tensor(calib.batch(s)) for s in range(-(-cfg.calib_windows // cfg.batch_size))])
+    return w[: cfg.calib_windows]
+
+
 def measured_match(cfg: DSMoEConfig, data: Data, pre: dict, dsmoe_result: dict) -> dict:
     """The baselines' sizes at DSMoE's activation (seed ``seed``, held-out windows): its mean active-expert
     fraction ā on ``calib_windows`` continued-phase training windows of seed ``seed`` (training data: the held-out
     windows decide nothing here); top-k k = round(ā n) (or ``topk_k``); the pruned FFN width D' and the magnitude
     density whose FFN parameters equal DSMoE's active FFN parameters plus its gates (3 d D ā + d n); the kept
     neurons by importance on the same windows."""
-    calib = cont_batches(cfg, data.lm.stream, cfg.seed)
-    calib_w = torch.cat([torch.as_tensor(calib.batch(s)) for s in range(-(-cfg.calib_windows // cfg.batch_size))])
-    calib_w = calib_w[: cfg.calib_windows]
+    calib_w = calibration_windows(cfg, data)
     qs = gate_values(load_model(cfg, data, "dsmoe", dsmoe_result), calib_w)
     frac = float(np.mean([float((q > cfg.tau).double().mean()) for q in qs]))
     d, D, n = cfg.d_model, cfg.d_ff, cfg.n_experts
@@ -283,7 +305,9 @@ def arm_seeds(cfg: DSMoEConfig, arm: str) -> range:
 
 
 def arms(cfg: DSMoEConfig) -> list[str]:
-    return [a for a in ARMS if cfg.run_ablations or a not in ("dsmoe_no_ste", "dsmoe_soft")]
+    """Every arm of ``cfg`` in table order, the λ-sweep arms last."""
+    return ([a for a in ARMS if cfg.run_ablations or a not in ("dsmoe_no_ste", "dsmoe_soft")]
+            + [lam_arm(x) for x in cfg.lam_sweep])
 
 
 @plan.step
@@ -366,12 +390,27 @@ class Analysis:
     activation: pd.DataFrame  # (variant, seed, domain, layer): mean active experts (DSMoE-family runs)
     domain_windows: dict  # (variant, seed) -> {domain: (W_d,) per-window mean active experts over layers}
     hist: dict  # (variant, seed) -> {"hist": (L, bins) counts of q on the held-out windows, "edges"}
-    timing: pd.DataFrame  # seconds per token of eval forwards (sparse path, every expert computed, dense)
+    timing: pd.DataFrame  # seconds per token of eval forwards (sparse path, every expert computed, dense), and the
+    # forward FLOPs per token measured by torch's FlopCounterMode on the same path
+    experts: pd.DataFrame  # (variant, seed, layer, expert): share of held-out tokens the expert is active on
+
+
+@torch.no_grad()
+def measured_flops(model: Decoder, windows: torch.Tensor) -> float:
+    """Forward FLOPs per token of an eval pass over ``windows`` as torch's ``FlopCounterMode`` counts the operations
+    that actually ran (matmuls of the experts the routing ran, attention, the head)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc:
+        for s in range(0, len(windows), 16):
+            model(windows[s: s + 16, :-1])
+    return fc.get_total_flops() / windows[:, :-1].numel()
 
 
 def _activation_rows(cfg, model, data, variant, seed, tau):
     """Mean active experts per token (q > τ), per layer, on each domain's held-out windows and on both ("all": the
-    evaluation set is exactly the two halves); per-window means for the domain bootstrap; the gate values of all."""
+    evaluation set is exactly the two halves); per-window means for the domain bootstrap; the gate values of all.
+    The caller reads each expert's active share from the returned gate values."""
     rows, per_window, q_dom = [], {}, {}
     T = cfg.seq_len
     for dom in DOMAINS:
@@ -388,8 +427,9 @@ def _activation_rows(cfg, model, data, variant, seed, tau):
 
 @plan.step
 def analysis(cfg: DSMoEConfig, data: Data, runs: Runs) -> Analysis:
-    budgets, act_rows, per_window, hist, timing = [], [], {}, {}, []
+    budgets, act_rows, per_window, hist, timing, experts = [], [], {}, {}, [], []
     time_w = torch.cat([data.domain_windows[d] for d in DOMAINS])
+    flop_w = time_w[torch.linspace(0, len(time_w) - 1, min(16, len(time_w))).long()]  # 16, from both domains
     for r in runs.records:
         v, s = r["variant"], r["seed"]
         model = load_model(cfg, data, v, r["result"], runs.match)
@@ -402,19 +442,24 @@ def analysis(cfg: DSMoEConfig, data: Data, runs: Runs) -> Analysis:
             k_layers = [x["active_experts"] for x in rows if x["domain"] == "all"]
             hist[(v, s)] = {"hist": torch.stack([torch.histc(q.float(), cfg.gate_bins, 0, 1) for q in qs]),
                             "edges": torch.linspace(0, 1, cfg.gate_bins + 1)}
+            experts += [{"variant": v, "seed": s, "layer": i, "expert": j, "active_share": float(x)}
+                        for i, q in enumerate(qs) for j, x in enumerate((q > tau).double().mean(0))]
         if v == "dsmoe_soft":
             set_threshold(model, cfg.tau, cfg.soft_rescale)  # its budget as thresholded at inference at τ
         budgets.append({**budget_row(cfg, model, v, k_layers), "seed": s})
         if s == cfg.seed and v in ("dense", "dsmoe", "topk", "prune_struct", "prune_magnitude"):
             with torch_threads(max(cfg.threads, 1)):
                 timing.append({"variant": v, "path": "as run at inference",
-                               "s_per_token": _timed(model, time_w, cfg.timing_repeats)})
+                               "s_per_token": _timed(model, time_w, cfg.timing_repeats),
+                               "flops_measured_per_token": measured_flops(model, flop_w)})
                 if v == "dsmoe":
                     for layer in dsmoe_layers(model):
                         layer.sparse_eval = False
                     timing.append({"variant": v, "path": "every expert computed",
-                                   "s_per_token": _timed(model, time_w, cfg.timing_repeats)})
-    return Analysis(pd.DataFrame(budgets), pd.DataFrame(act_rows), per_window, hist, pd.DataFrame(timing))
+                                   "s_per_token": _timed(model, time_w, cfg.timing_repeats),
+                                   "flops_measured_per_token": measured_flops(model, flop_w)})
+    return Analysis(pd.DataFrame(budgets), pd.DataFrame(act_rows), per_window, hist, pd.DataFrame(timing),
+                    pd.DataFrame(experts))
 
 
 # ================================================================================================= sweeps
@@ -426,26 +471,67 @@ class Sweeps:
     losses: dict  # (model, tau) -> (W,) per-window mean loss
 
 
-def _sweep(cfg, data, model, name, taus, rescale):
+@torch.no_grad()
+def _losses_and_activity(model: Decoder, windows: torch.Tensor, chunk: int = 16) -> tuple[torch.Tensor, float]:
+    """(W, T) held-out losses and the mean active experts per token (the layers' mean), from the same eval pass: each
+    gated layer's ``last_stats`` after every chunk, weighted by the chunk's tokens."""
+    losses, act, n = [], 0.0, 0
+    layers = dsmoe_layers(model)
+    for s in range(0, len(windows), chunk):
+        w = windows[s: s + chunk]
+        losses.append(per_token_nll(model(w[:, :-1]).logits, w[:, 1:]))
+        t = w[:, :-1].numel()
+        act += t * float(np.mean([float(layer.last_stats["active_per_token"]) for layer in layers]))
+        n += t
+    return torch.cat(losses).double(), act / n
+
+
+def quantile_taus(model: Decoder, windows: torch.Tensor, fracs) -> dict[float, float]:
+    """Per target active fraction f, the τ at which a share f of all gate values (every layer, expert and token of
+    ``windows``) lies above: the (1 − f) quantile of the pooled q, rounded to 6 decimals."""
+    q = torch.cat([x.reshape(-1) for x in gate_values(model, windows)]).double()
+    q = q[torch.linspace(0, len(q) - 1, min(len(q), 1 << 22)).long()] if len(q) > 1 << 22 else q
+    return {f: round(float(torch.quantile(q, 1.0 - f)), 6) for f in fracs}
+
+
+def sweep_grid(fixed, quantile: dict, extra=()) -> list[tuple[float, str]]:
+    """The union of the fixed τ grid, the quantile grid and ``extra`` (the training τ), sorted; each τ once, labelled
+    with every grid it belongs to."""
+    labels: dict[float, list] = {}
+    for tau, lab in [(float(t), "fixed") for t in fixed] + [(t, f"quantile {f:g}") for f, t in quantile.items()] + \
+            [(float(t), "training τ") for t in extra]:
+        labels.setdefault(round(tau, 6), []).append(lab)
+    return [(t, ", ".join(labs)) for t, labs in sorted(labels.items())]
+
+
+def _sweep(cfg, data, model, name, fixed, rescale, calib, extra=()):
     rows, losses = [], {}
-    for tau in taus:
+    ln_v = float(np.log(data.n_ids))
+    set_threshold(model, None if name == "dsmoe_soft" else cfg.tau, rescale)
+    grid = sweep_grid(fixed, quantile_taus(model, calib, cfg.sweep_fracs), extra)
+    for tau, label in grid:
         set_threshold(model, tau, rescale)
-        lw = window_losses(model, data.windows)
-        act = float(np.mean([float((q > tau).double().sum(-1).mean()) for q in gate_values(model, data.windows)]))
+        lw, act = _losses_and_activity(model, data.windows)
+        loss = float(lw.mean())
         losses[(name, tau)] = lw.mean(1).numpy()
-        rows.append({"model": name, "tau": tau, "loss": float(lw.mean()), "ppl": float(np.exp(float(lw.mean()))),
-                     "active_experts": act, "active_frac": act / cfg.n_experts})
+        rows.append({"model": name, "tau": tau, "grid": label, "loss": loss, "ppl": float(np.exp(loss)),
+                     "active_experts": act, "active_frac": act / cfg.n_experts,
+                     "in_range": bool(0.0 < loss <= ln_v)})
     return rows, losses
 
 
 @plan.step
 def sweeps(cfg: DSMoEConfig, data: Data, runs: Runs) -> Sweeps:
+    """The trained DSMoE (seed ``seed``) re-thresholded at inference, and the soft-trained model thresholded, each
+    over its fixed grid, the τ quantiles of its own gates on the calibration windows giving ``sweep_fracs``, and
+    (DSMoE) its training τ. Every point: held-out loss, active experts, whether the loss lies in (0, ln V]."""
     by = {(r["variant"], r["seed"]): r["result"] for r in runs.records}
+    calib = calibration_windows(cfg, data)
     rows, losses = _sweep(cfg, data, load_model(cfg, data, "dsmoe", by[("dsmoe", cfg.seed)]), "dsmoe", cfg.tau_sweep,
-                          None)
+                          None, calib, extra=(cfg.tau,))
     if ("dsmoe_soft", cfg.seed) in by:
         r2, l2 = _sweep(cfg, data, load_model(cfg, data, "dsmoe_soft", by[("dsmoe_soft", cfg.seed)]), "dsmoe_soft",
-                        cfg.soft_taus, cfg.soft_rescale)
+                        cfg.soft_taus, cfg.soft_rescale, calib)
         rows, losses = rows + r2, {**losses, **l2}
     return Sweeps(pd.DataFrame(rows), losses)
 
@@ -454,7 +540,7 @@ def sweeps(cfg: DSMoEConfig, data: Data, runs: Runs) -> Sweeps:
 
 
 @plan.step
-def mechanism(cfg: DSMoEConfig, data: Data, runs: Runs, analysis: Analysis) -> pd.DataFrame:
+def mechanism(cfg: DSMoEConfig, data: Data, runs: Runs, analysis: Analysis, sweeps: Sweeps) -> pd.DataFrame:
     """The method's identities on the real weights (value, what it must be, ok)."""
     rows = []
     by = {(r["variant"], r["seed"]): r["result"] for r in runs.records}
@@ -470,16 +556,8 @@ def mechanism(cfg: DSMoEConfig, data: Data, runs: Runs, analysis: Analysis) -> p
         rows.append({"check": "pre-trained FFNs: Σ_i o_i − FFN(ĥ), fp64: max |Δ|", "value": err, "expected": "<= 1e-10",
                      "ok": err <= 1e-10})
         m = load_model(cfg, data, "dsmoe", by[("dsmoe", cfg.seed)])
-        h = {}
-        def keep(i):
-            def hook(mod, args):  # records the FFN's input; returns None (the input is not replaced)
-                h.setdefault(i, args[0].reshape(-1, args[0].shape[-1]))
-            return hook
-
-        hooks = [layer.register_forward_pre_hook(keep(i)) for i, layer in enumerate(dsmoe_layers(m))]
+        h = module_inputs(m, dsmoe_layers(m), data.windows[:2])  # each DSMoE FFN's input on the same two windows
         y_sparse = m(ids).logits
-        for hk in hooks:
-            hk.remove()
         for layer in dsmoe_layers(m):
             layer.sparse_eval = False
         y_all = m(ids).logits
@@ -516,6 +594,12 @@ def mechanism(cfg: DSMoEConfig, data: Data, runs: Runs, analysis: Analysis) -> p
             rows.append({"check": "magnitude pruning: kept share of the FFN weights vs the matched density",
                          "value": dens, "expected": round(runs.match["density"], 4),
                          "ok": abs(dens - runs.match["density"]) <= 1.0 / (cfg.d_model * cfg.d_ff) + 1e-9})
+    sw = sweeps.frame
+    for name in sw["model"].unique():  # re-thresholding one model: a higher τ never activates more experts
+        act = sw[sw["model"] == name].sort_values("tau")["active_experts"].to_numpy()
+        rise = float(np.max(np.diff(act), initial=0.0))
+        rows.append({"check": f"τ sweep of {name}: active experts non-increasing in τ (largest rise)", "value": rise,
+                     "expected": "<= 1e-9", "ok": rise <= 1e-9})
     bud = analysis.budgets.groupby("variant")["active_params"].mean()
     ref = bud.get("dsmoe")
     for v in ("topk", "prune_struct", "prune_magnitude"):
@@ -536,8 +620,9 @@ class Comparisons:
     per_seed: dict  # name -> per common seed gap
     drift: dict  # name -> change of the paired training-loss gap at the end (None: no log)
     fig2: dict  # the Figure 2 gap at DSMoE's activation: point, replicates, the bracketing soft thresholds
-    domain: dict  # code − English mean active experts: point, replicates
-    tau: dict  # the τ sweep's loss at the highest τ − at the lowest (same model, paired windows): point, replicates
+    domain: dict  # code − English mean active experts: point, replicates (seed `seed`), per seed, fresh-gate null
+    tau: dict  # "up" / "down": the τ sweep's loss at the highest valid τ − at the training τ, and at the training τ −
+    # at the lowest valid τ (same model, paired windows): point, replicates, the τs; "valid": points judged
 
 
 def _final(runs: Runs, v: str) -> dict:
@@ -590,10 +675,57 @@ def comparisons(cfg: DSMoEConfig, data: Data, runs: Runs, analysis: Analysis, sw
         reps = np.array([c[r2.integers(0, len(c), len(c))].mean() - e[r2.integers(0, len(e), len(e))].mean()
                          for _ in range(cfg.n_boot)])
         dom = {"point": float(c.mean() - e.mean()), "reps": reps, "english": float(e.mean()), "code": float(c.mean())}
-    lo, hi = min(cfg.tau_sweep), max(cfg.tau_sweep)
-    d_w = sweeps.losses[("dsmoe", hi)] - sweeps.losses[("dsmoe", lo)]
-    tau = {"point": float(d_w.mean()), "reps": reps_of(d_w), "lo": lo, "hi": hi}
-    return Comparisons(pd.DataFrame(rows), boot, per_seed, drift, fig2, dom, tau)
+    if dom:
+        dom["seed_gaps"] = {s: float(p["code"].mean() - p["english"].mean())
+                            for (v, s), p in analysis.domain_windows.items() if v == "dsmoe"}
+        dom["null"] = fresh_gate_gaps(cfg, data, runs.pretrain)
+    return Comparisons(pd.DataFrame(rows), boot, per_seed, drift, fig2, dom, tau_halves(cfg, sweeps, reps_of))
+
+
+def valid_sweep(frame: pd.DataFrame, min_frac: float) -> pd.DataFrame:
+    """The sweep points C6 may judge: loss in (0, ln V] and active fraction in [min_frac, 1 − min_frac] (a point
+    with every expert on or off says nothing about τ)."""
+    return frame[frame["in_range"] & (frame["active_frac"] >= min_frac - 1e-12)
+                 & (frame["active_frac"] <= 1 - min_frac + 1e-12)]
+
+
+def tau_halves(cfg: DSMoEConfig, sweeps: Sweeps, reps_of) -> dict:
+    """C6's two paired gaps on the trained DSMoE's sweep (valid points only): loss at the highest τ above the training
+    τ − at the training τ ("up": fewer experts, the paper's loss rises), and at the training τ − at the lowest τ below
+    it ("down": more experts, the paper's loss falls)."""
+    f = sweeps.frame[sweeps.frame["model"] == "dsmoe"]
+    v = valid_sweep(f, cfg.sweep_min_frac)
+    out = {"valid": len(v), "points": len(f), "train_valid": bool(np.isclose(v["tau"], cfg.tau).any())}
+    L = lambda t: sweeps.losses[("dsmoe", float(t))]  # noqa: E731
+    above, below = v[v["tau"] > cfg.tau + 1e-12], v[v["tau"] < cfg.tau - 1e-12]
+    if out["train_valid"] and len(above):
+        hi = float(above["tau"].max())
+        d_w = L(hi) - L(cfg.tau)
+        out["up"] = {"point": float(d_w.mean()), "reps": reps_of(d_w), "tau": hi}
+    if out["train_valid"] and len(below):
+        lo = float(below["tau"].min())
+        d_w = L(cfg.tau) - L(lo)
+        out["down"] = {"point": float(d_w.mean()), "reps": reps_of(d_w), "tau": lo}
+    return out
+
+
+@torch.no_grad()
+def fresh_gate_gaps(cfg: DSMoEConfig, data: Data, pre: dict) -> np.ndarray:
+    """C8's null: the pre-trained dense model converted to DSMoE with ``null_gates`` draws of fresh gates (Y ~ N(0,
+    ``gate_init_std``), no training): each draw's code − English mean active experts per token at τ on the held-out
+    domain windows. Untrained gates read different inputs per domain too; a trained gap must exceed this."""
+    model = Decoder(model_config(cfg, data.n_ids, "dsmoe"))
+    model.load_state_dict(convert.partition_state(load_model(cfg, data, "dense", pre).state_dict(), model))
+    model.eval()
+    gaps = []
+    for g in range(cfg.null_gates):
+        gen = torch.Generator().manual_seed(10_000 + g)
+        for layer in dsmoe_layers(model):
+            layer.gate.weight.copy_(torch.randn(layer.gate.weight.shape, generator=gen) * cfg.gate_init_std)
+        act = {d: float(np.mean([float((q > cfg.tau).double().sum(-1).mean())
+                                 for q in gate_values(model, data.domain_windows[d])])) for d in DOMAINS}
+        gaps.append(act["code"] - act["english"])
+    return np.array(gaps)
 
 
 run_experiments = plan.run_all

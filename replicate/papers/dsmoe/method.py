@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from replicate.models.ffn import register_ffn
+from replicate.models.probes import module_inputs
 from replicate.moe.layer import SigmoidGatedMoE
 
 
@@ -82,22 +83,11 @@ def set_threshold(model: nn.Module, tau: float | None, rescale: bool | None = No
             layer.gate.rescale = rescale
 
 
-@torch.no_grad()
 def gate_values(model: nn.Module, windows: torch.Tensor, chunk: int = 16) -> list[torch.Tensor]:
     """q = σ(ĥ Y) of every DSMoE layer on ``windows`` (W, T+1): a list over layers of [W·T, n] fp32, read from each
-    FFN's own input (a forward pre-hook) during one eval pass."""
-    model.eval()
-    layers = dsmoe_layers(model)
-    qs: dict[int, list] = {i: [] for i in range(len(layers))}
-    hooks = [m.register_forward_pre_hook(lambda mod, args, i=i: qs[i].append(
-        torch.sigmoid(mod.gate.logits(args[0].reshape(-1, args[0].shape[-1]))))) for i, m in enumerate(layers)]
-    try:
-        for s in range(0, len(windows), chunk):
-            model(windows[s: s + chunk, :-1])
-    finally:
-        for h in hooks:
-            h.remove()
-    return [torch.cat(qs[i]) for i in range(len(layers))]
+    FFN's own input during one eval pass."""
+    return module_inputs(model, dsmoe_layers(model), windows, chunk,
+                         lambda i, mod, x: torch.sigmoid(mod.gate.logits(x)))
 
 
 def inference_ffn_flops(d_model: int, d_ff: int, n_experts: int, active_per_token: float) -> float:

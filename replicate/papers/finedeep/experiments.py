@@ -38,7 +38,7 @@ from replicate.data.text import LMData, lm_data, lm_text, stream_batches
 from replicate.experiments import Plan
 from replicate.models.decoder import Decoder, LayerSpec
 from replicate.models.lm import CausalLM
-from replicate.models.probes import capture
+from replicate.models.probes import capture, module_inputs
 from replicate.models.trainer import TrainSpec, gap_drift, prefetch, run_keys, train
 from replicate.moe import check_budgets, param_counts
 from replicate.papers.finedeep import PAPER_ID, FinedeepConfig
@@ -236,19 +236,8 @@ def analyse(cfg: FinedeepConfig, model: Decoder, windows: torch.Tensor, chunk: i
     """Every layer's NSAR tensors (``method.ffn_activations``) on ``windows``: the FFN slots' inputs are captured by
     forward pre-hooks during one pass, then each slot's intermediates are recomputed from its input. Returns
     {layer: {tensor: [groups], "score": [scores per sub-layer]}}."""
-    model.eval()
-    inputs: dict[int, list] = {}
-    hooks = [block.ffn.register_forward_pre_hook(
-        lambda mod, args, i=i: inputs.setdefault(i, []).append(args[0].reshape(-1, args[0].shape[-1])))
-        for i, block in enumerate(model.layers)]
-    try:
-        for s in range(0, len(windows), chunk):
-            model(windows[s : s + chunk, :-1])
-    finally:
-        for h in hooks:
-            h.remove()
-    acts = {i: ffn_activations(block.ffn, torch.cat(inputs[i])) for i, block in enumerate(model.layers)}
-    return acts
+    inputs = module_inputs(model, [block.ffn for block in model.layers], windows, chunk)
+    return {i: ffn_activations(block.ffn, inputs[i]) for i, block in enumerate(model.layers)}
 
 
 def _nsar_rows(cfg: FinedeepConfig, acts: dict, **keys) -> list[dict]:
