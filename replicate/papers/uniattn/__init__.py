@@ -1,0 +1,193 @@
+"""UniAttn: Reducing Inference Costs via Softmax Unification for Post-Training LLMs (Xiong, Huang, Ye, Chen, Lin,
+Lian, Su, Han, Ding; arXiv 2502.00439, v1 2025-02-01, v2 2026-01-22). Official code: ``Bostoncake/UniAttn`` (MIT).
+
+Miniature replication. The paper's contribution (``method.py``): consecutive decoder blocks are grouped into
+SuperBlocks; every *member* block of a SuperBlock reuses the softmax probabilities of its first block (the
+*leader*) with its own values, so it needs no W_q, W_k, RoPE, QK^T, softmax or K-cache; a per-member linear
+compensation W_c (input: the normed block input u, output added after W_o) absorbs the error, initialised in closed
+form by least squares on calibration data, member by member in depth order; then two-stage post-training (W_c only,
+then everything). Spec: ``uniattn.md`` §3.
+
+``experiments.py``: one LLaMA-style decoder pre-trained from scratch on Shakespeare's plays (the stand-in for the
+public checkpoint, cached, shared by every method), then supervised post-training on a different, instruction-style
+domain built offline with exact answers (questions about play passages: who speaks a quoted line, which line comes
+next, how often a word occurs; loss on the answer tokens only), by every method from that one checkpoint on the same
+batches: plain fine-tuning (FT, and FT with twice the steps: the compute-matched arm), softmax sharing without
+compensation, UniAttn (closed-form init, two stages), UniAttn with a zero W_c and with the code's mean-then-pinv init,
+UniAttn with one stage, UniAttn on the bottom layers (the choice of layers), cross-layer KV sharing (CLA), attention
+layer dropping (LLMDrop), MHA→GQA uptraining and UniAttn on top of the GQA model. ``report.py``: the main table
+(answer loss and exact match, held-out loss on the pre-training text for forgetting, decode latency, cache bytes,
+parameters), the softmax-similarity heat map across layers before and after fine-tuning, latency and cache bytes
+against context length with KV-cache decoding (every arm; FT eager and SDPA), the softmax share of eager attention,
+the compensation-init and choice-of-layers ablations, claims.
+
+Not reproduced: the paper's numbers (its tables were not readable: ``paper_value`` stays empty), its models (7-9B),
+data (PMC medical, Tulu-3 SFT) and lm-eval benchmarks, its GPU latency (ours is measured on this CPU with our own
+KV-cache decoder; the same benchmark runs on a GPU at ``paper`` scale), the v2 depth theory and KV-compression
+combinations.
+
+UNCONFIRMED choices are options: ``init`` (``lstsq_tokens``, default: least squares over every real calibration
+token with ridge ``ridge`` | ``paper_mean``: the official code's position-wise mean over the calibration rows then
+pinv, ill-posed when the positions are about as many as the model width, as here | ``zero``), ``group_size`` G / ``group_begin`` / ``group_end`` (default G=4 on the top half, the code's
+LLaMA-3.1 ratio), ``two_stage`` (on: the code's ``two_stage_linear_first``), ``cla_group`` (the CLA baseline's
+sharing groups: ``uniattn``, the same SuperBlocks, default | ``pairs``: CLA2), ``llmdrop_count`` (0 = as many
+attention sub-layers as UniAttn has members), ``gqa_kv_heads``. Fixed and stated: the leader's P is not detached; W_c
+has no bias; calibration uses real tokens only (the code pads with no mask).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from replicate.config import constraint, param, register
+from replicate.papers import lazy_exports
+from replicate.recipe import LMConfig
+
+PAPER_ID = "uniattn"
+INITS = ("paper_mean", "lstsq_tokens", "zero")
+CLA_GROUPS = ("uniattn", "pairs")
+TIMING_CLAIMS = ("C2", "C6")  # claims whose value or text is a measured time: determinism checks leave them out
+
+
+@register(PAPER_ID)
+@dataclass(frozen=True, kw_only=True)
+class UniAttnConfig(LMConfig):
+    """The shared LM fields (``replicate.recipe.LMConfig``); ``steps`` / ``lr`` are the pre-training phase's."""
+
+    # --- pre-training data (the general domain) ---
+    doc_max_bytes: int = param(0, help="cut every play to its first N bytes (at a line end); 0 = whole",
+                               source="ours (smoke only)", min=0, max=10**12)
+    heldout_fraction: float = param(0.1, help="fraction of the plays held out (whole plays; also the post-training "
+                                    "domain's held-out passages)", source="ours", min=0.01, max=0.5)
+    vocab_size: int = param(1024, help="byte-level BPE vocabulary", source="ours: scaled down (spec §6: 2048)",
+                            min=300, max=262_144)
+    # --- backbone ---
+    d_model: int = param(128, help="model width", source="ours: scaled down (spec §6: 192), timed for 15 min",
+                         min=16, max=8192)
+    n_layers: int = param(8, help="decoder layers", source="spec §6: 8", min=2, max=128)
+    n_heads: int = param(4, help="attention heads (MHA in the base model)", source="ours (spec §6: 6 at d 192; "
+                         "d_h 32 kept)", min=1, max=128)
+    d_ff: int = param(344, help="SwiGLU width", source="DESIGN §5 calibration", min=8, max=65536)
+    seq_len: int = param(128, help="context of pre-training and of the post-training rows (tokens)",
+                         source="ours: fits ~90% of the 4-line instruction rows (the rest are left out), timed for 15 "
+                         "min", min=16, max=32768)
+    steps: int = param(400, help="pre-training steps (one run, shared by every method)", source="ours: sized for "
+                       "the 15-minute budget", min=2, max=10**8)
+    batch_size: int = param(16, help="sequences per step (both phases)", source="ours", min=1, max=4096)
+    warmup_frac: float = param(0.1, help="warm-up fraction of the pre-training", source="ours", min=0.0, max=0.5)
+    # --- the post-training domain (instruction-style QA with exact answers) ---
+    qa_lines: int = param(4, help="lines of play passage in each question's prompt", source="ours (the generator's "
+                          "default is 12; shorter rows fit the miniature context)", min=3, max=100)
+    n_sft_train: int = param(4000, help="training question/answer rows (drawn from the training plays)",
+                             source="ours", min=4, max=10**7)
+    n_sft_eval: int = param(512, help="held-out question/answer rows (from the held-out plays)", source="ours",
+                            min=4, max=10**7)
+    sft_steps: int = param(100, help="post-training steps of one stage (FT: one stage; UniAttn: two)",
+                           source="ours (the paper: 1 epoch per stage)", min=2, max=10**8)
+    sft_lr: float = param(3e-4, help="peak learning rate of post-training (every method, every stage)",
+                          source="ours: a tenth of the pre-training rate (the paper's 7e-6 is for a converged 8B "
+                          "model); 1e-3 lost 0.7-0.8 nats on the pre-training text in a first run", min=1e-7, max=1.0)
+    sft_warmup_frac: float = param(0.03, help="warm-up fraction of each post-training stage",
+                                   source="spec §3.6: warmup ratio 0.03", min=0.0, max=0.5)
+    sft_weight_decay: float = param(0.0, help="AdamW weight decay of post-training", source="spec §3.6: 0",
+                                    min=0.0, max=1.0)
+    # --- UniAttn (spec §3.2-3.5) ---
+    group_size: int = param(4, help="SuperBlock size G (a leader and G-1 members)", source="spec §3.2: G=4 "
+                            "(LLaMA-3.1 8B)", min=1, max=128)
+    group_begin: int = param(-1, help="first unified layer; -1 = n_layers // 2 (the top half)", source="UNCONFIRMED "
+                             "(spec §3.2: begin 16 of 32)", min=-1, max=127)
+    group_end: int = param(-1, help="end (exclusive) of the unified layers; -1 = n_layers", source="spec §3.2",
+                           min=-1, max=128)
+    init: str = param("lstsq_tokens", help="closed-form init of W_c: lstsq_tokens (least squares over every real "
+                      "calibration token, ridge) | paper_mean (position-wise mean over the calibration rows, then "
+                      "pinv: the official code's recipe) | zero", source="UNCONFIRMED (spec §3.4): lstsq_tokens, "
+                      "chosen after a first small run in which paper_mean, with as many positions as columns "
+                      "(128 = d), gave ‖W_c‖ up to 8e5 and a calibration residual 4000x that of W_c = 0", choices=INITS)
+    ridge: float = param(1e-4, help="ridge λ of lstsq_tokens, relative to the mean diagonal of XᵀX",
+                         source="ours", min=0.0, max=10.0)
+    pinv_rcond: float = param(1e-10, help="singular values below this (relative) count as zero in pinv",
+                              source="spec §3.4: 1e-10", min=0.0, max=1.0)
+    n_calib: int = param(64, help="calibration rows (post-training rows of the training split)",
+                         source="spec §6: 64 (the paper: 1000)", min=1, max=100_000)
+    two_stage: bool = param(True, help="UniAttn trains W_c only for sft_steps, then everything for sft_steps",
+                            source="spec §3.5: the code's two_stage_linear_first")
+    # --- baselines (spec §4) ---
+    cla_group: str = param("uniattn", help="CLA's sharing groups: uniattn (the SuperBlocks) | pairs (CLA2 on the "
+                           "same layers)", source="UNCONFIRMED (spec §4)", choices=CLA_GROUPS)
+    llmdrop_count: int = param(0, help="attention sub-layers LLMDrop removes; 0 = UniAttn's member count",
+                               source="spec §4.5", min=0, max=128)
+    gqa_kv_heads: int = param(2, help="KV heads of the MHA→GQA baseline (mean-pooled)", source="spec §4.6 "
+                              "(6→2 at d 192)", min=1, max=128)
+    run_ablations: bool = param(True, help="also run the ablations (zero and per-token init, one stage, bottom "
+                                "layers) and UniAttn on GQA", source="spec §6")
+    n_seeds: int = param(3, help="post-training seeds of FT and UniAttn (the deciding pair: batch order); other arms "
+                         "seed `seed` only", source="ours (DESIGN §7)", min=1, max=100)
+    # --- evaluation, cost, rules ---
+    eval_windows: int = param(64, help="held-out pre-training windows (forgetting)", source="ours", min=2,
+                              max=1_000_000)
+    sim_rows: int = param(32, help="held-out QA rows the softmax-similarity heat map is measured on", source="ours",
+                          min=2, max=100_000)
+    bench_contexts: tuple[int, ...] = param((128, 512, 1024), help="context lengths of the KV-cache decode benchmark",
+                                            source="spec §6 (128-2048)", min=8, max=1_000_000, min_len=1,
+                                            increasing=True)
+    bench_new_tokens: int = param(16, help="decode steps timed per context length", source="ours", min=1, max=10_000)
+    bench_repeats: int = param(3, help="repeats of each timing (median reported)", source="ours", min=1, max=100)
+    equiv_margin: float = param(0.05, help="'on par' margin on the held-out answer loss (nats), pre-registered",
+                                source="ours (about 5% in perplexity)", min=0.0, max=10.0)
+    softmax_share_bar: float = param(0.25, help="share of eager attention time in softmax counted as 'a major part'",
+                                     source="ours, pre-registered", min=0.0, max=1.0)
+    drift_frac: float = param(0.2, help="'still converging' window (claims.converging_paired)", source="ours",
+                              min=0.05, max=0.5)
+    learn_margin: float = param(0.05, help="'clearly below the unigram' by this many nats", source="ours", min=0.0,
+                                max=10.0)
+    n_boot: int = param(1000, help="bootstrap resamples over held-out rows", source="ours", min=10, max=100_000)
+
+    CONSTRAINTS = LMConfig.CONSTRAINTS + (
+        constraint("gqa_kv_heads", lambda c: c.n_heads % c.gqa_kv_heads == 0, "must divide n_heads ({n_heads})",
+                   gqa_kv_heads=7),
+        constraint("group_end", lambda c: c.group_end == -1 or c.group_end <= c.n_layers,
+                   "must be -1 or at most n_layers ({n_layers})", group_end=127),
+        constraint("group_begin", lambda c: c.begin < c.end - 1, "must leave at least two layers before group_end "
+                   "(one SuperBlock with a member)", group_begin=126),
+        constraint("n_calib", lambda c: c.n_calib <= c.n_sft_train, "must be at most n_sft_train ({n_sft_train})",
+                   n_calib=99_999),
+    )
+
+    @property
+    def begin(self) -> int:
+        return self.n_layers // 2 if self.group_begin < 0 else self.group_begin
+
+    @property
+    def end(self) -> int:
+        return self.n_layers if self.group_end < 0 else self.group_end
+
+    def workload(self) -> list:
+        from replicate.budget import Run
+
+        arms = 2 * self.n_seeds + 4 + (5 if self.run_ablations else 0)  # two-stage arms count twice
+        return [Run("pre-training", self.d_model, self.n_layers, self.d_ff, self.vocab_size, self.seq_len,
+                    self.batch_size, self.steps, count=1),
+                Run("post-training", self.d_model, self.n_layers, self.d_ff, self.vocab_size, self.seq_len,
+                    self.batch_size, self.sft_steps, count=arms)]
+
+    @classmethod
+    def smoke(cls):  # every code path (ablations, GQA, two seeds), no evidence
+        return cls(scale="smoke", doc_max_bytes=6_000, vocab_size=400, d_model=32, n_layers=4, n_heads=2,
+                   d_ff=64, seq_len=128, qa_lines=3, batch_size=4, steps=8, sft_steps=4, n_sft_train=24,
+                   n_sft_eval=8, n_calib=4, group_size=2, gqa_kv_heads=1, n_seeds=2, eval_windows=4, sim_rows=4,
+                   bench_contexts=(16, 32), bench_new_tokens=2, bench_repeats=1, n_boot=50, threads=1)
+
+    @classmethod
+    def small(cls):
+        return cls(scale="small", workers=2, threads=1)
+
+    @classmethod
+    def paper(cls):  # spec §6 paper: one GPU, GQA 4:1 base, 3 seeds
+        return cls(scale="paper", accelerator="auto", precision="bf16-mixed", d_model=768, n_layers=12, n_heads=12,
+                   d_ff=2048, seq_len=1024, batch_size=48, steps=20_000, sft_steps=2_000, lr=6e-4, sft_lr=2e-5,
+                   warmup_frac=0.02, vocab_size=8192, n_sft_train=100_000, n_sft_eval=2_000, n_calib=1000,
+                   qa_lines=12, gqa_kv_heads=3, bench_contexts=(256, 1024, 4096, 16384), threads=0,
+                   eval_windows=1024)
+
+
+__getattr__, __dir__ = lazy_exports(__name__)

@@ -1,0 +1,512 @@
+"""UniAttn's experiments, as one plan (``run_experiments(cfg)`` -> the bundle ``report.py`` reads).
+
+Steps, in order (the notebook runs one per cell):
+
+- ``data``: Shakespeare's plays split by whole plays, a byte-level BPE, the pre-training stream, held-out windows and
+  the count models (unigram, Kneser-Ney bigrams); the post-training domain: instruction-style questions about
+  passages of the training plays (``replicate.data.synthetic.instruction_qa``: speaker, next line, word count; exact
+  answers) as answer-only rows, the held-out questions from the held-out plays, the calibration rows (the first
+  ``n_calib`` training rows), and the answer-token unigram (the post-training domain's count bar).
+- ``pretrain``: the dense decoder from scratch (one run, cached with its weights, shared by every method).
+- ``runs``: every method post-trained from it on the same batches (seed s: the pool's order of seed s): FT and
+  UniAttn with ``n_seeds`` seeds, the other arms with seed ``seed``. UniAttn's W_c is set in closed form on the
+  calibration rows before stage 1. With ``workers`` > 1 the runs train side by side in worker processes first.
+- ``analysis``: from each run's final weights: parameters, cache bytes and counted attention work per decode step,
+  KV-cache decode latency at ``bench_contexts`` (every arm; SDPA where the arm allows it, and every layer eager), the
+  softmax share of eager attention, the softmax-similarity maps before and after fine-tuning, the initial (pre-
+  training) answer loss of each UniAttn initialisation and its calibration residuals, LLMDrop's layer scores.
+- ``comparisons``: paired gaps of the held-out answer loss (by seed; bootstrap over held-out rows).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from replicate.data import synthetic as S
+from replicate.data.lm import MaskedBatches
+from replicate.data.text import LMData, lm_data, lm_text, stream_batches
+from replicate.experiments import Plan
+from replicate.io import torch_load
+from replicate.models import convert
+from replicate.models.attention import attention_probs, probs_times_values
+from replicate.models.decoder import Decoder, DecoderConfig
+from replicate.models.generate import KVCache
+from replicate.models.lm import CausalLM
+from replicate.models.trainer import TrainSpec, continued, gap_drift, prefetch, run_keys, torch_threads, train
+from replicate.paths import runs_dir
+from replicate.papers.uniattn import PAPER_ID, UniAttnConfig
+import replicate.papers.uniattn.method as M
+
+plan = Plan(PAPER_ID)
+
+# arm -> what it is (table order)
+ARMS = {
+    "ft": "standard post-training (full fine-tuning, one stage)",
+    "ft2x": "full fine-tuning with twice the steps (compute-matched to the two stages)",
+    "softmax": "softmax sharing in the SuperBlocks, no compensation, one stage",
+    "uniattn": "UniAttn: softmax sharing + W_c (closed-form init), two stages",
+    "cla": "cross-layer KV sharing (CLA) on the same layers",
+    "llmdrop": "attention-layer dropping (LLMDrop): the U lowest-scored attention sub-layers removed",
+    "gqa": "MHA→GQA uptraining (K/V heads mean-pooled)",
+    "uniattn_gqa": "UniAttn on top of the GQA-uptrained model",
+    "uniattn_zero": "UniAttn with W_c = 0 at init (ablation)",
+    "uniattn_mean": "UniAttn with W_c by the code's recipe: pinv of the position-wise calibration means (ablation)",
+    "uniattn_1stage": "UniAttn, closed-form init, one stage (ablation)",
+    "uniattn_bottom": "UniAttn on the bottom layers instead of the top (choice of layers)",
+}
+UNIATTN_ARMS = ("uniattn", "uniattn_gqa", "uniattn_zero", "uniattn_mean", "uniattn_1stage", "uniattn_bottom")
+DECIDING = ("ft", "uniattn")
+
+
+def arms(cfg: UniAttnConfig) -> list[str]:
+    main = ["ft", "ft2x", "softmax", "uniattn", "cla", "llmdrop", "gqa"]
+    return main + (["uniattn_gqa", "uniattn_zero", "uniattn_mean", "uniattn_1stage", "uniattn_bottom"]
+                   if cfg.run_ablations else [])
+
+
+def seeds_of(cfg: UniAttnConfig, arm: str) -> list[int]:
+    n = cfg.n_seeds if arm in DECIDING else 1
+    return list(range(cfg.seed, cfg.seed + n))
+
+
+# ==================================================================================================== data
+
+
+@dataclass(frozen=True)
+class Data:
+    lm: LMData  # tokenizer, pre-training stream, held-out windows, unigram / bigram bars
+    eos_id: int
+    train_ids: torch.Tensor  # (N, T+1) answer-only rows of the training plays
+    train_mask: torch.Tensor  # (N, T+1) True on answer tokens
+    eval_ids: torch.Tensor  # (W, T+1) rows of the held-out plays
+    eval_mask: torch.Tensor
+    eval_kinds: tuple  # per held-out row: speaker | next_line | word_count
+    answer_unigram: float  # held-out answer tokens' cross-entropy under the add-one unigram of training answers
+    dropped: tuple  # (training, held-out) rows longer than the context, left out
+    description: str
+
+    @property
+    def n_ids(self) -> int:
+        return self.lm.n_ids
+
+    @property
+    def calib(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.train_ids, self.train_mask
+
+    def eval_sets(self) -> dict:
+        return {"qa": {"ids": self.eval_ids, "loss_mask": self.eval_mask}, "lm": self.lm.windows}
+
+
+def _rows(samples, tok, eos, seq_len):
+    fit = [s for s in samples if sum(map(len, S.encode(s, tok, eos_id=eos))) <= seq_len + 1]
+    b = S.sft_batch(fit, tok, eos_id=eos, pad_id=eos, seq_len=seq_len)
+    return b.ids, b.loss_mask, tuple(s.task.removeprefix("qa_") for s in fit), len(samples) - len(fit)
+
+
+@plan.step
+def data(cfg: UniAttnConfig) -> Data:
+    text = lm_text("shakespeare", cfg.vocab_size, cfg.heldout_fraction, cfg.doc_max_bytes, name="uniattn")
+    lmd = lm_data(text, eval_windows=cfg.eval_windows, seq_len=cfg.seq_len, batch_size=cfg.batch_size,
+                  steps=cfg.steps, seeds=[cfg.seed])
+    tr = S.samples("instruction_qa", cfg.seed, cfg.n_sft_train, docs=text.train_docs, n_lines=cfg.qa_lines)
+    ev = S.samples("instruction_qa", cfg.seed + 1, cfg.n_sft_eval, docs=text.held_docs, n_lines=cfg.qa_lines)
+    tr_ids, tr_mask, _, tr_drop = _rows(tr, text.tok, text.eos_id, cfg.seq_len)
+    ev_ids, ev_mask, kinds, ev_drop = _rows(ev, text.tok, text.eos_id, cfg.seq_len)
+    if len(tr_ids) < max(cfg.n_calib, cfg.batch_size) or len(ev_ids) < 2:
+        raise ValueError(f"qa_lines: {cfg.qa_lines}-line passages leave too few rows within seq_len={cfg.seq_len}")
+    # the answer tokens' count bar: add-one unigram of the training answers' targets on the held-out answers
+    tgt = tr_ids[:, 1:][tr_mask[:, 1:]].numpy()
+    p = (np.bincount(tgt, minlength=text.n_ids) + 1.0) / (len(tgt) + text.n_ids)
+    uni = float(-np.log(p[ev_ids[:, 1:][ev_mask[:, 1:]].numpy()]).mean())
+    desc = (f"{lmd.description};sft=instruction_qa:{cfg.seed}:{cfg.n_sft_train}:{cfg.n_sft_eval}:lines{cfg.qa_lines}"
+            f":T{cfg.seq_len}")
+    return Data(lmd, text.eos_id, tr_ids, tr_mask, ev_ids, ev_mask, kinds, uni, (tr_drop, ev_drop), desc)
+
+
+# ================================================================================================= models
+
+
+def _members(cfg: UniAttnConfig, arm: str) -> dict[int, int]:
+    if arm == "uniattn_bottom":  # the same number of layers, at the bottom
+        return M.superblocks(cfg.n_layers, cfg.group_size, 0, cfg.end - cfg.begin)
+    return M.superblocks(cfg.n_layers, cfg.group_size, cfg.begin, cfg.end)
+
+
+def base_config(cfg: UniAttnConfig, n_ids: int, **kw) -> DecoderConfig:
+    return cfg.decoder(n_ids, **kw)
+
+
+def model_config(cfg: UniAttnConfig, n_ids: int, arm: str, dropped: tuple = ()) -> DecoderConfig:
+    base = base_config(cfg, n_ids)
+    if arm in ("ft", "ft2x"):
+        return base
+    if arm in ("gqa", "uniattn_gqa"):
+        base = convert.gqa_config(base, cfg.gqa_kv_heads)
+    if arm == "gqa":
+        return base
+    if arm == "softmax":
+        return M.unified_config(base, _members(cfg, arm), compensation=False)
+    if arm.startswith("uniattn"):
+        return M.unified_config(base, _members(cfg, arm))
+    if arm == "cla":
+        g = 2 if cfg.cla_group == "pairs" else cfg.group_size
+        return M.cla_config(base, M.cla_groups(cfg.n_layers, cfg.begin, cfg.end, g))
+    if arm == "llmdrop":
+        return M.drop_config(base, dropped)
+    raise ValueError(f"arm: unknown {arm!r}; allowed: {', '.join(ARMS)}")
+
+
+def _decoder(model_cfg: DecoderConfig, state: dict) -> Decoder:
+    m = Decoder(model_cfg)
+    m.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
+    return m.eval()
+
+
+def pretrain_spec(cfg: UniAttnConfig, data: Data) -> TrainSpec:
+    return TrainSpec(base_config(cfg, data.n_ids), cfg.optim(cfg.steps), data.lm.description + ";phase=pretrain",
+                     cfg.batch_size, cfg.seq_len, cfg.seed, ckpt_every=max(10, cfg.steps // 4))
+
+
+def train_pretrain(cfg: UniAttnConfig, data: Data) -> dict:
+    threads = cfg.threads * cfg.workers if cfg.threads else 0  # alone on the machine: every worker's cores
+    kw = {**cfg.trainer_kwargs(), "threads": threads}
+    return train(PAPER_ID, pretrain_spec(cfg, data), stream_batches(data.lm.stream, cfg.batch_size, cfg.seq_len,
+                                                                     cfg.seed), {"heldout": data.lm.windows},
+                 keep_weights=True, **kw)
+
+
+def pretrained(cfg: UniAttnConfig, data: Data) -> dict:
+    """The finished pre-training run from the cache without its lock (workers read it at once); trained if absent."""
+    done = torch_load(runs_dir() / PAPER_ID / pretrain_spec(cfg, data).key / "result.pt")
+    return done if done is not None and "state_dict" in done else train_pretrain(cfg, data)
+
+
+@plan.step
+def pretrain(cfg: UniAttnConfig, data: Data) -> dict:
+    return train_pretrain(cfg, data)
+
+
+def sft_optim(cfg: UniAttnConfig, steps: int, trainable: tuple = ()):
+    return dataclasses.replace(cfg.optim(steps, prefix="sft_"), trainable=trainable)
+
+
+def sft_batches(cfg: UniAttnConfig, data: Data, seed: int) -> MaskedBatches:
+    """Post-training batches of ``seed``: rows of the training pool drawn by (seed, step). Every arm of one seed
+    (and both of UniAttn's stages) reads the same batches."""
+    return MaskedBatches(data.train_ids, data.train_mask, cfg.batch_size, seed)
+
+
+def llmdrop_layers(cfg: UniAttnConfig, data: Data, pre: dict) -> tuple[int, ...]:
+    """The attention sub-layers LLMDrop removes: the lowest 1 − cos(x, x + Attn(LN x)) on the calibration rows."""
+    n = cfg.llmdrop_count or len(_members(cfg, "uniattn"))
+    ids, mask = _calib(cfg, data)
+    scores = M.attention_importance(_decoder(base_config(cfg, data.n_ids), pre["state_dict"]), ids, mask)
+    return tuple(sorted(int(i) for i in np.argsort(scores, kind="stable")[:n]))
+
+
+def _real(loss_mask_BT1) -> torch.Tensor:
+    """(B, T) real input positions of right-padded rows: every position up to the row's last answer token (its EOS)."""
+    idx = torch.arange(loss_mask_BT1.shape[1])
+    last = (loss_mask_BT1.long() * idx).max(1).values
+    return idx[None, :-1] <= last[:, None]
+
+
+def _calib(cfg: UniAttnConfig, data: Data):
+    """The calibration rows' inputs (n_calib, T) and their real positions (the code pads with no mask, §8)."""
+    ids, mask = data.calib
+    return ids[: cfg.n_calib, :-1], _real(mask[: cfg.n_calib])
+
+
+def _init_mode(arm: str, cfg: UniAttnConfig) -> str:
+    return {"uniattn_zero": "zero", "uniattn_mean": "paper_mean"}.get(arm, cfg.init)
+
+
+def parent_of(cfg: UniAttnConfig, data: Data, arm: str) -> dict:
+    return train_arm(cfg, data, "gqa", cfg.seed) if arm == "uniattn_gqa" else pretrained(cfg, data)
+
+
+def initial_model(cfg: UniAttnConfig, data: Data, arm: str, parent: dict, optim=None) -> tuple[CausalLM, list[dict]]:
+    """A UniAttn arm's module before training (with ``optim``: its first stage's optimiser, trainable subset
+    included): the parent's weights on the unified layers, W_c in closed form on the calibration rows (§3.4) with the
+    parent as the unmodified model; and the fit's residuals per member."""
+    base = _decoder(model_config(cfg, data.n_ids, "gqa" if arm == "uniattn_gqa" else "ft"), parent["state_dict"])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        lm = CausalLM(model_config(cfg, data.n_ids, arm), optim or sft_optim(cfg, cfg.sft_steps))
+    lm.model.load_state_dict(convert.attention_state(base.state_dict(), lm.model))  # W_c stays 0 until the fit
+    ids, mask = _calib(cfg, data)
+    fit = M.fit_compensation(base, lm.model, ids, mask, _init_mode(arm, cfg), ridge=cfg.ridge, rcond=cfg.pinv_rcond)
+    return lm, fit
+
+
+def train_arm(cfg: UniAttnConfig, data: Data, arm: str, seed: int, dropped: tuple = ()) -> dict:
+    """One post-training run of ``arm`` on seed ``seed``'s batches, started from the pre-trained base (UniAttn on
+    GQA: from the GQA run). Weights kept (the analysis reads them)."""
+    kw = {**cfg.trainer_kwargs()}
+    batches, evals = sft_batches(cfg, data, seed), data.eval_sets()
+    desc = data.description + f";phase=sft;arm={arm}"
+    ck = max(10, cfg.sft_steps // 4)
+    if not arm.startswith("uniattn"):
+        parent = pretrained(cfg, data)
+        steps = 2 * cfg.sft_steps if arm == "ft2x" else cfg.sft_steps
+        conv = {"gqa": ("mha_to_gqa", {}), "softmax": ("attention_surgery", {}), "cla": ("attention_surgery", {}),
+                "llmdrop": ("attention_surgery", {})}.get(arm, ("none", {}))
+        spec = TrainSpec(model_config(cfg, data.n_ids, arm, dropped), sft_optim(cfg, steps),
+                         desc + (f";dropped={dropped}" if arm == "llmdrop" else ""), cfg.batch_size, cfg.seq_len,
+                         seed, ckpt_every=ck)
+        spec = continued(spec, parent, conv[0], **conv[1])
+        return train(PAPER_ID, spec, batches, evals, keep_weights=True, parent=parent, **kw)
+    parent = parent_of(cfg, data, arm)
+    mode = _init_mode(arm, cfg)
+    desc += f";init={mode}:{cfg.n_calib}:{cfg.ridge}:{cfg.pinv_rcond};parent={parent['key']};module_optim=spec"
+    mcfg = model_config(cfg, data.n_ids, arm)
+    two = cfg.two_stage and arm != "uniattn_1stage"
+    stage1 = TrainSpec(mcfg, sft_optim(cfg, cfg.sft_steps, M.STAGE1_TRAINABLE if two else ()),
+                       desc + ";stage=1", cfg.batch_size, cfg.seq_len, seed, ckpt_every=ck)
+    # the module arrives with its weights (the parent's, W_c in closed form): the key names the parent and the init
+    r1 = train(PAPER_ID, stage1, batches, evals, module=lambda: initial_model(cfg, data, arm, parent, stage1.optim)[0],
+               keep_weights=True, **kw)
+    if not two:
+        return r1
+    stage2 = continued(TrainSpec(mcfg, sft_optim(cfg, cfg.sft_steps), desc + ";stage=2", cfg.batch_size,
+                                 cfg.seq_len, seed, ckpt_every=ck), r1)
+    r2 = train(PAPER_ID, stage2, batches, evals, keep_weights=True, parent=r1, **kw)
+    return {**r2, "stage1": {"key": r1["key"], "final": r1["final"], "wall_s": r1["wall_s"]},
+            "wall_s": r1["wall_s"] + r2["wall_s"]}
+
+
+def load_model(cfg: UniAttnConfig, data: Data, arm: str, result: dict, dropped: tuple = (), **kw) -> Decoder:
+    return _decoder(dataclasses.replace(model_config(cfg, data.n_ids, arm, dropped), **kw), result["state_dict"])
+
+
+@dataclass(frozen=True)
+class Runs:
+    pretrain: dict
+    records: list  # {"variant", "seed", "result"}
+    frame: pd.DataFrame  # variant, seed, answer loss, exact match, lm loss, params, wall
+    dropped: tuple  # LLMDrop's removed attention sub-layers
+
+
+def row_metrics(final_qa: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Per held-out row: mean answer-token loss, and exact match (teacher forced: every answer token the argmax)."""
+    m = final_qa["mask"].double()
+    loss = (final_qa["loss"].double() * m).sum(1) / m.sum(1).clamp(min=1)
+    exact = ((final_qa["correct"] | ~final_qa["mask"]).all(1)) & (m.sum(1) > 0)
+    return loss.numpy(), exact.double().numpy()
+
+
+@plan.step
+def runs(cfg: UniAttnConfig, data: Data, pretrain: dict) -> Runs:
+    import functools
+
+    dropped = llmdrop_layers(cfg, data, pretrain)
+    todo = [(a, s) for a in arms(cfg) for s in seeds_of(cfg, a)]
+    # GQA first (UniAttn on GQA starts from it), then the rest side by side
+    first = [(a, s) for a, s in todo if a == "gqa"]
+    calls = lambda xs: [functools.partial(train_arm, cfg, data, a, s, dropped if a == "llmdrop" else ())  # noqa
+                        for a, s in xs]
+    prefetch(calls(first + [(a, s) for a, s in todo if a != "uniattn_gqa"]), cfg.workers, max(cfg.threads, 1))
+    prefetch(calls([(a, s) for a, s in todo if a == "uniattn_gqa"]), cfg.workers, max(cfg.threads, 1))
+    records, rows = [], []
+    for a, s in todo:
+        r = train_arm(cfg, data, a, s, dropped if a == "llmdrop" else ())
+        records.append({"variant": a, "seed": s, "result": r})
+        loss, exact = row_metrics(r["final"]["qa"])
+        rows.append({"variant": a, "seed": s, "answer_loss": float(loss.mean()), "exact_match": float(exact.mean()),
+                     "lm_loss": float(r["final"]["lm"].double().mean()), "params": int(r["n_params"]),
+                     "wall_s": float(r["wall_s"])})
+    return Runs(pretrain, records, pd.DataFrame(rows), dropped)
+
+
+# =============================================================================================== analysis
+
+
+@torch.no_grad()
+def decode_benchmark(model: Decoder, context: int, new_tokens: int, repeats: int, seed: int = 0) -> dict:
+    """KV-cache decoding: prefill ``context`` random ids, then ``new_tokens`` single-token steps; the median over
+    ``repeats`` of the seconds per decode step, and the bytes the cache allocated (per position and batch row)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, model.cfg.vocab_size, (1, context + new_tokens), generator=g)
+    times = []
+    for _ in range(repeats):
+        cache = KVCache(model, 1, max_len=context + new_tokens)
+        model(ids[:, :context], cache=cache)
+        t0 = time.perf_counter()
+        for t in range(new_tokens):
+            model(ids[:, context + t: context + t + 1], cache=cache)
+        times.append((time.perf_counter() - t0) / new_tokens)
+    return {"s_per_token": statistics.median(times), "cache_bytes": cache.nbytes,
+            "cache_bytes_per_token": cache.bytes_per_token}
+
+
+@torch.no_grad()
+def softmax_share(cfg: UniAttnConfig, context: int, repeats: int) -> dict:
+    """Seconds of the three steps of eager attention for one layer's heads (q Kᵀ, softmax, P V), prefill of
+    ``context`` tokens and one decode step at ``context`` keys; median of ``repeats`` (each averaged over 5 calls)."""
+    H, dh = cfg.n_heads, cfg.d_model // cfg.n_heads
+    g = torch.Generator().manual_seed(cfg.seed)
+    out = {}
+    for phase, T in (("prefill", context), ("decode", 1)):
+        q, k, v = (torch.randn(1, H, n, dh, generator=g) for n in (T, context, context))
+        mask = torch.ones(T, context, dtype=torch.bool).tril(context - T)
+
+        def qk():
+            return q @ k.transpose(-1, -2) * dh**-0.5
+
+        s = qk()
+
+        def sm():
+            return torch.softmax(s.masked_fill(~mask, float("-inf")), -1)
+
+        p = sm()
+
+        def pv():
+            return p @ v
+
+        for name, f in (("qk", qk), ("softmax", sm), ("pv", pv)):
+            ts = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                for _ in range(5):
+                    f()
+                ts.append((time.perf_counter() - t0) / 5)
+            out[(phase, name)] = statistics.median(ts)
+    return out
+
+
+@dataclass(frozen=True)
+class Analysis:
+    cost: pd.DataFrame  # (variant, impl, context): s/token, cache bytes, counted attention work per decode step
+    softmax: pd.DataFrame  # (phase, context): seconds of q Kᵀ, softmax, P V and the softmax share
+    similarity: dict  # "pretrained" / "ft": (R, L, L) per held-out row
+    init: pd.DataFrame  # (variant, layer): calibration residual at zero and at the init
+    init_loss: dict  # variant -> (W,) per-row answer loss of the UniAttn model at init (before training)
+    pretrained_rows: tuple  # the pre-trained model's (loss, exact) per held-out row (zero-shot)
+    llmdrop_scores: list  # per layer, LLMDrop's score on the calibration rows
+
+
+@torch.no_grad()
+def _eval_rows(model: Decoder, data: Data, chunk: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Per held-out row: answer loss and teacher-forced exact match of ``model`` (as ``CausalLM.masked_metrics``)."""
+    from replicate.models.lm import per_token_nll
+
+    model.eval()
+    loss, correct = [], []
+    for s in range(0, len(data.eval_ids), chunk):
+        w = data.eval_ids[s: s + chunk]
+        logits = model(w[:, :-1]).logits
+        loss.append(per_token_nll(logits, w[:, 1:]))
+        correct.append(logits.argmax(-1) == w[:, 1:])
+    return row_metrics({"loss": torch.cat(loss), "correct": torch.cat(correct), "mask": data.eval_mask[:, 1:]})
+
+
+@plan.step
+def analysis(cfg: UniAttnConfig, data: Data, runs: Runs) -> Analysis:
+    by = {(r["variant"], r["seed"]): r["result"] for r in runs.records}
+    longest = max(cfg.bench_contexts) + cfg.bench_new_tokens
+    cost = []
+    with torch_threads(max(cfg.threads, 1)):
+        for a in arms(cfg):
+            res = by[(a, cfg.seed)]
+            for impl in ("sdpa", "eager"):
+                model = load_model(cfg, data, a, res, runs.dropped, max_seq_len=max(longest, cfg.seq_len),
+                                   attention=impl)
+                for L in cfg.bench_contexts:
+                    b = decode_benchmark(model, L, cfg.bench_new_tokens, cfg.bench_repeats, cfg.seed)
+                    cost.append({"variant": a, "impl": impl, "context": L, **b, **M.decode_ops(model, L),
+                                 "params": model.num_params(non_embedding=False),
+                                 "member_layers": len(M.member_layers(model))})
+        soft = []
+        for L in cfg.bench_contexts:
+            sh = softmax_share(cfg, L, cfg.bench_repeats)
+            for phase in ("prefill", "decode"):
+                t = {n: sh[(phase, n)] for n in ("qk", "softmax", "pv")}
+                soft.append({"phase": phase, "context": L, **{f"{n}_s": x for n, x in t.items()},
+                             "softmax_share": t["softmax"] / sum(t.values())})
+    # the motivation figure: softmax maps of the pre-trained and the fine-tuned model on held-out rows
+    R = min(cfg.sim_rows, len(data.eval_ids))
+    ids, mask = data.eval_ids[:R, :-1], _real(data.eval_mask[:R])
+    pre = _decoder(base_config(cfg, data.n_ids), runs.pretrain["state_dict"])
+    ft = load_model(cfg, data, "ft", by[("ft", cfg.seed)])
+    sim = {"pretrained": M.probs_similarity(pre, ids, mask).numpy(), "ft": M.probs_similarity(ft, ids, mask).numpy()}
+    # each UniAttn initialisation before training: its calibration residuals and its held-out answer loss
+    init_rows, init_loss = [], {}
+    for a in [x for x in arms(cfg) if x in ("uniattn", "uniattn_zero", "uniattn_mean")]:
+        lm, fit = initial_model(cfg, data, a, pretrained(cfg, data))
+        init_rows += [{"variant": a, "init": _init_mode(a, cfg), **f} for f in fit]
+        init_loss[a] = _eval_rows(lm.model.eval(), data)[0]
+    c_ids, c_mask = _calib(cfg, data)
+    scores = M.attention_importance(pre, c_ids, c_mask)
+    return Analysis(pd.DataFrame(cost), pd.DataFrame(soft), sim, pd.DataFrame(init_rows), init_loss,
+                    _eval_rows(pre, data), scores)
+
+
+# ============================================================================================ comparisons
+
+
+@dataclass(frozen=True)
+class Comparisons:
+    frame: pd.DataFrame  # one row per comparison a − b of the held-out answer loss (positive: b better)
+    boot: dict  # name -> bootstrap replicates (paired rows)
+    per_seed: dict  # name -> per common seed gap
+    drift: dict  # name -> change of the paired training-loss gap at the end (None: no log)
+    init: dict  # zero − closed-form initial answer loss: point, replicates
+    similarity: dict  # adjacent − distant softmax similarity in the unified layers (after FT): point, replicates
+
+
+def _rows_of(runs: Runs, v: str) -> dict:
+    return {r["seed"]: row_metrics(r["result"]["final"]["qa"])[0] for r in runs.records if r["variant"] == v}
+
+
+@plan.step
+def comparisons(cfg: UniAttnConfig, data: Data, runs: Runs, analysis: Analysis) -> Comparisons:
+    W = len(data.eval_ids)
+    rng = np.random.default_rng(cfg.seed)
+    boot_w = np.stack([np.bincount(rng.integers(0, W, W), minlength=W) for _ in range(cfg.n_boot)])  # (n_boot, W)
+    reps_of = lambda d_w: (boot_w @ d_w) / boot_w.sum(1)  # noqa: E731
+    rows, boot, per_seed, drift = [], {}, {}, {}
+    pairs = [(a, "uniattn") for a in arms(cfg) if a != "uniattn"] + [("uniattn_gqa", "gqa")]
+    for a, b in pairs:
+        if a not in arms(cfg):
+            continue
+        pa, pb = _rows_of(runs, a), _rows_of(runs, b)
+        common = sorted(set(pa) & set(pb))
+        d_w = np.mean([pa[s] - pb[s] for s in common], 0)
+        name = f"{a} - {b}"
+        boot[name], per_seed[name] = reps_of(d_w), [float((pa[s] - pb[s]).mean()) for s in common]
+        drift[name] = (gap_drift(PAPER_ID, run_keys(runs.records, a), run_keys(runs.records, b), cfg.sft_steps,
+                                 cfg.drift_frac) if a in ("ft", "softmax", "cla", "llmdrop", "uniattn_1stage")
+                       else None)  # the same steps on the same batches; other pairs differ in steps or data
+        rows.append({"comparison": name, "gap": float(d_w.mean()), "ci_lo": float(np.quantile(boot[name], 0.025)),
+                     "ci_hi": float(np.quantile(boot[name], 0.975)), "paired_seeds": len(common),
+                     "gap_per_seed": " / ".join(f"{x:+.4f}" for x in per_seed[name]), "train_gap_drift": drift[name]})
+    init = {}
+    if "uniattn_zero" in analysis.init_loss:
+        d_w = analysis.init_loss["uniattn_zero"] - analysis.init_loss["uniattn"]
+        init = {"point": float(d_w.mean()), "reps": reps_of(d_w)}
+    # redundancy: in the unified layers' range, adjacent layer pairs against pairs >= 2 apart (per row, then
+    # bootstrapped over rows), on the fine-tuned model
+    sim = analysis.similarity["ft"]  # (R, L, L)
+    lo, hi = cfg.begin, cfg.end
+    adj = [(i, i + 1) for i in range(lo, hi - 1)]
+    far = [(i, j) for i in range(lo, hi) for j in range(i + 2, hi)]
+    simd = {}
+    if adj and far:
+        a = np.mean([sim[:, i, j] for i, j in adj], 0)
+        f = np.mean([sim[:, i, j] for i, j in far], 0)
+        d = a - f
+        R = len(d)
+        r2 = np.random.default_rng(cfg.seed + 1)
+        simd = {"point": float(d.mean()), "reps": np.array([d[r2.integers(0, R, R)].mean() for _ in range(cfg.n_boot)]),
+                "adjacent": float(a.mean()), "distant": float(f.mean())}
+    return Comparisons(pd.DataFrame(rows), boot, per_seed, drift, init, simd)
+
+
+run_experiments = plan.run_all

@@ -1,0 +1,297 @@
+"""UniAttn replication (replicate/papers/uniattn/): the paper's mechanism -- with no member layers and a zero
+compensation the model is the base model bit for bit; a member with W_c = 0 is exactly softmax sharing; after the
+closed-form init the calibration residual is no larger than with W_c = 0 (per member, in depth order); members hold
+no W_q / W_k and store no K; gradients reach the leader's W_q from a member's loss alone; stage 1 trains only W_c;
+the KV-cache decoder's cached path equals the full recompute for every arm -- and the whole plan at ``smoke``: its
+artifacts, its validity policy and verdict rules that can fail."""
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from replicate.claims import Validity
+from replicate.config import ConfigError
+from replicate.experiments import Bundle
+from replicate.models import convert
+from replicate.models.decoder import Decoder, DecoderConfig
+from replicate.models.generate import KVCache
+from replicate.papers import resolve_config, uniattn
+from replicate.papers.uniattn import experiments as X
+import replicate.papers.uniattn.method as M
+from replicate.papers.uniattn import report as R
+
+PAPER = "uniattn"
+BASE = DecoderConfig(vocab_size=61, d_model=32, n_layers=6, n_heads=4, d_ff=48, max_seq_len=64)
+
+
+def _trained_like(cfg=BASE, seed=0) -> Decoder:
+    """A base model with non-trivial weights (a stand-in for a trained one: larger init std)."""
+    torch.manual_seed(seed)
+    return Decoder(dataclasses.replace(cfg, init_std=0.2)).eval()
+
+
+def _unified(base: Decoder, members: dict, compensation=True) -> Decoder:
+    uni = Decoder(M.unified_config(base.cfg, members, compensation)).eval()
+    uni.load_state_dict(convert.attention_state(base.state_dict(), uni))
+    return uni
+
+
+# ------------------------------------------------------------------------------------------------- config
+
+
+def test_scales_and_unconfirmed_choices(cfg):
+    small = resolve_config(PAPER, "small")
+    assert (small.group_size, small.begin, small.end, small.n_layers) == (4, 4, 8, 8)  # 3 of 8 layers unified
+    assert (small.init, small.two_stage, small.cla_group, small.llmdrop_count) == ("lstsq_tokens", True, "uniattn", 0)
+    assert small.n_seeds >= 3 and small.run_ablations and (small.workers, small.threads) == (2, 1)
+    assert cfg.run_ablations and cfg.n_seeds >= 2  # every path at smoke, a seed spread included
+    for init in uniattn.INITS:
+        assert resolve_config(PAPER, "smoke", init=init).init == init
+    with pytest.raises(ConfigError, match="gqa_kv_heads"):
+        resolve_config(PAPER, "smoke", gqa_kv_heads=3)
+    with pytest.raises(ConfigError, match="init"):
+        resolve_config(PAPER, "smoke", init="random")
+    with pytest.raises(ConfigError, match="group_begin"):
+        resolve_config(PAPER, "smoke", group_begin=3)  # leaves no member before group_end = 4
+    p = uniattn.UniAttnConfig.paper()
+    assert p.n_layers >= 12 and p.accelerator == "auto" and p.n_heads % p.gqa_kv_heads == 0
+
+
+def test_superblocks_follow_one_leader_rule():
+    assert M.superblocks(32, 4, 16, 32) == {l: l - (l - 16) % 4 for l in range(16, 32) if (l - 16) % 4}
+    assert len(M.superblocks(32, 4, 16, 32)) == 12  # the code's LLaMA-3.1 default: 12 members
+    assert M.superblocks(8, 4, 4, 8) == {5: 4, 6: 4, 7: 4}
+    assert M.superblocks(8, 3, 1, 8) == {2: 1, 3: 1, 5: 4, 6: 4}  # begin not aligned to G: (l - begin) % G
+    assert M.superblocks(8, 1, 0, 8) == {}  # G = 1: no members
+    with pytest.raises(ValueError, match="begin"):
+        M.superblocks(8, 4, 6, 4)
+
+
+# ---------------------------------------------------------------------------------------------- mechanism
+
+
+def test_no_members_and_zero_compensation_is_the_base_model_bit_for_bit():
+    base = _trained_like()
+    ids = torch.randint(0, 61, (3, 20))
+    same = _unified(base, M.superblocks(6, 1, 3, 6))  # G = 1: no member layer
+    assert torch.equal(same(ids).logits, base(ids).logits)
+    # and a member with W_c = 0 computes exactly softmax sharing without compensation
+    members = M.superblocks(6, 3, 3, 6)
+    with_c, without = _unified(base, members), _unified(base, members, compensation=False)
+    assert all(float(with_c.layers[m].attn.comp_proj.weight.detach().abs().max()) == 0 for m in members)
+    assert torch.equal(with_c(ids).logits, without(ids).logits)
+    assert not torch.allclose(with_c(ids).logits, base(ids).logits)  # sharing does change the model
+
+
+@pytest.mark.parametrize("mode", ["paper_mean", "lstsq_tokens"])
+def test_closed_form_init_leaves_no_larger_residual_than_zero(mode):
+    base = _trained_like()
+    members = M.superblocks(6, 3, 3, 6)  # members 4, 5 after leader 3
+    uni = _unified(base, members)
+    ids = torch.randint(0, 61, (8, 24))
+    mask = torch.ones(8, 24, dtype=torch.bool)
+    mask[:3, 18:] = False  # padded tails: left out of the fit
+    fit = M.fit_compensation(base, uni, ids, mask, mode)
+    assert [f["layer"] for f in fit] == sorted(members)
+    own = "residual" if mode == "lstsq_tokens" else "mean_residual"  # the objective each solves
+    for f in fit:
+        assert f[f"{own}_init"] <= f[f"{own}_zero"] * (1 + 1e-9) and f["w_norm"] > 0
+    if mode == "lstsq_tokens":  # the least-squares guarantee, strictly better on trained weights
+        assert all(f["residual_init"] < 0.9 * f["residual_zero"] for f in fit)
+    # the fit is sequential: the second member's Δ is measured with the first member compensated
+    uni0 = _unified(base, members)
+    X0, h0 = M._stream(uni0, ids, 5)
+    assert not torch.allclose(M._stream(uni, ids, 5)[0], X0)  # the first W_c changed what layer 5 sees
+
+
+def test_solve_compensation_recovers_a_known_map_and_zero_mode():
+    torch.manual_seed(0)
+    X = torch.randn(16, 10, 6, dtype=torch.float64)
+    W = torch.randn(6, 6, dtype=torch.float64)
+    m = torch.ones(16, 10, dtype=torch.bool)
+    torch.testing.assert_close(M.solve_compensation(X, X @ W, m, "lstsq_tokens", ridge=0.0), W)
+    torch.testing.assert_close(M.solve_compensation(X, X @ W, m, "paper_mean"), W)  # 10 positions >= 6 columns
+    assert float(M.solve_compensation(X, X @ W, m, "zero").abs().max()) == 0
+    with pytest.raises(ValueError, match="init"):
+        M.solve_compensation(X, X @ W, m, "svd")
+
+
+def test_members_store_no_k_and_have_no_wq_wk_in_the_exported_model():
+    base = _trained_like()
+    members = M.superblocks(6, 3, 3, 6)
+    uni = _unified(base, members)
+    keys = set(uni.state_dict())
+    for m in members:
+        own = {k.split(f"layers.{m}.attn.")[1] for k in keys if k.startswith(f"layers.{m}.attn.")}
+        assert own == {"v_proj.weight", "o_proj.weight", "comp_proj.weight"}  # no W_q, W_k (no fused qkv either)
+    cache = KVCache(uni, 1, max_len=16)
+    assert set(cache.k) == set(range(6)) - set(members) and set(cache.v) == set(range(6))
+    full = KVCache(base, 1, max_len=16)
+    assert cache.nbytes == full.nbytes * (2 * 6 - len(members)) // (2 * 6)
+    ops_u, ops_b = M.decode_ops(uni, 100), M.decode_ops(base, 100)
+    assert ops_u["qk_macs"] == ops_b["qk_macs"] * (6 - len(members)) // 6 and ops_u["pv_macs"] == ops_b["pv_macs"]
+    # the parameter count: members lose W_q, W_k (2 d^2 for MHA) and gain W_c (d^2)
+    d = BASE.d_model
+    assert base.num_params() - uni.num_params() == len(members) * d * d
+
+
+def test_gradients_reach_the_leaders_wq_from_member_losses():
+    base = _trained_like()
+    uni = _unified(base, {4: 3, 5: 3}).train()
+    with torch.no_grad():
+        for m in (4, 5):
+            uni.layers[m].attn.comp_proj.weight.normal_(0, 0.1)
+    ids = torch.randint(0, 61, (2, 12))
+    grads = {}
+    for m in (4, 5):  # a loss on one member's attention output alone
+        uni.zero_grad()
+        out = {}
+        h = uni.layers[m].attn.register_forward_hook(lambda mod, a, o: out.setdefault("y", o))
+        uni(ids)
+        h.remove()
+        out["y"].square().sum().backward()
+        q_rows = uni.layers[3].attn.qkv_proj.weight.grad[: BASE.d_model]
+        grads[m] = float(q_rows.abs().sum())
+        assert uni.layers[m].attn.comp_proj.weight.grad.abs().sum() > 0
+    assert all(g > 0 for g in grads.values())
+    # and only W_c trains in stage 1
+    from replicate.models.lm import CausalLM, OptimConfig
+
+    lm = CausalLM(uni.cfg, OptimConfig(trainable=M.STAGE1_TRAINABLE))
+    names = [n for n, _ in lm.trainable_parameters()]
+    assert sorted(names) == [f"model.layers.{m}.attn.comp_proj.weight" for m in (4, 5)]
+
+
+@pytest.mark.parametrize("arm", ["uniattn", "cla", "llmdrop", "gqa", "uniattn_gqa"])
+def test_cached_decoding_equals_full_recompute_for_every_arm(cfg, arm):
+    torch.manual_seed(0)
+    c = X.model_config(dataclasses.replace(cfg, n_layers=6, group_size=3), 61, arm, dropped=(4,))
+    model = Decoder(c).eval()
+    ids = torch.randint(0, 61, (2, 9))
+    assert torch.equal(model.generate(ids, 6), model.generate(ids, 6, use_cache=False))
+
+
+def test_llmdrop_score_and_probs_similarity():
+    base = _trained_like()
+    ids = torch.randint(0, 61, (4, 16))
+    mask = torch.ones(4, 16, dtype=torch.bool)
+    s = M.attention_importance(base, ids, mask)
+    assert len(s) == 6 and all(0 <= x <= 2 for x in s)
+    sim = M.probs_similarity(base, ids, mask)
+    assert sim.shape == (4, 6, 6)
+    torch.testing.assert_close(torch.diagonal(sim, dim1=1, dim2=2), torch.ones(4, 6), atol=1e-5, rtol=0)
+    torch.testing.assert_close(sim, sim.transpose(1, 2))
+    # a model whose layers share one attention map has similarity 1 everywhere
+    same = _trained_like(dataclasses.replace(BASE, n_layers=2))
+    same.layers[1].attn.qkv_proj.weight.data.copy_(same.layers[0].attn.qkv_proj.weight.data)
+    same.layers[0].ffn.down_proj.weight.data.zero_()
+    same.layers[0].attn.o_proj.weight.data.zero_()
+    same.layers[1].attn_norm.weight.data.copy_(same.layers[0].attn_norm.weight.data)
+    torch.testing.assert_close(M.probs_similarity(same, ids, mask)[:, 0, 1], torch.ones(4), atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------- the plan
+
+
+@pytest.fixture(scope="module")
+def bundle(env, cfg):
+    return X.run_experiments(cfg)
+
+
+def test_plan_at_smoke_writes_every_artifact(bundle, cfg, tmp_path, monkeypatch):
+    from replicate.results import Results
+
+    monkeypatch.setenv("REPLICATE_RESULTS", str(tmp_path))
+    f = bundle.runs.frame
+    assert set(f["variant"]) == set(X.arms(cfg))
+    assert (f[f["variant"] == "uniattn"]["seed"].tolist() == [cfg.seed, cfg.seed + 1])
+    assert bundle.runs.dropped and len(bundle.runs.dropped) == len(M.superblocks(cfg.n_layers, cfg.group_size,
+                                                                                  cfg.begin, cfg.end))
+    cost = bundle.analysis.cost
+    assert set(cost["impl"]) == {"sdpa", "eager"} and set(cost["context"]) == set(cfg.bench_contexts)
+    c = cost.set_index(["variant", "impl", "context"])
+    L = max(cfg.bench_contexts)
+    assert c.loc[("uniattn", "sdpa", L), "cache_bytes"] < c.loc[("ft", "sdpa", L), "cache_bytes"]
+    assert c.loc[("uniattn_gqa", "sdpa", L), "cache_bytes"] < c.loc[("gqa", "sdpa", L), "cache_bytes"]
+    r = bundle.analysis.init
+    assert (r["residual_init"] <= r["residual_zero"] * (1 + 1e-9))[r["init"] == "lstsq_tokens"].all()
+    # stage 1 trained W_c only: every other weight is still the pre-trained one; stage 2 moved them
+    from replicate.io import torch_load
+    from replicate.paths import runs_dir
+
+    uni = next(x["result"] for x in bundle.runs.records if x["variant"] == "uniattn")
+    s1 = torch_load(runs_dir() / PAPER / uni["stage1"]["key"] / "result.pt")["state_dict"]
+    pre = bundle.runs.pretrain["state_dict"]
+    key = "model.layers.0.attn.qkv_proj.weight"
+    assert torch.equal(s1[key], pre[key]) and not torch.equal(uni["state_dict"][key], pre[key])
+    m = max(M.superblocks(cfg.n_layers, cfg.group_size, cfg.begin, cfg.end))
+    assert torch.equal(s1[f"model.layers.{m}.attn.v_proj.weight"],
+                       pre[f"model.layers.{m}.attn.qkv_proj.weight"][-cfg.d_model:])  # MHA: the V rows come last
+    assert not torch.equal(s1[f"model.layers.{m}.attn.comp_proj.weight"],
+                           X.initial_model(cfg, bundle.data, "uniattn", pre and bundle.runs.pretrain)[0]
+                           .model.layers[m].attn.comp_proj.weight)  # W_c itself trained
+    res = Results(cfg)
+    res.table("extra_main", R.main_table(bundle))
+    res.table("extra_ablation", R.ablation_table(bundle))
+    res.table("extra_validity", R.validity_table(bundle))
+    for name in ("fig_similarity", "fig_latency", "fig_softmax_share"):
+        res.figure("extra_" + name.removeprefix("fig_"), getattr(R, name)(bundle))
+    cl = R.claims(cfg, bundle)
+    assert [c.claim_id for c in cl] == [f"C{i}" for i in (1, 2, 3, 4, 5, 7, 6, 8, 9, 10, 11)]
+    assert all(c.paper_value is None for c in cl)  # the paper's numbers were not recovered
+    assert {c.verdict for c in cl} <= {"reproduced", "not_reproduced", "inconclusive", "not_run", "invalid"}
+    assert next(c for c in cl if c.claim_id == "C11").verdict == "not_run"
+    res.claims(cl)
+    assert "Closing note" in R.closing_note(cfg, bundle)
+
+
+def _with(bundle: Bundle, **values) -> Bundle:
+    v = {k: getattr(bundle, k) for k in ("cfg", "data", "pretrain", "runs", "analysis", "comparisons")}
+    return Bundle({**v, **values}, {})
+
+
+def test_validity_fails_when_the_task_was_not_learned(bundle, cfg):
+    """The task check: a run is 'learned' only when its answer loss is clearly below both the answer unigram and the
+    zero-shot model; one run that is not makes the claims resting on it invalid, naming it."""
+    f = bundle.runs.frame.copy()
+    bar = min(bundle.data.answer_unigram, float(bundle.analysis.pretrained_rows[0].mean()))
+    f["answer_loss"] = bar - 2 * cfg.learn_margin
+    f.loc[f["variant"] == "cla", "answer_loss"] = bar - cfg.learn_margin / 2  # below the bar, not clearly
+    t = R.validity_table(_with(bundle, runs=dataclasses.replace(bundle.runs, frame=f)))
+    assert not t[t["variant"] == "cla"]["task_learned"].any() and t[t["variant"] != "cla"]["task_learned"].all()
+    v = R.validity(_with(bundle, runs=dataclasses.replace(bundle.runs, frame=f)), ["uniattn", "cla"])
+    assert any("cla/seed" in x for x in v.failures) and not any("uniattn/seed" in x for x in v.failures
+                                                                 if x.startswith("post-training task"))
+    c4 = next(c for c in R.claims(cfg, _with(bundle, runs=dataclasses.replace(bundle.runs, frame=f)))
+              if c.claim_id == "C4")
+    assert c4.verdict == "invalid" and "task not learned" in c4.evidence
+
+
+def test_verdict_rules_reject_null_cases(bundle, cfg):
+    """Two identical arms: C4 (a gap claim) is not reproduced-by-default; C3 (equivalence) needs its interval inside
+    the margin; C6 fails when the cache is not smaller."""
+    cmp_ = bundle.comparisons
+    fr = cmp_.frame.copy()
+    fr.loc[fr["comparison"] == "cla - uniattn", ["gap", "ci_lo", "ci_hi"]] = 0.0
+    boot = {**cmp_.boot, "cla - uniattn": np.zeros(cfg.n_boot)}
+    null = _with(bundle, comparisons=dataclasses.replace(cmp_, frame=fr, boot=boot, drift={}))
+    valid = lambda b, v: Validity()  # noqa: E731  the rules alone
+    orig = R.validity
+    try:
+        R.validity = valid
+        cl = {c.claim_id: c for c in R.claims(cfg, null)}
+        assert cl["C4"].verdict == "inconclusive"
+        wide = dataclasses.replace(cmp_, per_seed={**cmp_.per_seed, "ft - uniattn": [1.0, -1.0]})
+        assert {c.claim_id: c for c in R.claims(cfg, _with(bundle, comparisons=wide))}["C3"].verdict != "reproduced"
+        tight = dataclasses.replace(cmp_, per_seed={**cmp_.per_seed, "ft - uniattn": [0.001, -0.001, 0.0]})
+        assert {c.claim_id: c for c in R.claims(cfg, _with(bundle, comparisons=tight))}["C3"].verdict in (
+            "reproduced", "inconclusive")  # the compute-matched second metric may disagree: never not_reproduced
+        cost = bundle.analysis.cost.copy()
+        cost.loc[cost["variant"] == "uniattn", "cache_bytes"] = cost.loc[cost["variant"] == "ft", "cache_bytes"].max()
+        same = _with(bundle, analysis=dataclasses.replace(bundle.analysis, cost=cost))
+        assert {c.claim_id: c for c in R.claims(cfg, same)}["C6"].verdict in ("not_reproduced", "inconclusive")
+    finally:
+        R.validity = orig
