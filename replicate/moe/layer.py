@@ -167,8 +167,10 @@ class SigmoidGatedMoE(nn.Module, Probed):
         if self.gate_kind == "threshold" and self.sparse_eval and not self.training:
             r = self.gate.sparse_routing(x_TD)
             y_TD = self.experts(x_TD, r.topk_idx_TK, r.topk_w_TK)
-            active_TE = torch.zeros_like(r.probs_TE, dtype=torch.bool)
-            active_TE.scatter_(1, r.topk_idx_TK.clamp(min=0), r.topk_idx_TK >= 0)
+            # empty slots (-1) add 0 to column 0 (a plain scatter of False there would overwrite expert 0's True)
+            filled_TK = (r.topk_idx_TK >= 0).to(torch.int32)
+            active_TE = torch.zeros_like(r.probs_TE, dtype=torch.int32).scatter_add_(
+                1, r.topk_idx_TK.clamp(min=0), filled_TK) > 0
             q_TE = r.probs_TE
         else:
             o_TED = self.experts.all_outputs(x_TD)

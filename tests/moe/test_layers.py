@@ -253,6 +253,28 @@ def test_threshold_gate_forward_rescale_and_sparse_eval_agree():
     assert 0 < float(layer.last_stats["active_per_token"]) < 8
 
 
+def test_sparse_eval_counts_the_same_active_experts_as_the_dense_path():
+    """The sparse path's statistics (active experts per token, per-expert load) equal the dense path's, expert 0 and
+    tokens with empty routing slots included: an empty slot (-1) must not erase expert 0's activity."""
+    torch.manual_seed(5)
+    layer = SigmoidGatedMoE(D, 32, 8, gate="threshold", gate_init_std=0.3).double().eval()
+    with torch.no_grad():
+        layer.gate.weight[0] = layer.gate.weight[0].abs() * 3  # expert 0 active on many tokens, others on some
+    x = torch.randn(4, 9, D, dtype=torch.float64).abs()
+    q = torch.sigmoid(layer.gate.logits(x.view(-1, D)))
+    assert (q[:, 0] > 0.5).any() and ((q > 0.5).sum(-1) < 8).any()  # expert 0 on, and empty slots exist
+    stats = {}
+    for sparse in (False, True):
+        layer.sparse_eval = sparse
+        layer(x)
+        stats[sparse] = dict(layer.last_stats)
+    assert float(stats[True]["active_per_token"]) == pytest.approx(float((q > 0.5).sum(-1).double().mean()))
+    shared = set(stats[True]) & set(stats[False])  # the dense path adds its sparsity loss
+    assert "active_per_token" in shared and len(shared) >= 3
+    for k in shared:
+        torch.testing.assert_close(stats[True][k], stats[False][k], msg=k)
+
+
 def test_output_gate_with_zero_router_is_half_the_dense_output():
     dense = SwiGLU(D, 32).double()
     layer = SigmoidGatedMoE.from_dense(dense, 4, gate="output").double()

@@ -113,7 +113,7 @@ class DSMoEConfig(LMConfig):
     sweep_min_frac: float = param(0.05, help="C6 judges sweep points whose active fraction lies in [x, 1 − x] and "
                                   "whose loss lies in (0, ln V]", source="ours, pre-registered at the audit",
                                   min=0.0, max=0.5)
-    null_gates: int = param(20, help="fresh-gate conversions of the pre-trained model (no training): the null of "
+    null_gates: int = param(40, help="fresh-gate conversions of the pre-trained model (no training): the null of "
                             "C8's per-domain activation gap", source="ours (audit: untrained gates also differ by "
                             "domain)", min=0, max=1000)
     dead_share: float = param(0.01, help="an expert is dead when it is active on fewer than this share of the "

@@ -690,9 +690,10 @@ def valid_sweep(frame: pd.DataFrame, min_frac: float) -> pd.DataFrame:
 
 
 def tau_halves(cfg: DSMoEConfig, sweeps: Sweeps, reps_of) -> dict:
-    """C6's two paired gaps on the trained DSMoE's sweep (valid points only): loss at the highest τ above the training
-    τ − at the training τ ("up": fewer experts, the paper's loss rises), and at the training τ − at the lowest τ below
-    it ("down": more experts, the paper's loss falls)."""
+    """C6's paired gaps on the trained DSMoE's sweep (valid points only): loss at the highest τ above the training
+    τ − at the training τ ("up": fewer experts, the paper's loss rises), at the training τ − at the lowest τ below
+    it ("down": more experts, the paper's loss falls), and every step between neighbouring valid τs ("steps": the
+    loss must not fall anywhere as τ rises)."""
     f = sweeps.frame[sweeps.frame["model"] == "dsmoe"]
     v = valid_sweep(f, cfg.sweep_min_frac)
     out = {"valid": len(v), "points": len(f), "train_valid": bool(np.isclose(v["tau"], cfg.tau).any())}
@@ -706,6 +707,9 @@ def tau_halves(cfg: DSMoEConfig, sweeps: Sweeps, reps_of) -> dict:
         lo = float(below["tau"].min())
         d_w = L(cfg.tau) - L(lo)
         out["down"] = {"point": float(d_w.mean()), "reps": reps_of(d_w), "tau": lo}
+    taus = sorted(float(x) for x in v["tau"])  # every step between neighbouring valid points: the monotone check
+    out["steps"] = [{"from": a, "to": c, "point": float((L(c) - L(a)).mean()), "reps": reps_of(L(c) - L(a))}
+                    for a, c in zip(taus, taus[1:])]
     return out
 
 
