@@ -12,10 +12,11 @@ then everything). Spec: ``uniattn.md`` §3.
 public checkpoint, cached, shared by every method), then supervised post-training on a different, instruction-style
 domain built offline with exact answers (questions about play passages: who speaks a quoted line, which line comes
 next, how often a word occurs; loss on the answer tokens only), by every method from that one checkpoint on the same
-batches: plain fine-tuning (FT, and FT with twice the steps: the compute-matched arm), softmax sharing without
-compensation, UniAttn (closed-form init, two stages), UniAttn with a zero W_c and with the code's mean-then-pinv init,
-UniAttn with one stage, UniAttn on the bottom layers (the choice of layers), cross-layer KV sharing (CLA), attention
-layer dropping (LLMDrop), MHA→GQA uptraining and UniAttn on top of the GQA model. ``report.py``: the main table
+batches and for the same number of steps (step t reads batch t in every arm; UniAttn's two stages split those steps):
+plain fine-tuning (FT), softmax sharing without compensation, UniAttn (closed-form init, two stages), UniAttn with a
+zero W_c and with the code's mean-then-pinv init, UniAttn with one stage, UniAttn on the bottom layers (the choice of layers), cross-layer KV sharing (CLA), attention
+layer dropping (LLMDrop), MHA→GQA uptraining and UniAttn on the GQA model (both from the same GQA conversion of the
+pre-trained model). ``report.py``: the main table
 (answer loss and exact match, held-out loss on the pre-training text for forgetting, decode latency, cache bytes,
 parameters), the softmax-similarity heat map across layers before and after fine-tuning, latency and cache bytes
 against context length with KV-cache decoding (every arm; FT eager and SDPA), the softmax share of eager attention,
@@ -28,7 +29,9 @@ combinations.
 
 UNCONFIRMED choices are options: ``init`` (``lstsq_tokens``, default: least squares over every real calibration
 token with ridge ``ridge`` | ``paper_mean``: the official code's position-wise mean over the calibration rows then
-pinv, ill-posed when the positions are about as many as the model width, as here | ``zero``), ``group_size`` G / ``group_begin`` / ``group_end`` (default G=4 on the top half, the code's
+pinv, ill-posed when the positions are about as many as the model width, as here | ``zero``), ``stage1_frac`` (the
+share of the post-training steps stage 1 spends on W_c alone, default 0.5: the paper's one epoch per stage, halved so
+every arm spends the same steps), ``group_size`` G / ``group_begin`` / ``group_end`` (default G=4 on the top half, the code's
 LLaMA-3.1 ratio), ``two_stage`` (on: the code's ``two_stage_linear_first``), ``cla_group`` (the CLA baseline's
 sharing groups: ``uniattn``, the same SuperBlocks, default | ``pairs``: CLA2), ``llmdrop_count`` (0 = as many
 attention sub-layers as UniAttn has members), ``gqa_kv_heads``. Fixed and stated: the leader's P is not detached; W_c
@@ -82,8 +85,12 @@ class UniAttnConfig(LMConfig):
                              source="ours", min=4, max=10**7)
     n_sft_eval: int = param(512, help="held-out question/answer rows (from the held-out plays)", source="ours",
                             min=4, max=10**7)
-    sft_steps: int = param(100, help="post-training steps of one stage (FT: one stage; UniAttn: two)",
-                           source="ours (the paper: 1 epoch per stage)", min=2, max=10**8)
+    sft_steps: int = param(100, help="post-training steps of every arm (UniAttn's two stages split them, "
+                           "stage1_frac)", source="ours (the paper: 1 epoch per stage)", min=2, max=10**8)
+    stage1_frac: float = param(0.5, help="share of sft_steps that stage 1 (W_c only) spends; stage 2 (everything) "
+                               "spends the rest, on the batches that follow", source="UNCONFIRMED / ours (spec §3.5: "
+                               "one epoch per stage; here the two stages share the steps of one so that every arm "
+                               "is step-matched)", min=0.01, max=0.99)
     sft_lr: float = param(3e-4, help="peak learning rate of post-training (every method, every stage)",
                           source="ours: a tenth of the pre-training rate (the paper's 7e-6 is for a converged 8B "
                           "model); 1e-3 lost 0.7-0.8 nats on the pre-training text in a first run", min=1e-7, max=1.0)
@@ -109,7 +116,8 @@ class UniAttnConfig(LMConfig):
                               source="spec §3.4: 1e-10", min=0.0, max=1.0)
     n_calib: int = param(64, help="calibration rows (post-training rows of the training split)",
                          source="spec §6: 64 (the paper: 1000)", min=1, max=100_000)
-    two_stage: bool = param(True, help="UniAttn trains W_c only for sft_steps, then everything for sft_steps",
+    two_stage: bool = param(True, help="UniAttn trains W_c only for the first stage1_frac of sft_steps, then "
+                            "everything for the rest",
                             source="spec §3.5: the code's two_stage_linear_first")
     # --- baselines (spec §4) ---
     cla_group: str = param("uniattn", help="CLA's sharing groups: uniattn (the SuperBlocks) | pairs (CLA2 on the "
@@ -125,8 +133,8 @@ class UniAttnConfig(LMConfig):
     # --- evaluation, cost, rules ---
     eval_windows: int = param(64, help="held-out pre-training windows (forgetting)", source="ours", min=2,
                               max=1_000_000)
-    sim_rows: int = param(32, help="held-out QA rows the softmax-similarity heat map is measured on", source="ours",
-                          min=2, max=100_000)
+    sim_rows: int = param(0, help="held-out QA rows the softmax-similarity heat map is measured on; 0 = all",
+                          source="ours", min=0, max=100_000)
     bench_contexts: tuple[int, ...] = param((128, 512, 1024), help="context lengths of the KV-cache decode benchmark",
                                             source="spec §6 (128-2048)", min=8, max=1_000_000, min_len=1,
                                             increasing=True)
@@ -164,7 +172,9 @@ class UniAttnConfig(LMConfig):
     def workload(self) -> list:
         from replicate.budget import Run
 
-        arms = 2 * self.n_seeds + 4 + (5 if self.run_ablations else 0)  # two-stage arms count twice
+        # every arm spends sft_steps (two stages split them): FT and UniAttn per seed; softmax, CLA, LLMDrop, GQA;
+        # the ablations (UniAttn on GQA, zero init, mean init, one stage, bottom layers)
+        arms = 2 * self.n_seeds + 4 + (5 if self.run_ablations else 0)
         return [Run("pre-training", self.d_model, self.n_layers, self.d_ff, self.vocab_size, self.seq_len,
                     self.batch_size, self.steps, count=1),
                 Run("post-training", self.d_model, self.n_layers, self.d_ff, self.vocab_size, self.seq_len,
@@ -174,7 +184,7 @@ class UniAttnConfig(LMConfig):
     def smoke(cls):  # every code path (ablations, GQA, two seeds), no evidence
         return cls(scale="smoke", doc_max_bytes=6_000, vocab_size=400, d_model=32, n_layers=4, n_heads=2,
                    d_ff=64, seq_len=128, qa_lines=3, batch_size=4, steps=8, sft_steps=4, n_sft_train=24,
-                   n_sft_eval=8, n_calib=4, group_size=2, gqa_kv_heads=1, n_seeds=2, eval_windows=4, sim_rows=4,
+                   n_sft_eval=8, n_calib=4, group_size=2, gqa_kv_heads=1, n_seeds=2, eval_windows=4, sim_rows=0,
                    bench_contexts=(16, 32), bench_new_tokens=2, bench_repeats=1, n_boot=50, threads=1)
 
     @classmethod

@@ -8,9 +8,13 @@ Steps, in order (the notebook runs one per cell):
   answers) as answer-only rows, the held-out questions from the held-out plays, the calibration rows (the first
   ``n_calib`` training rows), and the answer-token unigram (the post-training domain's count bar).
 - ``pretrain``: the dense decoder from scratch (one run, cached with its weights, shared by every method).
-- ``runs``: every method post-trained from it on the same batches (seed s: the pool's order of seed s): FT and
-  UniAttn with ``n_seeds`` seeds, the other arms with seed ``seed``. UniAttn's W_c is set in closed form on the
-  calibration rows before stage 1. With ``workers`` > 1 the runs train side by side in worker processes first.
+- ``runs``: every method post-trained from it for the same ``sft_steps`` steps on the same batches (seed s: the
+  pool's order of seed s; step t reads batch t in every arm): FT and UniAttn with ``n_seeds`` seeds, the other arms
+  with seed ``seed``. A two-stage UniAttn arm spends the same steps: stage 1 (W_c only) the first ``stage1_frac`` of
+  them, stage 2 (everything) the rest, on the batches that follow (``schedule``). UniAttn's W_c is set in closed form
+  on the calibration rows before stage 1. GQA and UniAttn-on-GQA both start from the GQA conversion of the pre-trained
+  model (K/V heads mean-pooled, no training of its own). With ``workers`` > 1 the runs train side by side in worker
+  processes first.
 - ``analysis``: from each run's final weights: parameters, cache bytes and counted attention work per decode step,
   KV-cache decode latency at ``bench_contexts`` (every arm; SDPA where the arm allows it, and every layer eager), the
   softmax share of eager attention, the softmax-similarity maps before and after fine-tuning, the initial (pre-
@@ -39,7 +43,7 @@ from replicate.models.attention import attention_probs, probs_times_values
 from replicate.models.decoder import Decoder, DecoderConfig
 from replicate.models.generate import KVCache
 from replicate.models.lm import CausalLM
-from replicate.models.trainer import TrainSpec, continued, gap_drift, prefetch, run_keys, torch_threads, train
+from replicate.models.trainer import TrainSpec, continued, prefetch, torch_threads, train
 from replicate.paths import runs_dir
 from replicate.papers.uniattn import PAPER_ID, UniAttnConfig
 import replicate.papers.uniattn.method as M
@@ -49,13 +53,12 @@ plan = Plan(PAPER_ID)
 # arm -> what it is (table order)
 ARMS = {
     "ft": "standard post-training (full fine-tuning, one stage)",
-    "ft2x": "full fine-tuning with twice the steps (compute-matched to the two stages)",
     "softmax": "softmax sharing in the SuperBlocks, no compensation, one stage",
-    "uniattn": "UniAttn: softmax sharing + W_c (closed-form init), two stages",
+    "uniattn": "UniAttn: softmax sharing + W_c (closed-form init), two stages within the same steps",
     "cla": "cross-layer KV sharing (CLA) on the same layers",
     "llmdrop": "attention-layer dropping (LLMDrop): the U lowest-scored attention sub-layers removed",
-    "gqa": "MHA→GQA uptraining (K/V heads mean-pooled)",
-    "uniattn_gqa": "UniAttn on top of the GQA-uptrained model",
+    "gqa": "MHA→GQA uptraining (K/V heads mean-pooled, then post-trained)",
+    "uniattn_gqa": "UniAttn on the GQA conversion (the same parent as GQA, the same steps)",
     "uniattn_zero": "UniAttn with W_c = 0 at init (ablation)",
     "uniattn_mean": "UniAttn with W_c by the code's recipe: pinv of the position-wise calibration means (ablation)",
     "uniattn_1stage": "UniAttn, closed-form init, one stage (ablation)",
@@ -66,7 +69,7 @@ DECIDING = ("ft", "uniattn")
 
 
 def arms(cfg: UniAttnConfig) -> list[str]:
-    main = ["ft", "ft2x", "softmax", "uniattn", "cla", "llmdrop", "gqa"]
+    main = ["ft", "softmax", "uniattn", "cla", "llmdrop", "gqa"]
     return main + (["uniattn_gqa", "uniattn_zero", "uniattn_mean", "uniattn_1stage", "uniattn_bottom"]
                    if cfg.run_ablations else [])
 
@@ -145,7 +148,7 @@ def base_config(cfg: UniAttnConfig, n_ids: int, **kw) -> DecoderConfig:
 
 def model_config(cfg: UniAttnConfig, n_ids: int, arm: str, dropped: tuple = ()) -> DecoderConfig:
     base = base_config(cfg, n_ids)
-    if arm in ("ft", "ft2x"):
+    if arm == "ft":
         return base
     if arm in ("gqa", "uniattn_gqa"):
         base = convert.gqa_config(base, cfg.gqa_kv_heads)
@@ -197,10 +200,27 @@ def sft_optim(cfg: UniAttnConfig, steps: int, trainable: tuple = ()):
     return dataclasses.replace(cfg.optim(steps, prefix="sft_"), trainable=trainable)
 
 
-def sft_batches(cfg: UniAttnConfig, data: Data, seed: int) -> MaskedBatches:
-    """Post-training batches of ``seed``: rows of the training pool drawn by (seed, step). Every arm of one seed
-    (and both of UniAttn's stages) reads the same batches."""
-    return MaskedBatches(data.train_ids, data.train_mask, cfg.batch_size, seed)
+def sft_batches(cfg: UniAttnConfig, data: Data, seed: int, offset: int = 0) -> MaskedBatches:
+    """Post-training batches of ``seed``: rows of the training pool drawn by (seed, step + ``offset``). Every arm of
+    one seed reads the same batches: step t of the arm's ``sft_steps`` is batch t (a second stage starts at its
+    offset)."""
+    return MaskedBatches(data.train_ids, data.train_mask, cfg.batch_size, seed, offset)
+
+
+def two_stage(cfg: UniAttnConfig, arm: str) -> bool:
+    return arm.startswith("uniattn") and cfg.two_stage and arm != "uniattn_1stage"
+
+
+def schedule(cfg: UniAttnConfig, arm: str) -> list[dict]:
+    """The arm's training stages: steps, the first batch each reads (its offset) and what trains. Every arm spends
+    ``sft_steps`` steps on batches 0 .. sft_steps − 1 (step-matched); a two-stage arm splits them: W_c only for the
+    first ``round(stage1_frac · sft_steps)`` (at least 1), everything for the rest."""
+    n = cfg.sft_steps
+    if not two_stage(cfg, arm):
+        return [{"steps": n, "offset": 0, "trainable": ()}]
+    s1 = min(max(1, round(cfg.stage1_frac * n)), n - 1)
+    return [{"steps": s1, "offset": 0, "trainable": M.STAGE1_TRAINABLE},
+            {"steps": n - s1, "offset": s1, "trainable": ()}]
 
 
 def llmdrop_layers(cfg: UniAttnConfig, data: Data, pre: dict) -> tuple[int, ...]:
@@ -228,8 +248,17 @@ def _init_mode(arm: str, cfg: UniAttnConfig) -> str:
     return {"uniattn_zero": "zero", "uniattn_mean": "paper_mean"}.get(arm, cfg.init)
 
 
+def gqa_parent(cfg: UniAttnConfig, data: Data) -> dict:
+    """The GQA conversion of the pre-trained model (K/V heads mean-pooled; no training of its own): the shared parent
+    of GQA and UniAttn-on-GQA, so both get the same post-training steps on top of it."""
+    pre = pretrained(cfg, data)
+    target = Decoder(model_config(cfg, data.n_ids, "gqa"))
+    state = convert.gqa_state({k.removeprefix("model."): v for k, v in pre["state_dict"].items()}, target)
+    return {"key": f"{pre['key']}+mha_to_gqa:{cfg.gqa_kv_heads}", "state_dict": state}
+
+
 def parent_of(cfg: UniAttnConfig, data: Data, arm: str) -> dict:
-    return train_arm(cfg, data, "gqa", cfg.seed) if arm == "uniattn_gqa" else pretrained(cfg, data)
+    return gqa_parent(cfg, data) if arm == "uniattn_gqa" else pretrained(cfg, data)
 
 
 def initial_model(cfg: UniAttnConfig, data: Data, arm: str, parent: dict, optim=None) -> tuple[CausalLM, list[dict]]:
@@ -247,39 +276,42 @@ def initial_model(cfg: UniAttnConfig, data: Data, arm: str, parent: dict, optim=
 
 
 def train_arm(cfg: UniAttnConfig, data: Data, arm: str, seed: int, dropped: tuple = ()) -> dict:
-    """One post-training run of ``arm`` on seed ``seed``'s batches, started from the pre-trained base (UniAttn on
-    GQA: from the GQA run). Weights kept (the analysis reads them)."""
+    """One post-training run of ``arm`` on seed ``seed``'s batches (``schedule``: ``sft_steps`` in all), started from
+    the pre-trained base (GQA and UniAttn on GQA: its GQA conversion). Weights kept (the analysis reads them)."""
     kw = {**cfg.trainer_kwargs()}
-    batches, evals = sft_batches(cfg, data, seed), data.eval_sets()
+    evals = data.eval_sets()
     desc = data.description + f";phase=sft;arm={arm}"
-    ck = max(10, cfg.sft_steps // 4)
+    ck = max(10, cfg.sft_steps // 4)  # single-stage arms
     if not arm.startswith("uniattn"):
         parent = pretrained(cfg, data)
-        steps = 2 * cfg.sft_steps if arm == "ft2x" else cfg.sft_steps
+        steps = cfg.sft_steps
         conv = {"gqa": ("mha_to_gqa", {}), "softmax": ("attention_surgery", {}), "cla": ("attention_surgery", {}),
                 "llmdrop": ("attention_surgery", {})}.get(arm, ("none", {}))
         spec = TrainSpec(model_config(cfg, data.n_ids, arm, dropped), sft_optim(cfg, steps),
                          desc + (f";dropped={dropped}" if arm == "llmdrop" else ""), cfg.batch_size, cfg.seq_len,
                          seed, ckpt_every=ck)
         spec = continued(spec, parent, conv[0], **conv[1])
-        return train(PAPER_ID, spec, batches, evals, keep_weights=True, parent=parent, **kw)
+        return train(PAPER_ID, spec, sft_batches(cfg, data, seed), evals, keep_weights=True, parent=parent, **kw)
     parent = parent_of(cfg, data, arm)
     mode = _init_mode(arm, cfg)
     desc += f";init={mode}:{cfg.n_calib}:{cfg.ridge}:{cfg.pinv_rcond};parent={parent['key']};module_optim=spec"
     mcfg = model_config(cfg, data.n_ids, arm)
-    two = cfg.two_stage and arm != "uniattn_1stage"
-    stage1 = TrainSpec(mcfg, sft_optim(cfg, cfg.sft_steps, M.STAGE1_TRAINABLE if two else ()),
-                       desc + ";stage=1", cfg.batch_size, cfg.seq_len, seed, ckpt_every=ck)
+    st = schedule(cfg, arm)
+    desc += f";steps={cfg.sft_steps}:" + "+".join(str(x["steps"]) for x in st)  # step-matched split
+    stage1 = TrainSpec(mcfg, sft_optim(cfg, st[0]["steps"], st[0]["trainable"]), desc + ";stage=1", cfg.batch_size,
+                       cfg.seq_len, seed, ckpt_every=max(10, st[0]["steps"] // 4))
     # the module arrives with its weights (the parent's, W_c in closed form): the key names the parent and the init
-    r1 = train(PAPER_ID, stage1, batches, evals, module=lambda: initial_model(cfg, data, arm, parent, stage1.optim)[0],
-               keep_weights=True, **kw)
-    if not two:
+    r1 = train(PAPER_ID, stage1, sft_batches(cfg, data, seed, st[0]["offset"]), evals,
+               module=lambda: initial_model(cfg, data, arm, parent, stage1.optim)[0], keep_weights=True, **kw)
+    if len(st) == 1:
         return r1
-    stage2 = continued(TrainSpec(mcfg, sft_optim(cfg, cfg.sft_steps), desc + ";stage=2", cfg.batch_size,
-                                 cfg.seq_len, seed, ckpt_every=ck), r1)
-    r2 = train(PAPER_ID, stage2, batches, evals, keep_weights=True, parent=r1, **kw)
+    # stage 2 reads the batches after stage 1's (offset): the arm's batches are those of every other arm
+    stage2 = continued(TrainSpec(mcfg, sft_optim(cfg, st[1]["steps"]), desc + ";stage=2", cfg.batch_size,
+                                 cfg.seq_len, seed, ckpt_every=max(10, st[1]["steps"] // 4)), r1)
+    r2 = train(PAPER_ID, stage2, sft_batches(cfg, data, seed, st[1]["offset"]), evals, keep_weights=True, parent=r1,
+               **kw)
     return {**r2, "stage1": {"key": r1["key"], "final": r1["final"], "wall_s": r1["wall_s"]},
-            "wall_s": r1["wall_s"] + r2["wall_s"]}
+            "stage2_offset": st[1]["offset"], "wall_s": r1["wall_s"] + r2["wall_s"]}
 
 
 def load_model(cfg: UniAttnConfig, data: Data, arm: str, result: dict, dropped: tuple = (), **kw) -> Decoder:
@@ -308,12 +340,9 @@ def runs(cfg: UniAttnConfig, data: Data, pretrain: dict) -> Runs:
 
     dropped = llmdrop_layers(cfg, data, pretrain)
     todo = [(a, s) for a in arms(cfg) for s in seeds_of(cfg, a)]
-    # GQA first (UniAttn on GQA starts from it), then the rest side by side
-    first = [(a, s) for a, s in todo if a == "gqa"]
-    calls = lambda xs: [functools.partial(train_arm, cfg, data, a, s, dropped if a == "llmdrop" else ())  # noqa
-                        for a, s in xs]
-    prefetch(calls(first + [(a, s) for a, s in todo if a != "uniattn_gqa"]), cfg.workers, max(cfg.threads, 1))
-    prefetch(calls([(a, s) for a, s in todo if a == "uniattn_gqa"]), cfg.workers, max(cfg.threads, 1))
+    # every run starts from the pre-trained model (GQA arms: its untrained GQA conversion): all side by side
+    prefetch([functools.partial(train_arm, cfg, data, a, s, dropped if a == "llmdrop" else ()) for a, s in todo],
+             cfg.workers, max(cfg.threads, 1))
     records, rows = [], []
     for a, s in todo:
         r = train_arm(cfg, data, a, s, dropped if a == "llmdrop" else ())
@@ -348,8 +377,9 @@ def decode_benchmark(model: Decoder, context: int, new_tokens: int, repeats: int
 
 @torch.no_grad()
 def softmax_share(cfg: UniAttnConfig, context: int, repeats: int) -> dict:
-    """Seconds of the three steps of eager attention for one layer's heads (q Kᵀ, softmax, P V), prefill of
-    ``context`` tokens and one decode step at ``context`` keys; median of ``repeats`` (each averaged over 5 calls)."""
+    """Seconds of the four steps of eager attention for one layer's heads (q Kᵀ, the causal mask, softmax, P V),
+    prefill of ``context`` tokens and one decode step at ``context`` keys; median of ``repeats`` (each averaged over
+    5 calls). The mask is timed apart from the softmax (a decode step needs none: it is the all-visible mask)."""
     H, dh = cfg.n_heads, cfg.d_model // cfg.n_heads
     g = torch.Generator().manual_seed(cfg.seed)
     out = {}
@@ -362,15 +392,20 @@ def softmax_share(cfg: UniAttnConfig, context: int, repeats: int) -> dict:
 
         s = qk()
 
+        def mk():
+            return s.masked_fill(~mask, float("-inf"))
+
+        sm_in = mk()
+
         def sm():
-            return torch.softmax(s.masked_fill(~mask, float("-inf")), -1)
+            return torch.softmax(sm_in, -1)
 
         p = sm()
 
         def pv():
             return p @ v
 
-        for name, f in (("qk", qk), ("softmax", sm), ("pv", pv)):
+        for name, f in (("qk", qk), ("mask", mk), ("softmax", sm), ("pv", pv)):
             ts = []
             for _ in range(repeats):
                 t0 = time.perf_counter()
@@ -384,9 +419,9 @@ def softmax_share(cfg: UniAttnConfig, context: int, repeats: int) -> dict:
 @dataclass(frozen=True)
 class Analysis:
     cost: pd.DataFrame  # (variant, impl, context): s/token, cache bytes, counted attention work per decode step
-    softmax: pd.DataFrame  # (phase, context): seconds of q Kᵀ, softmax, P V and the softmax share
+    softmax: pd.DataFrame  # (phase, context): seconds of q Kᵀ, mask, softmax, P V and the softmax share (mask apart)
     similarity: dict  # "pretrained" / "ft": (R, L, L) per held-out row
-    init: pd.DataFrame  # (variant, layer): calibration residual at zero and at the init
+    init: pd.DataFrame  # (variant, layer): calibration residual at zero and at the init; the same on held-out rows
     init_loss: dict  # variant -> (W,) per-row answer loss of the UniAttn model at init (before training)
     pretrained_rows: tuple  # the pre-trained model's (loss, exact) per held-out row (zero-shot)
     llmdrop_scores: list  # per layer, LLMDrop's score on the calibration rows
@@ -427,20 +462,27 @@ def analysis(cfg: UniAttnConfig, data: Data, runs: Runs) -> Analysis:
         for L in cfg.bench_contexts:
             sh = softmax_share(cfg, L, cfg.bench_repeats)
             for phase in ("prefill", "decode"):
-                t = {n: sh[(phase, n)] for n in ("qk", "softmax", "pv")}
+                t = {n: sh[(phase, n)] for n in ("qk", "mask", "softmax", "pv")}
                 soft.append({"phase": phase, "context": L, **{f"{n}_s": x for n, x in t.items()},
                              "softmax_share": t["softmax"] / sum(t.values())})
     # the motivation figure: softmax maps of the pre-trained and the fine-tuned model on held-out rows
-    R = min(cfg.sim_rows, len(data.eval_ids))
+    R = len(data.eval_ids) if cfg.sim_rows == 0 else min(cfg.sim_rows, len(data.eval_ids))
     ids, mask = data.eval_ids[:R, :-1], _real(data.eval_mask[:R])
     pre = _decoder(base_config(cfg, data.n_ids), runs.pretrain["state_dict"])
     ft = load_model(cfg, data, "ft", by[("ft", cfg.seed)])
-    sim = {"pretrained": M.probs_similarity(pre, ids, mask).numpy(), "ft": M.probs_similarity(ft, ids, mask).numpy()}
-    # each UniAttn initialisation before training: its calibration residuals and its held-out answer loss
+    sim = {k: np.concatenate([M.probs_similarity(m, ids[i: i + 32], mask[i: i + 32]).numpy()
+                              for i in range(0, R, 32)]) for k, m in (("pretrained", pre), ("ft", ft))}
+    # each UniAttn initialisation before training: its residuals on the calibration rows (in-sample) and on the
+    # held-out rows, and its held-out answer loss
     init_rows, init_loss = [], {}
+    h_ids, h_mask = data.eval_ids[:, :-1], _real(data.eval_mask)
+    base_h = {i: h for i, (_, h) in M.streams(pre, h_ids, sorted(_members(cfg, "uniattn"))).items()}
     for a in [x for x in arms(cfg) if x in ("uniattn", "uniattn_zero", "uniattn_mean")]:
         lm, fit = initial_model(cfg, data, a, pretrained(cfg, data))
-        init_rows += [{"variant": a, "init": _init_mode(a, cfg), **f} for f in fit]
+        held = {h["layer"]: h for h in M.heldout_residuals(base_h, lm.model.eval(), h_ids, h_mask)}
+        init_rows += [{"variant": a, "init": _init_mode(a, cfg), **f,
+                       "heldout_residual_zero": held[f["layer"]]["residual_zero"],
+                       "heldout_residual_init": held[f["layer"]]["residual_init"]} for f in fit]
         init_loss[a] = _eval_rows(lm.model.eval(), data)[0]
     c_ids, c_mask = _calib(cfg, data)
     scores = M.attention_importance(pre, c_ids, c_mask)
@@ -459,6 +501,40 @@ class Comparisons:
     drift: dict  # name -> change of the paired training-loss gap at the end (None: no log)
     init: dict  # zero − closed-form initial answer loss: point, replicates
     similarity: dict  # adjacent − distant softmax similarity in the unified layers (after FT): point, replicates
+
+
+def _curve(run: dict):
+    """One run's logged training loss by global step (a two-stage run: stage 1's log, then stage 2's shifted by its
+    offset; both stages' steps read the batch of that global step), or None."""
+    from replicate.models.trainer import train_curve
+
+    parts = ([(run["stage1"]["key"], 0)] if "stage1" in run else []) + [(run["key"], run.get("stage2_offset", 0))]
+    out = {}
+    for key, off in parts:
+        c = train_curve(PAPER_ID, key)
+        if c is None:
+            return None
+        out.update({int(t) + off: float(x) for t, x in zip(*c)})
+    return out
+
+
+def step_gap_drift(runs: Runs, a: str, b: str, steps: int, frac: float) -> float | None:
+    """``trainer.gap_drift`` over global steps (a two-stage arm's stages joined): per common seed, the mean training-
+    loss gap a − b over the last ``frac`` of the steps minus that over the ``frac`` before; None without a log."""
+    ra = {r["seed"]: r["result"] for r in runs.records if r["variant"] == a}
+    rb = {r["seed"]: r["result"] for r in runs.records if r["variant"] == b}
+    drifts = []
+    for seed in sorted(set(ra) & set(rb)):
+        ca, cb = _curve(ra[seed]), _curve(rb[seed])
+        if ca is None or cb is None:
+            return None
+        common = sorted(set(ca) & set(cb))
+        late = [ca[t] - cb[t] for t in common if t >= (1 - frac) * steps]
+        early = [ca[t] - cb[t] for t in common if (1 - 2 * frac) * steps <= t < (1 - frac) * steps]
+        if not late or not early:
+            return None
+        drifts.append(float(np.mean(late) - np.mean(early)))
+    return float(np.mean(drifts)) if drifts else None
 
 
 def _rows_of(runs: Runs, v: str) -> dict:
@@ -481,9 +557,9 @@ def comparisons(cfg: UniAttnConfig, data: Data, runs: Runs, analysis: Analysis) 
         d_w = np.mean([pa[s] - pb[s] for s in common], 0)
         name = f"{a} - {b}"
         boot[name], per_seed[name] = reps_of(d_w), [float((pa[s] - pb[s]).mean()) for s in common]
-        drift[name] = (gap_drift(PAPER_ID, run_keys(runs.records, a), run_keys(runs.records, b), cfg.sft_steps,
-                                 cfg.drift_frac) if a in ("ft", "softmax", "cla", "llmdrop", "uniattn_1stage")
-                       else None)  # the same steps on the same batches; other pairs differ in steps or data
+        drift[name] = (step_gap_drift(runs, a, b, cfg.sft_steps, cfg.drift_frac)
+                       if a in ("ft", "softmax", "cla", "llmdrop", "uniattn_1stage", "uniattn_zero") else None)
+        # every arm: the same steps on the same batches (two-stage arms joined over their stages)
         rows.append({"comparison": name, "gap": float(d_w.mean()), "ci_lo": float(np.quantile(boot[name], 0.025)),
                      "ci_hi": float(np.quantile(boot[name], 0.975)), "paired_seeds": len(common),
                      "gap_per_seed": " / ".join(f"{x:+.4f}" for x in per_seed[name]), "train_gap_drift": drift[name]})

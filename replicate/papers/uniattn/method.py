@@ -181,6 +181,33 @@ def fit_compensation(base: Decoder, uni: Decoder, ids_BT, mask_BT, mode: str, *,
     return out
 
 
+@torch.no_grad()
+def streams(model: Decoder, ids_BT, layers) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """(u, h) at every layer of ``layers`` from one forward pass (as ``_stream``, fp64)."""
+    model.eval()
+    with capture(model, ["attn_in", "resid_mid"]) as rec:
+        model(ids_BT)
+    return {i: (rec[f"layer{i}/attn_in"][0].double(), rec[f"layer{i}/resid_mid"][0].double()) for i in layers}
+
+
+@torch.no_grad()
+def heldout_residuals(base_h: dict, uni: Decoder, ids_BT, mask_BT) -> list[dict]:
+    """The residuals ``fit_compensation`` reports, measured with ``uni``'s W_c as set (no fit) on other rows: per
+    member in depth order, with the earlier members compensated, ‖Δ‖² (W_c = 0) and ‖Δ − X W_c‖² over the real
+    tokens (Δ: the base model's post-attention stream minus the member's uncompensated one). ``base_h``: layer -> the
+    base model's post-attention stream on these rows (``streams(base, ...)[layer][1]``)."""
+    members = [i for i in member_layers(uni) if isinstance(uni.layers[i].attn, UniAttnMember)]
+    got = streams(uni, ids_BT, members)  # one pass: every member sees the earlier members' W_c, as in the fit
+    out = []
+    for i in members:
+        X, h_uni = got[i]  # with this member's W_c: h_uni = uncompensated + X W
+        W = uni.layers[i].attn.comp_proj.weight.double().T
+        delta = base_h[i] - (h_uni - X @ W)
+        out.append({"layer": i, "residual_zero": residual(X, delta, mask_BT, torch.zeros_like(W)),
+                    "residual_init": residual(X, delta, mask_BT, W)})
+    return out
+
+
 # ------------------------------------------------------------------------------------------ two-stage recipe
 
 STAGE1_TRAINABLE = ("layers.*.attn.comp_proj.weight",)  # stage 1: W_c only (§3.5); stage 2: () = everything
