@@ -270,7 +270,8 @@ def fig2(b: Bundle):
     vs = [v for v in ARMS if v in set(h["variant"])]
     cols = min(3, len(vs))
     rows = -(-len(vs) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.6 * rows), squeeze=False)
+    # constrained layout keeps each panel's title clear of the x labels above it and leaves room for the colour bar
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.8 * rows), squeeze=False, layout="constrained")
     for ax, v in zip(axes.flat, vs):
         g = h[h["variant"] == v].pivot(index="depth", columns="length", values="mean")
         im = ax.imshow(g.to_numpy(), vmin=0, vmax=1, cmap="RdYlGn", aspect="auto", origin="upper")
