@@ -46,6 +46,20 @@ def peak_memory_gib() -> tuple[float, float]:
             resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20)
 
 
+def note_footer(scale: str, seconds: dict, claims: list, to_settle) -> list[str]:
+    """The end of a generated closing note: the experiments' seconds in this kernel (``seconds``: step -> s) with
+    this process's and its largest worker's peak memory, and, where claims stayed open (inconclusive, not_run,
+    invalid), what would settle each (``to_settle(claim)`` -> text)."""
+    peak, child = peak_memory_gib()
+    lines = ["", f"Experiments at `{scale}`: {sum(seconds.values()):.0f} s in this kernel ("
+             + ", ".join(f"{k} {s:.0f} s" for k, s in seconds.items()) + "; cached runs count as ~0 s); peak memory of "
+             f"this process {peak:.2f} GiB, of its largest worker {child:.2f} GiB."]
+    open_ = [c for c in claims if c.verdict in ("inconclusive", "not_run", "invalid")]
+    if open_:
+        lines += ["", "To settle what stayed open: " + "; ".join(f"{c.claim_id}: {to_settle(c)}" for c in open_) + "."]
+    return lines
+
+
 def setup_display():
     """Matplotlib inline with a fixed style, pandas display widths; quiet Lightning's info logs."""
     import logging

@@ -197,3 +197,16 @@ def test_note_lines_give_one_line_per_claim_with_its_interval_or_evidence():
     assert lines[:2] == ["**Closing note (generated from the results).**", ""]
     assert lines[2] == "- **C1** (reproduced): A beats B. Ours = +0.01234; [0.01, 0.02] (t)."
     assert lines[3] == "- **C2** (not_run): B is fast. Ours; needs the `paper` scale."
+
+
+def test_note_footer_states_the_cost_and_what_settles_each_open_claim():
+    from replicate.claims import Claim
+    from replicate.notebook import note_footer
+
+    cl = [Claim("C1", "a", "m", None, 0.1, "", "reproduced", ""), Claim("C2", "b", "m", None, None, "", "not_run", ""),
+          Claim("C3", "c", "m", None, 0.0, "", "inconclusive", "")]
+    lines = note_footer("small", {"data": 1.2, "runs": 100.4}, cl, lambda c: f"more for {c.claim_id}")
+    assert lines[1].startswith("Experiments at `small`: 102 s in this kernel (data 1 s, runs 100 s; cached runs")
+    assert "peak memory of this process" in lines[1] and "GiB" in lines[1]
+    assert lines[3] == "To settle what stayed open: C2: more for C2; C3: more for C3."
+    assert len(note_footer("small", {}, cl[:1], str)) == 2  # nothing open: no settle line

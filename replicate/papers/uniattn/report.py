@@ -13,7 +13,7 @@ from replicate import claims as C
 from replicate import plotting
 from replicate.data.ngram import learning_row
 from replicate.experiments import Bundle
-from replicate.notebook import peak_memory_gib
+from replicate.notebook import note_footer
 import replicate.papers.uniattn.method as M
 from replicate.papers.uniattn.experiments import ARMS, arms, schedule
 from replicate.tables import quantities
@@ -470,12 +470,5 @@ def _to_settle(c: C.Claim) -> str:
 def closing_note(cfg, b: Bundle) -> str:
     cl = claims(cfg, b)
     lines = C.note_lines(cl)
-    secs = dict(b.seconds)
-    peak, child = peak_memory_gib()
-    lines += ["", f"Experiments at `{cfg.scale}`: {sum(secs.values()):.0f} s in this kernel ("
-              + ", ".join(f"{k} {s:.0f} s" for k, s in secs.items()) + "; cached runs count as ~0 s); peak memory of "
-              f"this process {peak:.2f} GiB, of its largest worker {child:.2f} GiB."]
-    open_ = [c for c in cl if c.verdict in ("inconclusive", "not_run", "invalid")]
-    if open_:
-        lines += ["", "To settle what stayed open: " + "; ".join(f"{c.claim_id}: {_to_settle(c)}" for c in open_) + "."]
+    lines += note_footer(cfg.scale, dict(b.seconds), cl, _to_settle)
     return "\n".join(lines)
