@@ -384,3 +384,23 @@ def test_second_metrics_make_disagreeing_claims_inconclusive(bundle, cfg):
             "method")["status"]["uniattn_mean"] == "diverged"
     finally:
         R.validity = orig
+
+
+def test_a_refuted_equivalence_still_closing_is_inconclusive():
+    """C3 / C10: an equivalence refuted while the paired training gap closes fast towards 0 becomes inconclusive
+    (still converging); a held equivalence, or a refuted one whose gap holds, keeps its verdict."""
+    from types import SimpleNamespace
+
+    from replicate import claims as C
+    from replicate.papers.uniattn import report as R
+
+    def bundle(drift):
+        cmp_ = SimpleNamespace(drift={"ft - uniattn": drift}, per_seed={"ft - uniattn": [-0.5, -0.52, -0.54]})
+        return SimpleNamespace(comparisons=cmp_, cfg=SimpleNamespace(drift_frac=0.2))
+
+    refuted = C.Claim("C3", "", "", None, 0.52, "ci", "not_reproduced", "ev")  # UniAttn − FT = +0.52
+    out = R._equiv_converging(bundle(0.3), refuted, "ft - uniattn", -1.0, "uniattn - ft")  # ft − uniattn rising
+    assert out.verdict == "inconclusive" and "still converging" in out.ours_ci
+    assert R._equiv_converging(bundle(-0.3), refuted, "ft - uniattn", -1.0, "uniattn - ft").verdict == "not_reproduced"
+    held = C.Claim("C3", "", "", None, 0.01, "ci", "reproduced", "ev")
+    assert R._equiv_converging(bundle(0.3), held, "ft - uniattn", -1.0, "uniattn - ft").verdict == "reproduced"

@@ -558,7 +558,8 @@ def comparisons(cfg: UniAttnConfig, data: Data, runs: Runs, analysis: Analysis) 
         name = f"{a} - {b}"
         boot[name], per_seed[name] = reps_of(d_w), [float((pa[s] - pb[s]).mean()) for s in common]
         drift[name] = (step_gap_drift(runs, a, b, cfg.sft_steps, cfg.drift_frac)
-                       if a in ("ft", "softmax", "cla", "llmdrop", "uniattn_1stage", "uniattn_zero") else None)
+                       if a in ("ft", "softmax", "cla", "llmdrop", "uniattn_1stage", "uniattn_zero", "uniattn_gqa")
+                       else None)
         # every arm: the same steps on the same batches (two-stage arms joined over their stages)
         rows.append({"comparison": name, "gap": float(d_w.mean()), "ci_lo": float(np.quantile(boot[name], 0.025)),
                      "ci_hi": float(np.quantile(boot[name], 0.975)), "paired_seeds": len(common),

@@ -266,6 +266,16 @@ def _single(b: Bundle, cid: str, text: str, name: str, metric: str, evidence: st
     return C.converging_paired(c, b.comparisons.drift.get(name), _spread(b), name, b.cfg.drift_frac)
 
 
+def _equiv_converging(b: Bundle, c: C.Claim, name: str, sign: float, label: str) -> C.Claim:
+    """An equivalence refuted (the gap outside the margin) while the paired training gap ``name`` still closes towards
+    0 cannot say where the gap ends: ``claims.converging_paired`` on it, the drift in the claim's sign (``sign`` × the
+    comparison's; ``label`` names it so). An equivalence that holds is left as it is: closing only strengthens it."""
+    if c.verdict != "not_reproduced":
+        return c
+    d = b.comparisons.drift.get(name)
+    return C.converging_paired(c, None if d is None else sign * d, _spread(b), label, b.cfg.drift_frac)
+
+
 def _rows_needed(c: C.Claim, reps, n_rows: int) -> C.Claim:
     """An inconclusive bootstrap claim: the held-out rows at which the observed gap would clear its 95% interval
     (the per-row spread read off the replicates: sd_row = sd(reps) · sqrt(n_rows))."""
@@ -339,7 +349,7 @@ def claims(cfg, b: Bundle) -> list[C.Claim]:
     if c3.verdict == "inconclusive":
         c3 = C.Claim(c3.claim_id, c3.claim, c3.metric, None, c3.ours_value,
                      c3.ours_ci + _equiv_seeds(-g, cfg.equiv_margin), c3.verdict, c3.evidence)
-    c3 = C.second_metric(c3, *_forgetting(b, cfg))
+    c3 = C.second_metric(_equiv_converging(b, c3, "ft - uniattn", -1.0, "uniattn - ft"), *_forgetting(b, cfg))
     out.append(C.judged(c3, validity(b, ["ft", "uniattn"])))
     # C4, C5, C7: UniAttn against CLA, LLMDrop, softmax sharing without compensation
     for cid, v, text in (
@@ -455,7 +465,8 @@ def _gqa_claim(b: Bundle, cfg) -> C.Claim:
     c = C.Claim("C10", text, metric, None, float(fr["gap"]),
                 C.fmt_ci(ci, "95% paired bootstrap over held-out rows") + f"; cache {r:.4f} of GQA's", v,
                 "extra_main, extra_comparisons")
-    return C.judged(c, validity(b, ["gqa", "uniattn_gqa"]))
+    return C.judged(_equiv_converging(b, c, "uniattn_gqa - gqa", 1.0, "uniattn_gqa - gqa"),
+                    validity(b, ["gqa", "uniattn_gqa"]))
 
 
 def _to_settle(c: C.Claim) -> str:
