@@ -260,13 +260,6 @@ def load_model(cfg: DSMoEConfig, data: Data, arm: str, result: dict, match: dict
     return model.eval()
 
 
-@torch.no_grad()
-def window_losses(model: Decoder, windows: torch.Tensor, chunk: int = 16) -> torch.Tensor:
-    """(W, T) per-position held-out losses of ``model`` in its current mode (eval)."""
-    return torch.cat([per_token_nll(model(windows[s: s + chunk, :-1]).logits, windows[s: s + chunk, 1:])
-                      for s in range(0, len(windows), chunk)]).double()
-
-
 def calibration_windows(cfg: DSMoEConfig, data: Data) -> torch.Tensor:
     """``calib_windows`` continued-phase training windows of seed ``seed`` (training data: what sizes the baselines
     and places the sweeps' thresholds; the held-out windows decide nothing there)."""

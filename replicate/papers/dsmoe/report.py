@@ -14,7 +14,7 @@ from replicate import plotting
 from replicate.data.ngram import learning_row
 from replicate.experiments import Bundle
 from replicate.notebook import note_footer
-from replicate.papers.dsmoe.experiments import ARMS, DOMAINS, LAM_PREFIX, arm_text, arms, valid_sweep
+from replicate.papers.dsmoe.experiments import ARMS, DOMAINS, LAM_PREFIX, arm_text, arms
 from replicate.tables import beside_paper, quantities
 
 # ------------------------------------------------------------------------------------- the paper's numbers (spec §5)
