@@ -46,8 +46,16 @@ def test_scales_and_unconfirmed_choices(cfg):
     small = resolve_config(PAPER, "small")
     assert (small.group_size, small.begin, small.end, small.n_layers) == (4, 4, 8, 8)  # 3 of 8 layers unified
     assert (small.init, small.two_stage, small.cla_group, small.llmdrop_count) == ("lstsq_tokens", True, "uniattn", 0)
-    assert small.n_seeds >= 3 and small.run_ablations and (small.workers, small.threads) == (2, 1)
-    assert cfg.run_ablations and cfg.n_seeds >= 2  # every path at smoke, a seed spread included
+    assert small.n_seeds >= 3 and (small.workers, small.threads) == (2, 1)
+    # at small: the ablation arms that decide a claim (C8 after training, C9, C10), all at the deciding arms' steps
+    assert set(small.ablations) == {"uniattn_gqa", "uniattn_zero", "uniattn_1stage"} and small.sft_steps >= 200
+    assert set(cfg.ablations) == set(uniattn.ABLATIONS) and cfg.n_seeds >= 2  # every path at smoke, a seed spread
+    assert set(uniattn.UniAttnConfig.paper().ablations) == set(uniattn.ABLATIONS)
+    assert X.arms(resolve_config(PAPER, "smoke", ablations=())) == list(X.MAIN)
+    with pytest.raises(ConfigError, match="ablations"):
+        resolve_config(PAPER, "smoke", ablations=("uniattn_random",))
+    with pytest.raises(ConfigError, match="ablations"):
+        resolve_config(PAPER, "smoke", ablations=("uniattn_zero", "uniattn_zero"))
     for init in uniattn.INITS:
         assert resolve_config(PAPER, "smoke", init=init).init == init
     with pytest.raises(ConfigError, match="gqa_kv_heads"):
@@ -165,6 +173,60 @@ def test_gradients_reach_the_leaders_wq_from_member_losses():
     assert sorted(names) == [f"model.layers.{m}.attn.comp_proj.weight" for m in (4, 5)]
 
 
+def test_member_output_is_the_leaders_probs_times_own_values_plus_compensation():
+    """§3.3: a member's attention output is concat_h(P^h V^h) W_o + u W_c, with u its normed block input, V = u W_v
+    its own values and P the leader's softmax map: the P with which the leader weights its own values."""
+    from replicate.models.probes import capture
+
+    base = _trained_like()
+    uni = _unified(base, {4: 3, 5: 3})
+    with torch.no_grad():
+        for m in (4, 5):
+            uni.layers[m].attn.comp_proj.weight.normal_(0, 0.1)  # a non-zero W_c
+    ids = torch.randint(0, 61, (2, 12))
+    io = {}
+    hooks = [uni.layers[i].attn.register_forward_hook(lambda mod, a, o, i=i: io.__setitem__(i, (a[0], o)))
+             for i in (3, 4, 5)]
+    with capture(uni, ["attn_probs", "attn_in"]) as rec:
+        uni(ids)
+    for h in hooks:
+        h.remove()
+    P = rec.by_layer("attn_probs")[3][0]  # (B, H, T, S): the leader's
+    B, T, D = io[3][0].shape
+    H, dh = BASE.n_heads, D // BASE.n_heads
+    assert torch.allclose(P.sum(-1), torch.ones(B, H, T)) and float(P.triu(1).abs().max()) == 0  # causal rows
+
+    def heads_out(u, W_v, W_o):  # concat_h(P^h (u W_v)^h) W_o
+        V = (u @ W_v.T).view(B, T, H, dh).transpose(1, 2)
+        return (P @ V).transpose(1, 2).reshape(B, T, D) @ W_o.T
+
+    lead = uni.layers[3].attn
+    torch.testing.assert_close(io[3][1], heads_out(io[3][0], lead.qkv_proj.weight[2 * D:], lead.o_proj.weight))
+    for m in (4, 5):
+        u, y = io[m]
+        a = uni.layers[m].attn
+        torch.testing.assert_close(y, heads_out(u, a.v_proj.weight, a.o_proj.weight) + u @ a.comp_proj.weight.T)
+        torch.testing.assert_close(u, rec[f"layer{m}/attn_in"][0])  # u: the normed block input (§3.3)
+    assert not torch.allclose(io[4][1], io[5][1])  # own values, own W_o, own W_c
+
+
+def test_measurements_leave_a_module_about_to_train_in_train_mode():
+    """The closed-form fit and the probes measure in eval mode and give the mode back: a UniAttn module built for
+    training (W_c fitted on it) starts training with every submodule in train mode (Lightning keeps the mode it is
+    handed, and warned "Found N module(s) in eval mode" when the fit left the module in eval mode)."""
+    base = _trained_like()
+    uni = _unified(base, M.superblocks(6, 3, 3, 6)).train()
+    ids = torch.randint(0, 61, (4, 16))
+    mask = torch.ones(4, 16, dtype=torch.bool)
+    M.fit_compensation(base, uni, ids, mask, "lstsq_tokens")
+    M.attention_importance(uni, ids, mask)
+    assert all(m.training for m in uni.modules())
+    assert not any(m.training for m in base.modules())  # and an eval-mode model stays in eval mode
+    dense = _trained_like().train()
+    M.probs_similarity(dense, ids, mask)
+    assert all(m.training for m in dense.modules())
+
+
 @pytest.mark.parametrize("arm", ["uniattn", "cla", "llmdrop", "gqa", "uniattn_gqa"])
 def test_cached_decoding_equals_full_recompute_for_every_arm(cfg, arm):
     torch.manual_seed(0)
@@ -271,6 +333,81 @@ def test_every_arm_is_step_matched_on_the_same_batches(bundle, cfg, monkeypatch)
             assert calls[0][0] == round(cfg.stage1_frac * cfg.sft_steps)
     sch = X.schedule(dataclasses.replace(cfg, sft_steps=100, stage1_frac=0.3), "uniattn")
     assert [(x["steps"], x["offset"]) for x in sch] == [(30, 0), (70, 30)]
+
+
+def test_stage_two_starts_from_stage_one_with_everything_trainable(bundle, cfg, monkeypatch):
+    """The two stages as they train (a fresh UniAttn run, every fit's start recorded): stage 1 starts from the
+    closed-form init with every module in train mode and only W_c trainable (the only parameters the optimiser holds);
+    stage 2 starts from stage 1's final weights, with every parameter trainable and in the optimiser."""
+    from replicate.io import torch_load
+    from replicate.models.lm import CausalLM
+    from replicate.paths import runs_dir
+
+    starts = []
+
+    def on_train_start(self):
+        opt = {id(p) for g in self.trainer.optimizers[0].param_groups for p in g["params"]}
+        starts.append({"state": {k: v.detach().clone() for k, v in self.state_dict().items()},
+                       "grad": {n for n, p in self.named_parameters() if p.requires_grad},
+                       "optim": {n for n, p in self.named_parameters() if id(p) in opt},
+                       "all": {n for n, _ in self.named_parameters()},
+                       "train_mode": all(m.training for m in self.modules())})
+
+    monkeypatch.setattr(CausalLM, "on_train_start", on_train_start, raising=False)
+    c = dataclasses.replace(cfg, sft_steps=cfg.sft_steps + 2)  # new run keys: both stages train here
+    res = X.train_arm(c, bundle.data, "uniattn", cfg.seed)
+    assert len(starts) == 2 and all(s["train_mode"] for s in starts)
+    s1, s2 = starts
+    wc = {n for n in s1["all"] if n.endswith("attn.comp_proj.weight")}
+    assert wc and s1["grad"] == wc and s1["optim"] == wc
+    init = X.initial_model(c, bundle.data, "uniattn", X.pretrained(c, bundle.data))[0].state_dict()
+    assert all(torch.equal(s1["state"][k], init[k]) for k in init)  # the closed-form init, nothing else
+    assert s2["grad"] == s2["all"] and s2["optim"] == s2["all"]
+    end1 = torch_load(runs_dir() / PAPER / res["stage1"]["key"] / "result.pt")["state_dict"]
+    assert set(end1) == set(s2["state"]) and all(torch.equal(s2["state"][k], end1[k]) for k in end1)
+    assert any(not torch.equal(end1[k], init[k]) for k in wc)  # stage 1 moved W_c (and, above, nothing else)
+    assert all(torch.equal(end1[k], init[k]) for k in init if k not in wc)
+
+
+def test_initial_model_is_in_train_mode(bundle, cfg):
+    """The module stage 1 trains: W_c fitted on it, every submodule back in train mode (the eval-mode warning's
+    cause was the fit leaving it in eval mode)."""
+    lm, fit = X.initial_model(cfg, bundle.data, "uniattn", X.pretrained(cfg, bundle.data))
+    assert fit and all(m.training for m in lm.modules())
+
+
+def test_latency_ratio_is_paired_by_round_and_ablations_are_not_timed(bundle, cfg):
+    """Each arm's latency ratio to FT is taken round by round (a load change that slows one round slows every arm of
+    it alike); the init and stage ablations, UniAttn's modules exactly, are not timed again but keep their cache bytes
+    and counted work."""
+    ft = [1.0, 10.0, 3.0, 2.0]  # a noisy machine: FT's own time moves 10x between rounds
+    rows = [{"variant": v, "impl": "sdpa", "context": 8, "repeat": r, "s_per_token": x * k}
+            for v, k in (("ft", 1.0), ("uniattn", 0.5)) for r, x in enumerate(ft)]
+    t = X.latency_summary(pd.DataFrame(rows)).set_index("variant")
+    assert t.loc["uniattn", "vs_ft"] == t.loc["uniattn", "vs_ft_q25"] == t.loc["uniattn", "vs_ft_q75"] == 0.5
+    assert t.loc["uniattn", "s_per_token_q75"] - t.loc["uniattn", "s_per_token_q25"] > 0.5  # unpaired: wide
+    assert t.loc["ft", "vs_ft"] == 1.0 and t.loc["uniattn", "repeats"] == 4
+    cost = bundle.analysis.cost
+    assert set(cost[cost["timed"]]["variant"]) == set(X.bench_arms(cfg))
+    c = cost.set_index(["variant", "impl", "context"])
+    L = max(cfg.bench_contexts)
+    for a in ("uniattn_zero", "uniattn_mean", "uniattn_1stage"):
+        assert np.isnan(c.loc[(a, "sdpa", L), "s_per_token"])
+        for col in ("cache_bytes", "qk_macs", "params"):
+            assert c.loc[(a, "sdpa", L), col] == c.loc[("uniattn", "sdpa", L), col]
+    tm = bundle.analysis.timings
+    assert len(tm) == len(X.bench_arms(cfg)) * 2 * len(cfg.bench_contexts) * cfg.bench_repeats
+    assert set(tm["repeat"]) == set(range(cfg.bench_repeats))
+
+
+def test_row_metrics_answer_token_accuracy():
+    """Per row: the mean answer loss and the share of answer tokens ranked first, over the masked targets only."""
+    loss = torch.tensor([[9.0, 1.0, 3.0], [9.0, 9.0, 2.0]])
+    correct = torch.tensor([[True, True, False], [True, False, True]])
+    mask = torch.tensor([[False, True, True], [False, False, True]])
+    lw, acc = X.row_metrics({"loss": loss, "correct": correct, "mask": mask})
+    np.testing.assert_allclose(lw, [2.0, 2.0])
+    np.testing.assert_allclose(acc, [0.5, 1.0])
 
 
 def test_gqa_arms_share_one_untrained_parent(bundle, cfg):

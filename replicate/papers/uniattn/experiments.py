@@ -10,15 +10,19 @@ Steps, in order (the notebook runs one per cell):
 - ``pretrain``: the dense decoder from scratch (one run, cached with its weights, shared by every method).
 - ``runs``: every method post-trained from it for the same ``sft_steps`` steps on the same batches (seed s: the
   pool's order of seed s; step t reads batch t in every arm): FT and UniAttn with ``n_seeds`` seeds, the other arms
-  with seed ``seed``. A two-stage UniAttn arm spends the same steps: stage 1 (W_c only) the first ``stage1_frac`` of
-  them, stage 2 (everything) the rest, on the batches that follow (``schedule``). UniAttn's W_c is set in closed form
-  on the calibration rows before stage 1. GQA and UniAttn-on-GQA both start from the GQA conversion of the pre-trained
-  model (K/V heads mean-pooled, no training of its own). With ``workers`` > 1 the runs train side by side in worker
-  processes first.
-- ``analysis``: from each run's final weights: parameters, cache bytes and counted attention work per decode step,
-  KV-cache decode latency at ``bench_contexts`` (every arm; SDPA where the arm allows it, and every layer eager), the
-  softmax share of eager attention, the softmax-similarity maps before and after fine-tuning, the initial (pre-
-  training) answer loss of each UniAttn initialisation and its calibration residuals, LLMDrop's layer scores.
+  (softmax sharing, CLA, LLMDrop, GQA, and the ablation arms ``ablations`` names) with seed ``seed``. A two-stage
+  UniAttn arm spends the same steps: stage 1 (W_c only) the first ``stage1_frac`` of them, stage 2 (everything) the
+  rest, on the batches that follow, starting from stage 1's final weights (``schedule``). UniAttn's W_c is set in
+  closed form on the calibration rows before stage 1 (the fit measures in eval mode and hands the module back in
+  train mode). GQA and UniAttn-on-GQA both start from the GQA conversion of the pre-trained model (K/V heads
+  mean-pooled, no training of its own). With ``workers`` > 1 the runs train side by side in worker processes first,
+  the longest first.
+- ``analysis``: from each run's final weights: parameters, cache bytes and counted attention work per decode step
+  (every arm), KV-cache decode latency at ``bench_contexts`` (one arm per distinct architecture; SDPA where the arm
+  allows it, and every layer eager; ``bench_repeats`` rounds interleaved over the arms, the ratio to FT paired by
+  round), the softmax share of eager attention, the softmax-similarity maps before and after fine-tuning, the initial
+  (pre-training) answer loss of each UniAttn initialisation (closed form, zero, the code's mean recipe: trained or
+  not) and its calibration residuals, LLMDrop's layer scores.
 - ``comparisons``: paired gaps of the held-out answer loss (by seed; bootstrap over held-out rows).
 """
 
@@ -68,10 +72,26 @@ UNIATTN_ARMS = ("uniattn", "uniattn_gqa", "uniattn_zero", "uniattn_mean", "uniat
 DECIDING = ("ft", "uniattn")
 
 
+MAIN = ("ft", "softmax", "uniattn", "cla", "llmdrop", "gqa")
+INITS = ("uniattn", "uniattn_zero", "uniattn_mean")  # measured before training whether or not their arms train
+
+
 def arms(cfg: UniAttnConfig) -> list[str]:
-    main = ["ft", "softmax", "uniattn", "cla", "llmdrop", "gqa"]
-    return main + (["uniattn_gqa", "uniattn_zero", "uniattn_mean", "uniattn_1stage", "uniattn_bottom"]
-                   if cfg.run_ablations else [])
+    """The arms trained: the main ones, then the ablation arms ``cfg.ablations`` names (in table order)."""
+    return list(MAIN) + [a for a in ARMS if a not in MAIN and a in cfg.ablations]
+
+
+def bench_arms(cfg: UniAttnConfig) -> list[str]:
+    """The arms whose decode latency is timed: one per distinct architecture. The init and stage ablations share
+    UniAttn's modules exactly, and the bottom-layer arm has UniAttn's counts at other depths: not timed again."""
+    return [a for a in arms(cfg) if a in MAIN or a == "uniattn_gqa"]
+
+
+def cost_weight(cfg: UniAttnConfig, arm: str) -> float:
+    """Relative training cost of an arm (for ordering the side-by-side runs, longest first): a W_c-only step costs
+    about 0.4 of a full one (no weight gradients below the first member)."""
+    s1 = schedule(cfg, arm)[0]
+    return cfg.sft_steps - (0.6 * s1["steps"] if len(schedule(cfg, arm)) > 1 else 0.0)
 
 
 def seeds_of(cfg: UniAttnConfig, arm: str) -> list[int]:
@@ -272,7 +292,7 @@ def initial_model(cfg: UniAttnConfig, data: Data, arm: str, parent: dict, optim=
     lm.model.load_state_dict(convert.attention_state(base.state_dict(), lm.model))  # W_c stays 0 until the fit
     ids, mask = _calib(cfg, data)
     fit = M.fit_compensation(base, lm.model, ids, mask, _init_mode(arm, cfg), ridge=cfg.ridge, rcond=cfg.pinv_rcond)
-    return lm, fit
+    return lm.train(), fit  # the fit measures in eval mode and restores the mode; training starts in train mode
 
 
 def train_arm(cfg: UniAttnConfig, data: Data, arm: str, seed: int, dropped: tuple = ()) -> dict:
@@ -300,8 +320,9 @@ def train_arm(cfg: UniAttnConfig, data: Data, arm: str, seed: int, dropped: tupl
     desc += f";steps={cfg.sft_steps}:" + "+".join(str(x["steps"]) for x in st)  # step-matched split
     stage1 = TrainSpec(mcfg, sft_optim(cfg, st[0]["steps"], st[0]["trainable"]), desc + ";stage=1", cfg.batch_size,
                        cfg.seq_len, seed, ckpt_every=max(10, st[0]["steps"] // 4))
-    # the module arrives with its weights (the parent's, W_c in closed form): the key names the parent and the init
-    r1 = train(PAPER_ID, stage1, sft_batches(cfg, data, seed, st[0]["offset"]), evals,
+    # the module arrives with its weights (the parent's, W_c in closed form): the key names the parent and the init.
+    # A stage that another follows is not evaluated (its held-out numbers are read nowhere)
+    r1 = train(PAPER_ID, stage1, sft_batches(cfg, data, seed, st[0]["offset"]), evals if len(st) == 1 else {},
                module=lambda: initial_model(cfg, data, arm, parent, stage1.optim)[0], keep_weights=True, **kw)
     if len(st) == 1:
         return r1
@@ -310,7 +331,7 @@ def train_arm(cfg: UniAttnConfig, data: Data, arm: str, seed: int, dropped: tupl
                                  cfg.seq_len, seed, ckpt_every=max(10, st[1]["steps"] // 4)), r1)
     r2 = train(PAPER_ID, stage2, sft_batches(cfg, data, seed, st[1]["offset"]), evals, keep_weights=True, parent=r1,
                **kw)
-    return {**r2, "stage1": {"key": r1["key"], "final": r1["final"], "wall_s": r1["wall_s"]},
+    return {**r2, "stage1": {"key": r1["key"], "wall_s": r1["wall_s"]},
             "stage2_offset": st[1]["offset"], "wall_s": r1["wall_s"] + r2["wall_s"]}
 
 
@@ -322,16 +343,25 @@ def load_model(cfg: UniAttnConfig, data: Data, arm: str, result: dict, dropped: 
 class Runs:
     pretrain: dict
     records: list  # {"variant", "seed", "result"}
-    frame: pd.DataFrame  # variant, seed, answer loss, exact match, lm loss, params, wall
+    frame: pd.DataFrame  # variant, seed, answer loss (all rows, per kind), answer-token accuracy, lm loss, params, wall
     dropped: tuple  # LLMDrop's removed attention sub-layers
 
 
 def row_metrics(final_qa: dict) -> tuple[np.ndarray, np.ndarray]:
-    """Per held-out row: mean answer-token loss, and exact match (teacher forced: every answer token the argmax)."""
+    """Per held-out row: the mean answer-token loss, and the share of its answer tokens the model ranks first
+    (teacher forced). The share replaces the row's exact match, which at this scale was the same for nearly every arm
+    (a model that has learned the answer format gets the same short answers right and no long one)."""
     m = final_qa["mask"].double()
-    loss = (final_qa["loss"].double() * m).sum(1) / m.sum(1).clamp(min=1)
-    exact = ((final_qa["correct"] | ~final_qa["mask"]).all(1)) & (m.sum(1) > 0)
-    return loss.numpy(), exact.double().numpy()
+    n = m.sum(1).clamp(min=1)
+    loss = (final_qa["loss"].double() * m).sum(1) / n
+    acc = (final_qa["correct"].double() * m).sum(1) / n
+    return loss.numpy(), acc.numpy()
+
+
+def kind_losses(loss_W: np.ndarray, kinds: tuple) -> dict:
+    """The mean answer loss of each question kind (speaker, next_line, word_count): ``loss_<kind>``."""
+    k = np.asarray(kinds)
+    return {f"loss_{x}": float(loss_W[k == x].mean()) for x in sorted(set(kinds))}
 
 
 @plan.step
@@ -340,17 +370,20 @@ def runs(cfg: UniAttnConfig, data: Data, pretrain: dict) -> Runs:
 
     dropped = llmdrop_layers(cfg, data, pretrain)
     todo = [(a, s) for a in arms(cfg) for s in seeds_of(cfg, a)]
-    # every run starts from the pre-trained model (GQA arms: its untrained GQA conversion): all side by side
-    prefetch([functools.partial(train_arm, cfg, data, a, s, dropped if a == "llmdrop" else ()) for a, s in todo],
+    # every run starts from the pre-trained model (GQA arms: its untrained GQA conversion): all side by side, the
+    # longest first (the workers then finish together)
+    order = sorted(todo, key=lambda t: -cost_weight(cfg, t[0]))
+    prefetch([functools.partial(train_arm, cfg, data, a, s, dropped if a == "llmdrop" else ()) for a, s in order],
              cfg.workers, max(cfg.threads, 1))
     records, rows = [], []
     for a, s in todo:
         r = train_arm(cfg, data, a, s, dropped if a == "llmdrop" else ())
         records.append({"variant": a, "seed": s, "result": r})
-        loss, exact = row_metrics(r["final"]["qa"])
-        rows.append({"variant": a, "seed": s, "answer_loss": float(loss.mean()), "exact_match": float(exact.mean()),
-                     "lm_loss": float(r["final"]["lm"].double().mean()), "params": int(r["n_params"]),
-                     "wall_s": float(r["wall_s"])})
+        loss, acc = row_metrics(r["final"]["qa"])
+        rows.append({"variant": a, "seed": s, "answer_loss": float(loss.mean()), "answer_token_acc": float(acc.mean()),
+                     **kind_losses(loss, data.eval_kinds), "lm_loss": float(r["final"]["lm"].double().mean()),
+                     "params": int(r["n_params"]), "wall_s": float(r["wall_s"]),
+                     "stage1_wall_s": float(r.get("stage1", {}).get("wall_s", 0.0))})
     return Runs(pretrain, records, pd.DataFrame(rows), dropped)
 
 
@@ -358,21 +391,47 @@ def runs(cfg: UniAttnConfig, data: Data, pretrain: dict) -> Runs:
 
 
 @torch.no_grad()
-def decode_benchmark(model: Decoder, context: int, new_tokens: int, repeats: int, seed: int = 0) -> dict:
-    """KV-cache decoding: prefill ``context`` random ids, then ``new_tokens`` single-token steps; the median over
-    ``repeats`` of the seconds per decode step, and the bytes the cache allocated (per position and batch row)."""
+def decode_benchmark(models: dict, contexts, new_tokens: int, repeats: int, seed: int = 0) -> pd.DataFrame:
+    """KV-cache decoding of every model of ``models`` ((variant, impl) -> Decoder), one sequence. Per context: each
+    model prefills the same ``context`` random ids once; then ``repeats`` rounds, each timing the same ``new_tokens``
+    single-token steps again (the cache rewound to the context), the models taking turns within a round, so that a
+    change of the machine's load hits every arm of a round alike and a ratio to FT can be paired by round. One row per
+    (variant, impl, context, repeat): seconds per decode step, and the bytes the cache allocated (per position too)."""
     g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, model.cfg.vocab_size, (1, context + new_tokens), generator=g)
-    times = []
-    for _ in range(repeats):
-        cache = KVCache(model, 1, max_len=context + new_tokens)
-        model(ids[:, :context], cache=cache)
-        t0 = time.perf_counter()
-        for t in range(new_tokens):
-            model(ids[:, context + t: context + t + 1], cache=cache)
-        times.append((time.perf_counter() - t0) / new_tokens)
-    return {"s_per_token": statistics.median(times), "cache_bytes": cache.nbytes,
-            "cache_bytes_per_token": cache.bytes_per_token}
+    vocab = min(m.cfg.vocab_size for m in models.values())
+    ids = torch.randint(0, vocab, (1, max(contexts) + new_tokens), generator=g)
+    rows = []
+    for L in contexts:
+        caches = {}
+        for key, m in models.items():
+            caches[key] = KVCache(m.eval(), 1, max_len=L + new_tokens)
+            m(ids[:, :L], cache=caches[key])
+        for r in range(repeats):
+            for (v, impl), m in models.items():
+                c = caches[(v, impl)]
+                c.length = L  # rewind: every round decodes the same tokens at the same positions
+                t0 = time.perf_counter()
+                for t in range(new_tokens):
+                    m(ids[:, L + t: L + t + 1], cache=c)
+                rows.append({"variant": v, "impl": impl, "context": L, "repeat": r,
+                             "s_per_token": (time.perf_counter() - t0) / new_tokens, "cache_bytes": c.nbytes,
+                             "cache_bytes_per_token": c.bytes_per_token})
+    return pd.DataFrame(rows)
+
+
+def latency_summary(timings: pd.DataFrame) -> pd.DataFrame:
+    """Per (variant, impl, context): the median seconds per decode step over the rounds and its interquartile range,
+    and the ratio to FT of the same impl and context, paired by round (a round's arms ran back to back): median and
+    interquartile range."""
+    ft = timings[timings["variant"] == "ft"].set_index(["impl", "context", "repeat"])["s_per_token"]
+    t = timings.assign(vs_ft=timings["s_per_token"].to_numpy()
+                       / ft.reindex(pd.MultiIndex.from_frame(timings[["impl", "context", "repeat"]])).to_numpy())
+    g = t.groupby(["variant", "impl", "context"], sort=False)
+    q = lambda col, p: g[col].quantile(p)  # noqa: E731
+    return pd.DataFrame({"s_per_token": g["s_per_token"].median(), "s_per_token_q25": q("s_per_token", 0.25),
+                         "s_per_token_q75": q("s_per_token", 0.75), "vs_ft": g["vs_ft"].median(),
+                         "vs_ft_q25": q("vs_ft", 0.25), "vs_ft_q75": q("vs_ft", 0.75),
+                         "repeats": g["repeat"].nunique()}).reset_index()
 
 
 @torch.no_grad()
@@ -418,18 +477,19 @@ def softmax_share(cfg: UniAttnConfig, context: int, repeats: int) -> dict:
 
 @dataclass(frozen=True)
 class Analysis:
-    cost: pd.DataFrame  # (variant, impl, context): s/token, cache bytes, counted attention work per decode step
+    cost: pd.DataFrame  # (variant, impl, context): s/token (median, IQR, ratio to FT), cache bytes, counted work
     softmax: pd.DataFrame  # (phase, context): seconds of q Kᵀ, mask, softmax, P V and the softmax share (mask apart)
     similarity: dict  # "pretrained" / "ft": (R, L, L) per held-out row
     init: pd.DataFrame  # (variant, layer): calibration residual at zero and at the init; the same on held-out rows
     init_loss: dict  # variant -> (W,) per-row answer loss of the UniAttn model at init (before training)
-    pretrained_rows: tuple  # the pre-trained model's (loss, exact) per held-out row (zero-shot)
+    pretrained_rows: tuple  # the pre-trained model's (loss, answer-token accuracy) per held-out row (zero-shot)
     llmdrop_scores: list  # per layer, LLMDrop's score on the calibration rows
+    timings: pd.DataFrame  # (variant, impl, context, repeat): seconds per decode step of every timed round
 
 
 @torch.no_grad()
 def _eval_rows(model: Decoder, data: Data, chunk: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """Per held-out row: answer loss and teacher-forced exact match of ``model`` (as ``CausalLM.masked_metrics``)."""
+    """Per held-out row: answer loss and answer-token accuracy of ``model`` (``row_metrics``)."""
     from replicate.models.lm import per_token_nll
 
     model.eval()
@@ -446,18 +506,21 @@ def _eval_rows(model: Decoder, data: Data, chunk: int = 16) -> tuple[np.ndarray,
 def analysis(cfg: UniAttnConfig, data: Data, runs: Runs) -> Analysis:
     by = {(r["variant"], r["seed"]): r["result"] for r in runs.records}
     longest = max(cfg.bench_contexts) + cfg.bench_new_tokens
-    cost = []
-    with torch_threads(max(cfg.threads, 1)):
-        for a in arms(cfg):
-            res = by[(a, cfg.seed)]
-            for impl in ("sdpa", "eager"):
-                model = load_model(cfg, data, a, res, runs.dropped, max_seq_len=max(longest, cfg.seq_len),
-                                   attention=impl)
-                for L in cfg.bench_contexts:
-                    b = decode_benchmark(model, L, cfg.bench_new_tokens, cfg.bench_repeats, cfg.seed)
-                    cost.append({"variant": a, "impl": impl, "context": L, **b, **M.decode_ops(model, L),
-                                 "params": model.num_params(non_embedding=False),
-                                 "member_layers": len(M.member_layers(model))})
+    models, static = {}, []
+    for a in arms(cfg):
+        for impl in ("sdpa", "eager"):
+            model = load_model(cfg, data, a, by[(a, cfg.seed)], runs.dropped, max_seq_len=max(longest, cfg.seq_len),
+                               attention=impl)
+            if a in bench_arms(cfg):
+                models[(a, impl)] = model
+            for L in cfg.bench_contexts:  # what does not need a clock: cache bytes, counted work, parameters
+                c = KVCache(model, 1, max_len=L + cfg.bench_new_tokens)
+                static.append({"variant": a, "impl": impl, "context": L, "timed": a in bench_arms(cfg),
+                               "cache_bytes": c.nbytes, "cache_bytes_per_token": c.bytes_per_token,
+                               **M.decode_ops(model, L), "params": model.num_params(non_embedding=False),
+                               "member_layers": len(M.member_layers(model))})
+    with torch_threads(max(cfg.threads, 1)):  # timings on one thread, as the arms trained
+        timings = decode_benchmark(models, cfg.bench_contexts, cfg.bench_new_tokens, cfg.bench_repeats, cfg.seed)
         soft = []
         for L in cfg.bench_contexts:
             sh = softmax_share(cfg, L, cfg.bench_repeats)
@@ -465,6 +528,12 @@ def analysis(cfg: UniAttnConfig, data: Data, runs: Runs) -> Analysis:
                 t = {n: sh[(phase, n)] for n in ("qk", "mask", "softmax", "pv")}
                 soft.append({"phase": phase, "context": L, **{f"{n}_s": x for n, x in t.items()},
                              "softmax_share": t["softmax"] / sum(t.values())})
+    cost = pd.DataFrame(static).merge(latency_summary(timings), on=["variant", "impl", "context"], how="left")
+    with torch_threads(cfg.threads * cfg.workers if cfg.threads else 0):  # no clock from here on: every core
+        return _measure(cfg, data, runs, by, cost, timings, soft)
+
+
+def _measure(cfg, data, runs, by, cost, timings, soft) -> Analysis:
     # the motivation figure: softmax maps of the pre-trained and the fine-tuned model on held-out rows
     R = len(data.eval_ids) if cfg.sim_rows == 0 else min(cfg.sim_rows, len(data.eval_ids))
     ids, mask = data.eval_ids[:R, :-1], _real(data.eval_mask[:R])
@@ -477,7 +546,7 @@ def analysis(cfg: UniAttnConfig, data: Data, runs: Runs) -> Analysis:
     init_rows, init_loss = [], {}
     h_ids, h_mask = data.eval_ids[:, :-1], _real(data.eval_mask)
     base_h = {i: h for i, (_, h) in M.streams(pre, h_ids, sorted(_members(cfg, "uniattn"))).items()}
-    for a in [x for x in arms(cfg) if x in ("uniattn", "uniattn_zero", "uniattn_mean")]:
+    for a in INITS:  # every initialisation, whether or not its arm trains
         lm, fit = initial_model(cfg, data, a, pretrained(cfg, data))
         held = {h["layer"]: h for h in M.heldout_residuals(base_h, lm.model.eval(), h_ids, h_mask)}
         init_rows += [{"variant": a, "init": _init_mode(a, cfg), **f,
@@ -486,8 +555,8 @@ def analysis(cfg: UniAttnConfig, data: Data, runs: Runs) -> Analysis:
         init_loss[a] = _eval_rows(lm.model.eval(), data)[0]
     c_ids, c_mask = _calib(cfg, data)
     scores = M.attention_importance(pre, c_ids, c_mask)
-    return Analysis(pd.DataFrame(cost), pd.DataFrame(soft), sim, pd.DataFrame(init_rows), init_loss,
-                    _eval_rows(pre, data), scores)
+    return Analysis(cost, pd.DataFrame(soft), sim, pd.DataFrame(init_rows), init_loss, _eval_rows(pre, data), scores,
+                    timings)
 
 
 # ============================================================================================ comparisons

@@ -25,6 +25,7 @@ each of them.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
 
 import torch
@@ -108,11 +109,23 @@ def drop_config(base: DecoderConfig, dropped: tuple[int, ...]) -> DecoderConfig:
 # ---------------------------------------------------------------------------------- closed-form init of W_c
 
 
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """``model`` in eval mode for the block, then every submodule back in the mode it had: a measurement (the fit
+    of W_c, a probe) leaves a module that is about to train in train mode (Lightning keeps the mode it is handed)."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, was in modes:
+            m.training = was
+
+
 @torch.no_grad()
 def _stream(model: Decoder, ids_BT, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(u, h) at ``layer``: the normed block input and the stream after the attention sub-block, (B, T, d) each."""
-    model.eval()
-    with capture(model, ["attn_in", "resid_mid"]) as rec:
+    with eval_mode(model), capture(model, ["attn_in", "resid_mid"]) as rec:
         model(ids_BT)
     return rec[f"layer{layer}/attn_in"][0].double(), rec[f"layer{layer}/resid_mid"][0].double()
 
@@ -184,8 +197,7 @@ def fit_compensation(base: Decoder, uni: Decoder, ids_BT, mask_BT, mode: str, *,
 @torch.no_grad()
 def streams(model: Decoder, ids_BT, layers) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     """(u, h) at every layer of ``layers`` from one forward pass (as ``_stream``, fp64)."""
-    model.eval()
-    with capture(model, ["attn_in", "resid_mid"]) as rec:
+    with eval_mode(model), capture(model, ["attn_in", "resid_mid"]) as rec:
         model(ids_BT)
     return {i: (rec[f"layer{i}/attn_in"][0].double(), rec[f"layer{i}/resid_mid"][0].double()) for i in layers}
 
@@ -220,8 +232,7 @@ STAGE1_TRAINABLE = ("layers.*.attn.comp_proj.weight",)  # stage 1: W_c only (§3
 def attention_importance(model: Decoder, ids_BT, mask_BT) -> list[float]:
     """LLMDrop's score per layer (He et al. 2024): 1 − cos(x, x + Attn(LN(x))) per real token, averaged; a low
     score means the attention sub-layer changes the stream little."""
-    model.eval()
-    with capture(model, ["resid_in", "resid_mid"]) as rec:
+    with eval_mode(model), capture(model, ["resid_in", "resid_mid"]) as rec:
         model(ids_BT)
     m = mask_BT.bool()
     return [float(1 - F.cosine_similarity(rec[f"layer{i}/resid_in"][0][m], rec[f"layer{i}/resid_mid"][0][m],
@@ -232,8 +243,7 @@ def attention_importance(model: Decoder, ids_BT, mask_BT) -> list[float]:
 def probs_similarity(model: Decoder, ids_BT, mask_BT) -> torch.Tensor:
     """Per row, the similarity of every two layers' softmax maps (R, L, L): the cosine similarity of P rows, averaged
     over heads and over the real query positions of the row (the motivation figure)."""
-    model.eval()
-    with capture(model, ["attn_probs"]) as rec:
+    with eval_mode(model), capture(model, ["attn_probs"]) as rec:
         model(ids_BT)
     P = [rec.by_layer("attn_probs")[i][0].float() for i in range(len(model.layers))]  # (R, H, T, S) each
     P = torch.stack([F.normalize(p, dim=-1) for p in P])  # (L, R, H, T, S), unit rows
