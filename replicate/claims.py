@@ -127,6 +127,18 @@ def verdict_equivalence(ci: tuple[float, float] | None, *, margin: float) -> str
     return "inconclusive"
 
 
+def verdict_noninferior(ci: tuple[float, float] | None, *, margin: float) -> str:
+    """Verdict for an "at least as good" claim on an effect oriented so that positive favours the claim:
+    reproduced when the interval's lower end is above ``-margin`` (worse by less than the margin, if at all),
+    not_reproduced when its upper end is below ``-margin`` (worse by more), inconclusive otherwise."""
+    if margin < 0:
+        raise ValueError(f"margin: must be >= 0, got {margin}")
+    if ci is None:
+        return "inconclusive"
+    lo, hi = ci
+    return "reproduced" if lo > -margin else "not_reproduced" if hi < -margin else "inconclusive"
+
+
 # ------------------------------------------------------------------------------------ comparisons, written once
 
 
@@ -146,18 +158,28 @@ def paired_gap(frame, a: str, b: str, *, key: str = "encoding", value: str = "bp
 
 
 def seed_gap_claim(claim_id: str, claim: str, gaps, *, metric: str, direction: str = "positive",
-                   evidence: str = "", detail: str = "", paper_value=None, need: bool = False) -> Claim:
+                   evidence: str = "", detail: str = "", paper_value=None, need: bool = False,
+                   noninferior: float | None = None) -> Claim:
     """A comparison paired by seed: ``gaps`` holds one difference per seed; the verdict follows the 95 % Student-t
     interval of their mean (``reproduced`` only when it excludes 0 on the paper's side; one seed: inconclusive).
-    ``need``: an inconclusive claim also says how many paired seeds would resolve its gap (:func:`seeds_needed`)."""
+    ``need``: an inconclusive claim also says how many paired seeds would resolve its gap (:func:`seeds_needed`).
+    ``noninferior``: an "at least as good" claim (positive gaps favour it), judged by
+    :func:`verdict_noninferior` with this margin instead."""
     g = np.asarray(gaps, dtype=float)
     ci = t_interval(g)
     per_seed = " / ".join(f"{x:+.4f}" for x in g)
-    side = "> 0" if direction == "positive" else "< 0"
-    verdict = verdict_from_interval(ci, paper_direction=direction)
+    if noninferior is not None:
+        if direction != "positive":
+            raise ValueError("noninferior: orient the gaps so that positive favours the claim (direction 'positive')")
+        side = f"> -{noninferior:g} (non-inferiority margin, pre-registered)"
+        verdict = verdict_noninferior(ci, margin=noninferior)
+    else:
+        side = "> 0" if direction == "positive" else "< 0"
+        verdict = verdict_from_interval(ci, paper_direction=direction)
     text = fmt_ci(ci, f"95% t over {len(g)} seeds; per-seed {per_seed}" + (f"; {detail}" if detail else ""))
     if need and verdict == "inconclusive" and len(g) > 1:
-        n = seeds_needed_text(float(g.mean()), float(g.std(ddof=1)))
+        n = (seeds_needed_text(float(g.mean()), float(g.std(ddof=1))) if noninferior is None else
+             seeds_needed_text(float(g.mean()) + noninferior, float(g.std(ddof=1)), "a distance to -margin"))
         text += f"; {n}" if n else ""
     return Claim(claim_id, claim, f"{metric}; rule: 95% t-interval over paired seeds {side}", paper_value,
                  float(g.mean()) if len(g) else None, text, verdict, evidence)
@@ -186,9 +208,9 @@ def seeds_needed(gap: float, std: float, power: float = 0.8, level: float = 0.95
     return None
 
 
-def seeds_needed_text(gap: float, std: float) -> str:
+def seeds_needed_text(gap: float, std: float, what: str = "a gap") -> str:
     n = seeds_needed(gap, std)
-    return "" if n is None else (f"at seed std {std:.4f} a gap of {abs(gap):.4f} needs about {n} paired seeds "
+    return "" if n is None else (f"at seed std {std:.4f} {what} of {abs(gap):.4f} needs about {n} paired seeds "
                                  "(80% power)")
 
 

@@ -191,8 +191,9 @@ def document_nll(model, docs_ids, eos_id: int) -> np.ndarray:
 def seen_windows(batches, steps: int) -> np.ndarray:
     """(steps x B, T+1): every training window a run of ``steps`` steps on ``batches`` (a ``replicate.data.lm``
     ``Batches``, a pure function of (seed, step)) consumes: the data a count model must be fitted on to be compared
-    with that run on "the same data"."""
-    return np.concatenate([np.asarray(batches.batch(step)) for step in range(steps)])
+    with that run on "the same data". A batch may be a dict (``ids`` with a loss mask or weights): its ids count."""
+    rows = [batches.batch(step) for step in range(steps)]
+    return np.concatenate([np.asarray(r["ids"] if isinstance(r, dict) else r) for r in rows])
 
 
 def count_bars(stream: np.ndarray, vocab_size: int, windows, batches_of, steps: int, seeds) -> tuple:

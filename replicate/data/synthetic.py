@@ -217,10 +217,16 @@ def _filler_hay(measure: _Measure, min_tokens: int) -> _Hay:
     return _Hay(text, np.asarray(starts), " ", False, "filler")
 
 
+@lru_cache(maxsize=256)
+def _line_starts(text: str) -> tuple[int, ...]:
+    """Char positions of the lines of ``text`` (a document's, read again for every haystack cut from it)."""
+    return tuple([0] + [m.end() for m in re.finditer("\n", text) if m.end() < len(text)])
+
+
 def _corpus_hay(rng: np.random.Generator, docs: Sequence[Document], measure: _Measure, min_tokens: int) -> _Hay:
     d = int(rng.integers(len(docs)))
     text0 = docs[d].text
-    line_starts = [0] + [m.end() for m in re.finditer("\n", text0) if m.end() < len(text0)]
+    line_starts = _line_starts(text0)
     start = line_starts[int(rng.integers(len(line_starts)))]
     chunks, n_chars, k = [text0[start:]], len(text0) - start, d
     target = (1 if measure.tok is None else 5) * min_tokens + 64  # BPE: ~3.5-4.5 characters a token

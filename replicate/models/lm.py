@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from replicate.models.decoder import Decoder, DecoderConfig
-from replicate.models.loss import linear_cross_entropy
+from replicate.models.loss import linear_cross_entropy, weighted_linear_cross_entropy
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,8 @@ class CausalLM(L.LightningModule):
     paper's subclass keeps it):
 
     - ``training_step(batch, i) -> loss``: ``batch`` is (B, T+1) ids, or a dict with ``ids`` and ``loss_mask``
-      (B, T+1 bool: which tokens are targets; answer-only fine-tuning);
+      (B, T+1 bool: which tokens are targets; answer-only fine-tuning) or ``loss_weight`` (B, T+1 float >= 0: the
+      weighted mean Σ a ℓ / Σ a, e.g. up-weighted answer tokens in a mixed batch; a few distinct values);
     - ``evaluate(data)``: per-token metrics of a fixed evaluation set, computed at the scheduled steps and at the
       end: (W, T) losses for (W, T+1) windows, or for a masked set (a dict with ``ids`` and ``loss_mask``) a dict of
       (W, T) ``loss``, ``correct`` (argmax == target) and ``mask``;
@@ -94,7 +95,12 @@ class CausalLM(L.LightningModule):
         return self.model(input_ids_BT)
 
     def training_step(self, batch, batch_idx):
-        if isinstance(batch, dict):  # a loss mask: only the masked targets count (answer-only fine-tuning)
+        if isinstance(batch, dict) and "loss_weight" in batch:  # per-token weights (e.g. up-weighted answers)
+            ids, a = batch["ids"], batch["loss_weight"][:, 1:]
+            h, aux = self.model.hidden(ids[:, :-1])
+            lm_loss = weighted_linear_cross_entropy(h.flatten(0, 1), self.model.lm_head.weight, ids[:, 1:].flatten(),
+                                                    a.flatten())
+        elif isinstance(batch, dict):  # a loss mask: only the masked targets count (answer-only fine-tuning)
             ids, m = batch["ids"], batch["loss_mask"][:, 1:]
             h, aux = self.model.hidden(ids[:, :-1])
             lm_loss = linear_cross_entropy(h[m], self.model.lm_head.weight, ids[:, 1:][m])

@@ -85,3 +85,26 @@ def linear_cross_entropy(h_ND: torch.Tensor, w_VD: torch.Tensor, y_N: torch.Tens
     if torch.is_grad_enabled() and (h_ND.requires_grad or w_VD.requires_grad):
         return _LinearCrossEntropy.apply(h_ND, w_VD, y_N, chunk)
     return _chunks(h_ND, w_VD, y_N, chunk, with_grad=False)[0] / h_ND.shape[0]
+
+
+def weighted_linear_cross_entropy(h_ND: torch.Tensor, w_VD: torch.Tensor, y_N: torch.Tensor, weight_N: torch.Tensor,
+                                  chunk: int = CHUNK_ROWS) -> torch.Tensor:
+    """Weighted mean next-token cross-entropy Σ_i a_i ℓ_i / Σ_i a_i (a_i = ``weight_N`` >= 0; a token of weight 0
+    does not count), without the full logits: one :func:`linear_cross_entropy` per distinct positive weight (meant
+    for a few: e.g. 1 on text and an up-weight on answer tokens), combined with the shares a_v n_v / Σ a n."""
+    if weight_N.shape != y_N.shape:
+        raise ValueError(f"weight_N: shape {tuple(weight_N.shape)} must equal the targets' {tuple(y_N.shape)}")
+    if not bool(torch.isfinite(weight_N).all()) or bool((weight_N < 0).any()):
+        raise ValueError("weight_N: weights must be finite and >= 0")
+    values = torch.unique(weight_N[weight_N > 0])
+    if len(values) == 0:
+        raise ValueError("weight_N: no token has a positive weight")
+    if len(values) > 16:
+        raise ValueError(f"weight_N: at most 16 distinct weights (one loss pass each), got {len(values)}")
+    parts, shares = [], []
+    for v in values.tolist():
+        sel = weight_N == v
+        parts.append(linear_cross_entropy(h_ND[sel], w_VD, y_N[sel], chunk))
+        shares.append(v * int(sel.sum()))
+    total = float(sum(shares))
+    return sum(p * (a / total) for p, a in zip(parts, shares))

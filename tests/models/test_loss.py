@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from replicate.models.decoder import Decoder, DecoderConfig
-from replicate.models.loss import linear_cross_entropy
+from replicate.models.loss import linear_cross_entropy, weighted_linear_cross_entropy
 
 
 def _data(N=97, d=16, V=53, dtype=torch.float64, seed=0):
@@ -89,3 +89,25 @@ def test_bad_shapes_one_line():
         linear_cross_entropy(h[None], w, y)
     with pytest.raises(ValueError, match="chunk"):
         linear_cross_entropy(h, w, y, chunk=0)
+
+
+def test_weighted_equals_weighted_cross_entropy_fp64():
+    """Σ a ℓ / Σ a, value and both gradients; weight-0 tokens do not count; bad weights are refused."""
+    h, w, y = _data()
+    a = torch.tensor([0.0, 1.0, 10.0, 2.5], dtype=torch.float64)[torch.arange(len(y)) % 4]
+
+    def ref(h, w, y):
+        nll = F.cross_entropy(h @ w.T, y, reduction="none")
+        return (a * nll).sum() / a.sum()
+
+    want = _grads(ref, h, w, y, 1.5)
+    got = _grads(lambda h, w, y: weighted_linear_cross_entropy(h, w, y, a, chunk=7), h, w, y, 1.5)
+    for x, z in zip(want, got):
+        torch.testing.assert_close(z, x, rtol=1e-12, atol=1e-14)
+    assert got[1][a == 0].abs().max() == 0  # a weight-0 token gets no gradient
+    ones = weighted_linear_cross_entropy(h, w, y, torch.ones_like(a))
+    torch.testing.assert_close(ones, F.cross_entropy(h @ w.T, y))
+    for bad, msg in ((-a, ">= 0"), (a[:-1], "shape"), (torch.zeros_like(a), "positive"),
+                     (torch.arange(len(y), dtype=torch.float64), "distinct")):
+        with pytest.raises(ValueError, match=msg):
+            weighted_linear_cross_entropy(h, w, y, bad)

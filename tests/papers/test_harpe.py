@@ -235,16 +235,36 @@ def test_plan_at_smoke(bundle, cfg):
         assert len(fn(b))
     for fig in (R.fig2, R.fig_ppl_length, R.fig_waveforms):
         assert fig(b) is not None
-    # retrieval rows: one whole sample per row (prompt + answer + EOS, left-padded with EOS), never cut
+    # retrieval rows: one whole sample per row (EOS padding, prompt, answer, EOS), never cut; weights 0 on the
+    # padding, 1 on the prompt, answer_weight on the answer and its EOS
     d = b.data
     for L, rows in d.pools.items():
-        assert rows.shape[1] == L + 1 and np.all(rows[:, -1] == d.eos)
-        row = X.RowStream(rows).sample(np.random.default_rng(0), 3, L)
-        assert all(any(np.array_equal(r, x) for x in rows) for r in row)
+        assert rows.ids.shape == rows.weight.shape and rows.ids.shape[1] == L + 1 and np.all(rows.ids[:, -1] == d.eos)
+        assert set(np.unique(rows.weight)) <= {0.0, 1.0, cfg.answer_weight} and np.all(rows.weight[:, -1] ==
+                                                                                      cfg.answer_weight)
+        pad = (rows.weight == 0).sum(1)
+        assert all(np.all(r[:k] == d.eos) for r, k in zip(rows.ids, pad))
+        got = X._batches(cfg, d, L, 3, 0, 0)
+        got = dataclasses.replace(got, frac=1.0).batch(0)
+        assert all(any(np.array_equal(r, x) for x in rows.ids) for r in got["ids"].numpy())
+    # Phase A: the curriculum draws warm-up tasks only before warmup_until; copy rows repeat a span
+    rows = d.pools[cfg.seq_len]
+    warm = dataclasses.replace(X._batches(cfg, d, cfg.seq_len, 8, 0, 0, copy_frac=0.0), frac=1.0, warmup_until=5)
+    easy = {r.tobytes() for r in rows.ids[rows.easy]}
+    assert rows.easy.any() and not rows.easy.all()
+    assert all(r.tobytes() in easy for r in warm.batch(4)["ids"].numpy())
+    assert not all(r.tobytes() in easy for s in range(5, 9) for r in warm.batch(s)["ids"].numpy())
+    cp = dataclasses.replace(X._batches(cfg, d, cfg.seq_len, 4, 0, 0), frac=0.0, copy_frac=1.0).batch(0)["ids"]
+    for r in cp.numpy():
+        k = next(k for k in range(8, cfg.seq_len // 2 + 1) if np.array_equal(r[k:], r[:-k]))
+        assert k >= 8
     # Phase-B rows of one seed are the same for every single-stage arm; another seed differs
     b0, b1 = X._batches(cfg, d, cfg.long_len, 2, 0, cfg.steps), X._batches(cfg, d, cfg.long_len, 2, 1, cfg.steps)
-    assert torch.equal(b0.batch(0), X._batches(cfg, d, cfg.long_len, 2, 0, cfg.steps).batch(0))
-    assert not torch.equal(b0.batch(0), b1.batch(0))
+    assert torch.equal(b0.batch(0)["ids"], X._batches(cfg, d, cfg.long_len, 2, 0, cfg.steps).batch(0)["ids"])
+    assert not torch.equal(b0.batch(0)["ids"], b1.batch(0)["ids"])
+    # evaluation prompts are laid out as training rows: every answer ends inside its length
+    for p in d.prompts:
+        assert len(p.ids) + p.n_answer <= p.length and (p.kind == "heat") == (p.depth is not None)
 
 
 def test_claims_at_smoke_are_invalid_not_judged(bundle, cfg):

@@ -21,6 +21,13 @@ def test_threshold_and_equivalence_verdicts():
     assert C.verdict_equivalence((-0.1, 0.2), margin=0.25) == "reproduced"
     assert C.verdict_equivalence((0.3, 0.5), margin=0.25) == "not_reproduced"
     assert C.verdict_equivalence((0.1, 0.5), margin=0.25) == "inconclusive"
+    # non-inferiority: positive favours the claim; worse by less than the margin passes
+    assert C.verdict_noninferior((-0.01, 0.03), margin=0.02) == "reproduced"
+    assert C.verdict_noninferior((-0.03, 0.03), margin=0.02) == "inconclusive"
+    assert C.verdict_noninferior((-0.09, -0.03), margin=0.02) == "not_reproduced"
+    assert C.verdict_noninferior(None, margin=0.02) == "inconclusive"
+    with pytest.raises(ValueError, match="margin"):
+        C.verdict_noninferior((0, 1), margin=-1)
 
 
 def test_intervals_cover_the_mean():

@@ -8,7 +8,8 @@ continued in **one** stage directly at the target length, instead of a multi-sta
 bases (ABF). ``experiments.py`` mirrors "pre-train short, then extend once": a LLaMA-style decoder pre-trained from
 scratch at a short length (base 10k) on Shakespeare mixed with synthetic retrieval rows (half the rows at `small`) (passkey, RULER's
 NIAH tasks, variable tracking, common / frequent words: the same generators as the evaluation, disjoint seeds,
-training documents as haystacks), cached and shared; then every method continued from it on the same tokens at
+training documents as haystacks; fresh rows, answers up-weighted, short samples mixed in) and copy rows (Phase A),
+cached and shared; then every method continued from it on the same tokens at
 ``long_len`` (8x at ``small``): HARPE (peak-valley bases), HARPE with uniform bases, ABF single-stage (b_max), ABF
 multi-stage (3 stages, lengths doubling, equal token thirds), position interpolation, YaRN; Self-Extend training-free
 on the short model; and a control with HARPE's bases trained at the short length (per-head frequency diversity
@@ -62,8 +63,30 @@ class HARPEConfig(LMConfig):
     retrieval_frac: float = param(0.5, help="share of training rows that are synthetic retrieval samples (both "
                                   "phases)", source="spec §6: ~20%; ours 0.5, chosen after a first small run at 0.2 "
                                   "left the short model at 0 on every retrieval task", min=0.0, max=1.0)
-    retrieval_pool: int = param(512, help="synthetic training samples generated per phase (rows drawn from them)",
-                                source="ours", min=1, max=1_000_000)
+    retrieval_pool: int = param(100_000, help="cap on the synthetic training samples generated per length (rows "
+                                "are drawn from them; below the cap the pool holds as many rows as a run draws, so "
+                                "a row is seen about once)", source="ours (a first small run drew 6,400 rows from "
+                                "512, each seen ~12x, and learned no retrieval)", min=1, max=10_000_000)
+    retrieval_min_len: int = param(48, help="at the short length, each retrieval sample fits a length drawn "
+                                   "uniformly from this .. seq_len (the rest of its row is EOS padding, weight 0); "
+                                   "0 = every sample fills its row", source="ours (a length curriculum mixed in, "
+                                   "after a referee's probe learned passkeys at 56 tokens before 128)", min=0,
+                                   max=1_000_000)
+    copy_frac: float = param(0.2, help="Phase A only: share of rows that repeat a random text span of 8 .. "
+                             "seq_len/2 tokens to the row's end (dense induction targets, the copy skill retrieval "
+                             "rests on)", source="ours (a copy warm-up, as a referee suggested, mixed in)", min=0.0,
+                             max=1.0)
+    warmup_tasks: tuple[str, ...] = param(("passkey", "niah_single_1", "niah_single_2"), help="Phase A: the "
+                                          "tasks of the retrieval rows during the first warmup_tasks_frac of the "
+                                          "steps (a skill-first curriculum; later rows: every train task)",
+                                          source="ours (a referee's probe learned passkeys in ~150 steps when they "
+                                          "were every row)", min_len=1, distinct=True)
+    warmup_tasks_frac: float = param(0.3, help="Phase A: share of the steps whose retrieval rows are warm-up tasks "
+                                     "only; 0 = no curriculum", source="ours", min=0.0, max=1.0)
+    answer_weight: float = param(10.0, help="loss weight of a retrieval row's answer tokens (and its closing EOS) "
+                                 "relative to every other token (1 = the plain next-token loss)", source="ours "
+                                 "(the answer is ~4% of a row's tokens; at weight 1 a first small run learned "
+                                 "no retrieval)", min=0.0, max=1000.0)
     prompt_header: bool = param(False, help="keep RULER's instruction line at the top of every retrieval prompt "
                                 "(False: dropped, so that most tasks fit a 128-token row)", source="ours")
     train_tasks: tuple[str, ...] = param(TRAIN_TASKS, help="tasks of the training mix", source="spec §6: the eval "
@@ -138,6 +161,9 @@ class HARPEConfig(LMConfig):
     retrieval_floor: float = param(0.2, help="the short model's mean NIAH score at seq_len must reach this for the "
                                    "retrieval claims to be judged (else invalid: no skill to extend)",
                                    source="ours, pre-registered", min=0.0, max=1.0)
+    ppl_margin: float = param(0.02, help="non-inferiority margin of C7 / C8 (held-out loss, nats): HARPE at "
+                              "least as good as ABF multi-stage means worse by less than this", source="ours, "
+                              "pre-registered (~2% perplexity; the paper's gaps are 0.003 nats)", min=0.0, max=10.0)
     learn_margin: float = param(0.05, help="'clearly below the unigram' by this many nats", source="ours", min=0.0,
                                 max=10.0)
     n_boot: int = param(1000, help="paired bootstrap resamples over evaluation samples / windows", source="ours",
@@ -148,12 +174,18 @@ class HARPEConfig(LMConfig):
     CONSTRAINTS = LMConfig.CONSTRAINTS + (
         constraint("long_len", lambda c: c.long_len > c.seq_len and c.long_len % c.seq_len == 0,
                    "must be a multiple of seq_len ({seq_len}) above it", long_len=100),
+        constraint("copy_frac", lambda c: c.copy_frac + c.retrieval_frac <= 1.0, "plus retrieval_frac "
+                   "({retrieval_frac}) must not exceed 1", copy_frac=1.0),
+        constraint("retrieval_min_len", lambda c: c.retrieval_min_len <= c.seq_len, "must not exceed seq_len "
+                   "({seq_len})", retrieval_min_len=10**6),
         constraint("eval_lengths", lambda c: max(c.eval_lengths) <= c.long_len, "must not exceed long_len "
                    "({long_len})", eval_lengths=(64, 4096)),
         constraint("b_max", lambda c: (c.b_min == 0) == (c.b_max == 0) and (c.b_min == 0 or c.b_min < c.b_max),
                    "must be 0 together with b_min, or above b_min ({b_min})", b_max=5.0),
         constraint("train_tasks", lambda c: set(c.train_tasks) <= set(TRAIN_TASKS),
                    f"must be among {', '.join(TRAIN_TASKS)}", train_tasks=("nope",)),
+        constraint("warmup_tasks", lambda c: set(c.warmup_tasks) <= set(c.train_tasks),
+                   "must be among train_tasks ({train_tasks})", warmup_tasks=("nope",)),
     )
 
     # ------------------------------------------------------------------------------------------- derived
@@ -197,14 +229,17 @@ class HARPEConfig(LMConfig):
                    seq_len=128, batch_size=2, steps=6, long_len=256, cont_steps=3, cont_batch_size=1, threads=1,
                    n_seeds=2, retrieval_pool=6, eval_lengths=(128, 256), eval_samples=1, heat_depths=(0.0, 1.0),
                    heat_samples=1, ppl_windows=2, n_boot=50, n_candidates=20,
-                   train_tasks=("passkey", "niah_single_2", "niah_multikey_3"), retrieval_floor=0.0)
+                   train_tasks=("passkey", "niah_single_2", "niah_multikey_3"), warmup_tasks=("passkey",),
+                   retrieval_floor=0.0)
 
     @classmethod
     def small(cls):
         # spec §6 small, narrowed to fit 15 minutes on 2 cores (d 128: ~9k tokens/s at 128, ~5k at 1024 per core);
         # the extension runs train two at a time in one-thread worker processes
-        return cls(scale="small", d_model=128, n_layers=4, n_heads=4, d_ff=344, seq_len=128, batch_size=32,
-                   steps=400, lr=3e-3, warmup_frac=0.1, workers=2, threads=1)
+        # Phase A: 2,000 steps of 16 rows (a first small run's 400 x 32 learned no retrieval; a probe of this mix
+        # at 32 rows a step began to retrieve only after ~1,400 steps: retrieval needs steps more than tokens)
+        return cls(scale="small", d_model=128, n_layers=4, n_heads=4, d_ff=344, seq_len=128, batch_size=16,
+                   steps=2000, lr=3e-3, warmup_frac=0.05, workers=2, threads=1)
 
     @classmethod
     def paper(cls):  # spec §6 paper: 12 layers, d 768, 12 heads, 512 -> 16k (32x), one GPU

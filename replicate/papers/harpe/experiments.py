@@ -59,7 +59,7 @@ ARMS = {  # arm -> what it is (table order)
 }
 TRAINED = ("harpe", "harpe_uniform", "abf_multi", "abf_single", "pi", "yarn", "harpe_short")
 DECIDING = ("harpe", "abf_multi")
-EVAL_REVISION = 3  # part of every evaluation's cache key
+EVAL_REVISION = 4  # part of every evaluation's cache key
 
 
 def arms(cfg: HARPEConfig) -> list[str]:
@@ -74,13 +74,60 @@ def arm_seeds(cfg: HARPEConfig, arm: str) -> range:
 # ==================================================================================================== data
 
 
-class RowStream(lm.Stream):
-    """Whole fixed-width rows (one synthetic sample each, (n, T+1)): a training row is one of them, never cut."""
+@dataclass(frozen=True)
+class Rows:
+    """Whole fixed-width training rows, one synthetic sample each: ``ids`` (n, T+1) and the loss weight of every
+    token ``weight`` (n, T+1): 0 on the EOS padding before the sample, 1 on its prompt, ``answer_weight`` on its
+    answer and closing EOS; ``easy`` (n,) marks the rows of the warm-up tasks (``warmup_tasks``). A training row is
+    one of them, never cut."""
 
-    def sample(self, rng: np.random.Generator, n: int, seq_len: int) -> np.ndarray:
-        if self.tokens.shape[1] != seq_len + 1:
-            raise ValueError(f"seq_len: rows of {self.tokens.shape[1]} tokens cannot serve seq_len {seq_len}")
-        return self.tokens[rng.integers(0, len(self.tokens), size=n)].astype(np.int64)
+    ids: np.ndarray
+    weight: np.ndarray
+    easy: np.ndarray
+
+
+@dataclass(frozen=True)
+class MixedBatches:
+    """Phase A / B training batches, a pure function of (seed, step) as ``replicate.data.lm.Batches``: each row is
+    a text window of the stream (probability 1 - ``frac``, every token weight 1) or a whole retrieval row drawn from
+    ``rows`` (probability ``frac``, its own weights). ``batch(step)`` is ``{"ids": (B, T+1), "loss_weight": (B,
+    T+1)}`` (``CausalLM``'s weighted loss)."""
+
+    stream: np.ndarray
+    rows: Rows | None
+    frac: float
+    batch_size: int
+    seq_len: int
+    seed: int
+    offset: int = 0
+    copy_frac: float = 0.0  # share of copy rows: a random text span of 8 .. T/2 tokens repeated to fill the row
+    warmup_until: int = 0  # before this (global) step, retrieval rows come from the warm-up tasks' rows only
+
+    def batch(self, step: int) -> dict:
+        rng = np.random.default_rng([self.seed, step + self.offset])
+        B, T = self.batch_size, self.seq_len
+        u = rng.random(B)
+        pick = u < self.frac if self.rows is not None else np.zeros(B, dtype=bool)
+        copy = ~pick & (u < self.frac + self.copy_frac)
+        ids, weight = np.empty((B, T + 1), dtype=np.int64), np.ones((B, T + 1), dtype=np.float32)
+        text = np.flatnonzero(~pick & ~copy)
+        if len(text):
+            ids[text] = lm.Stream(self.stream).sample(rng, len(text), T)
+        for r in np.flatnonzero(copy):  # dense induction targets: every token after the first span repeats
+            k = int(rng.integers(8, max(9, T // 2 + 1)))
+            start = int(rng.integers(0, len(self.stream) - k))
+            ids[r] = np.resize(self.stream[start: start + k], T + 1)
+        ret = np.flatnonzero(pick)
+        if len(ret):
+            if self.rows.ids.shape[1] != T + 1:
+                raise ValueError(f"seq_len: rows of {self.rows.ids.shape[1]} tokens cannot serve seq_len {T}")
+            pool = np.flatnonzero(self.rows.easy) if step + self.offset < self.warmup_until else None
+            if pool is not None and len(pool):
+                j = pool[rng.integers(0, len(pool), size=len(ret))]
+            else:
+                j = rng.integers(0, len(self.rows.ids), size=len(ret))
+            ids[ret], weight[ret] = self.rows.ids[j], self.rows.weight[j]
+        return {"ids": torch.from_numpy(ids), "loss_weight": torch.from_numpy(weight)}
 
 
 @dataclass(frozen=True)
@@ -104,7 +151,7 @@ class Data:
     description: str
     pools: dict  # length -> (n, length + 1) retrieval rows (training)
     windows: torch.Tensor  # (W, seq_len + 1) held-out windows (validity, retention)
-    ppl_windows: dict  # length -> (W, length + 1) held-out windows
+    ppl_windows: dict  # length -> (W, length + 1) held-out windows, nested: the last length + 1 tokens of W windows
     prompts: tuple  # Prompt, evaluation
     unigram_nats: float
     bigram_nats: float
@@ -115,29 +162,56 @@ class Data:
     train_tokens: int
 
 
-def retrieval_rows(cfg: HARPEConfig, tok, eos: int, docs, length: int, n: int, seed: int) -> np.ndarray:
-    """``n`` training rows of ``length`` + 1 tokens, one synthetic sample each (task i mod len(train_tasks)),
-    prompt + answer + EOS, left-padded with EOS (a document boundary); a sample whose answer overflows is regenerated
-    shorter by the overflow. A task that does not fit the length at all gives its turn to the next task."""
-    rows, tasks, i = [], cfg.train_tasks, 0
-    while len(rows) < n and i < 4 * n:
+def fit_sample(cfg: HARPEConfig, tok, task: str, seed: int, index: int, length: int, docs, depth=None):
+    """One sample of ``task`` whose prompt and answer together fit ``length`` tokens (RULER's own generators aim
+    at the prompt length only): asked at ``length`` - 7, regenerated shorter by the overflow (three tries). Returns
+    (sample, prompt ids, answer ids), or None when the task does not fit the length at all. Training rows and
+    evaluation prompts both come from here, so a model is evaluated on the layout it trained on: the answer's last
+    token at position ``length`` - 1 at most, never past the positions a model of that length has seen."""
+    ask = length - 7
+    for _ in range(3):
+        try:
+            extra = () if depth is None else (depth,)
+            smp = synthetic.make(task, seed, index, ask, *extra, tokenizer=tok, header=cfg.prompt_header,
+                                 **_docs(task, docs))
+        except ValueError:
+            return None
+        p, a = synthetic.encode(smp, tok)
+        over = len(p) + len(a) - length
+        if over <= 0:
+            return smp, p, a
+        ask -= over
+    return None
+
+
+def retrieval_rows(cfg: HARPEConfig, tok, eos: int, docs, length: int, n: int, seed: int) -> Rows:
+    """``n`` training rows of ``length`` + 1 tokens, one synthetic sample each (task i mod len(train_tasks)): EOS
+    padding (a document boundary), prompt, answer, EOS. At the short length (``seq_len``) sample i fits a length
+    drawn uniformly from ``retrieval_min_len`` .. ``length`` (short samples teach retrieval first; the rest of the
+    row is padding, weight 0); at the longer lengths of Phase B every sample fills its row. A task that fits
+    neither its drawn length nor the whole row gives its turn to the next task."""
+    ids, weight, easy, tasks, i = [], [], [], cfg.train_tasks, 0
+    lo = min(cfg.retrieval_min_len, length) if length == cfg.seq_len and cfg.retrieval_min_len else length
+    while len(ids) < n and i < 4 * n:
         task = tasks[i % len(tasks)]
-        ask = length - 7
-        for _ in range(3):
-            try:
-                s = synthetic.make(task, seed, i, ask, tokenizer=tok, header=cfg.prompt_header, **_docs(task, docs))
-            except ValueError:
-                break
-            p, a = synthetic.encode(s, tok, eos_id=eos)
-            over = len(p) + len(a) - (length + 1)
-            if over <= 0:
-                rows.append(np.asarray([eos] * -over + p + a, dtype=np.int64))
-                break
-            ask -= over
+        want = int(np.random.default_rng([seed, i, 17]).integers(lo, length + 1))
+        got = fit_sample(cfg, tok, task, seed, i, want, docs) or (want < length and
+                                                                  fit_sample(cfg, tok, task, seed, i, length, docs))
         i += 1
-    if not rows:
+        if not got:
+            continue
+        _, p, a = got
+        pad = length - len(p) - len(a)  # row = pad + prompt + answer + EOS: length + 1 tokens
+        ids.append(np.asarray([eos] * pad + p + a + [eos], dtype=np.int64))
+        # a token's weight is its weight as a target: the padding 0, the prompt 1 (its first token follows EOS)
+        w = np.zeros(length + 1, dtype=np.float32)
+        w[pad: pad + len(p)] = 1.0
+        w[pad + len(p):] = cfg.answer_weight
+        weight.append(w)
+        easy.append(task in cfg.warmup_tasks)
+    if not ids:
         raise ValueError(f"train_tasks: none of {', '.join(tasks)} fits a training row of {length} tokens")
-    return np.stack(rows)
+    return Rows(np.stack(ids), np.stack(weight), np.asarray(easy, dtype=bool))
 
 
 def _docs(task: str, docs) -> dict:
@@ -145,7 +219,7 @@ def _docs(task: str, docs) -> dict:
 
 
 def _pool_size(cfg: HARPEConfig, steps: int, rows: int) -> int:
-    return max(1, min(cfg.retrieval_pool, int(np.ceil(steps * rows * cfg.retrieval_frac * 1.5)) + 4))
+    return max(1, min(cfg.retrieval_pool, int(np.ceil(steps * rows * cfg.retrieval_frac)) + 4))
 
 
 def stage_plan(cfg: HARPEConfig, b_min: float, b_max: float) -> list[tuple[float, int, int, int]]:
@@ -167,37 +241,26 @@ def train_lengths(cfg: HARPEConfig) -> dict:
     return need
 
 
-def _pad(ids: list, length: int, eos: int) -> tuple:
-    """A prompt left-padded with EOS to exactly ``length`` tokens, as the training rows are (a document boundary
-    before the prompt): every prompt of one length then decodes in one batch."""
-    return tuple([eos] * (length - len(ids)) + list(ids))
-
-
 def _eval_prompts(cfg: HARPEConfig, tok, eos: int, docs) -> list[Prompt]:
     """The evaluation prompts (held-out plays as haystacks, seed ``eval_seed``): every RULER task at every length
-    (a task too long for a length has no cell there), and the single-needle heat map; each left-padded to its
-    length."""
+    (a task too long for a length has no cell there), and the single-needle heat map. Laid out as the training rows
+    (``fit_sample``): a cell's prompts are left-padded with EOS to ``length`` minus the cell's longest answer, so
+    every answer ends inside the length and the prompts of a cell decode in one batch."""
     out = []
+
+    def cell(kind, task, L, depth, seed, n):
+        got = [(i, fit_sample(cfg, tok, task, seed, i, L, docs, depth)) for i in range(n)]
+        got = [(i, g) for i, g in got if g]
+        width = L - max((len(a) for _, (_, _, a) in got), default=0)
+        for i, (smp, p, a) in got:
+            out.append(Prompt(kind, task, L, depth, i, tuple([eos] * (width - len(p)) + p), len(a), smp))
+
     for task in RULER_TASKS:
         for L in cfg.eval_lengths:
-            for i in range(cfg.eval_samples):
-                try:
-                    s = synthetic.make(task, cfg.eval_seed, i, L, tokenizer=tok, header=cfg.prompt_header,
-                                       **_docs(task, docs))
-                except ValueError:  # too short a length for this task: no cell
-                    continue
-                p, a = synthetic.encode(s, tok)
-                out.append(Prompt("ruler", task, L, None, i, _pad(p, L, eos), len(a), s))
+            cell("ruler", task, L, None, cfg.eval_seed, cfg.eval_samples)
     for L in cfg.eval_lengths:
         for dp in cfg.heat_depths:
-            for i in range(cfg.heat_samples):
-                try:
-                    s = synthetic.make(cfg.heat_task, cfg.eval_seed + 1, i, L, dp, tokenizer=tok,
-                                       header=cfg.prompt_header, **_docs(cfg.heat_task, docs))
-                except ValueError:
-                    continue
-                p, a = synthetic.encode(s, tok)
-                out.append(Prompt("heat", cfg.heat_task, L, dp, i, _pad(p, L, eos), len(a), s))
+            cell("heat", cfg.heat_task, L, dp, cfg.eval_seed + 1, cfg.heat_samples)
     return out
 
 
@@ -209,15 +272,16 @@ def data(cfg: HARPEConfig) -> Data:
     pools = {L: retrieval_rows(cfg, tok, eos, text.train_docs, L, n, cfg.seed + k)
              for k, (L, n) in enumerate(sorted(train_lengths(cfg).items()))}
     windows = lm.eval_windows(text.held_ids, 64 if cfg.scale != "smoke" else 8, cfg.seq_len)
-    ppl = {}
-    for L in cfg.eval_lengths:
-        try:
-            ppl[L] = lm.eval_windows(text.held_ids, cfg.ppl_windows, L)
-        except ValueError:  # held-out plays too short (smoke): windows across plays
-            ppl[L] = lm.eval_windows([lm.join(text.held_ids, eos)], cfg.ppl_windows, L)
+    longest = max(cfg.eval_lengths)
+    try:
+        full = lm.eval_windows(text.held_ids, cfg.ppl_windows, longest)
+    except ValueError:  # held-out plays too short (smoke): windows across plays
+        full = lm.eval_windows([lm.join(text.held_ids, eos)], cfg.ppl_windows, longest)
+    ppl = {L: full[:, -(L + 1):].contiguous() for L in cfg.eval_lengths}  # nested: the same last tokens
     prompts = tuple(_eval_prompts(cfg, tok, eos, text.held_docs))
     gold = tuple(synthetic.score(p.sample.answer, p.sample) for p in prompts)
-    pool_desc = hashlib.sha256(b"".join(pools[L].tobytes() for L in sorted(pools))).hexdigest()[:16]
+    pool_desc = hashlib.sha256(b"".join(pools[L].ids.tobytes() + pools[L].weight.tobytes()
+                                        for L in sorted(pools))).hexdigest()[:16]
     desc = f"{text.description};retrieval={cfg.retrieval_frac}:{pool_desc}"
     d0 = Data(tok, text.n_ids, eos, text.stream, desc, pools, windows, ppl, prompts, 0.0, 0.0, 0.0, gold,
               len(text.train_docs), len(text.held_docs), int(len(text.stream)))
@@ -226,20 +290,15 @@ def data(cfg: HARPEConfig) -> Data:
     return dataclasses.replace(d0, unigram_nats=unigram, bigram_nats=bigram, seen_bigram_nats=seen)
 
 
-def _batches(cfg: HARPEConfig, d: Data, length: int, rows: int, seed: int, offset: int) -> lm.Batches:
-    f = cfg.retrieval_frac
-    streams, weights = [], []
-    if f < 1:
-        streams.append(lm.Stream(d.stream))
-        weights.append(1 - f)
-    if f > 0:
-        streams.append(RowStream(d.pools[length]))
-        weights.append(f)
-    return lm.Batches(tuple(streams), tuple(weights), rows, length, seed, offset)
+def _batches(cfg: HARPEConfig, d: Data, length: int, rows: int, seed: int, offset: int,
+             copy_frac: float = 0.0) -> MixedBatches:
+    return MixedBatches(d.stream, d.pools[length] if cfg.retrieval_frac > 0 else None, cfg.retrieval_frac, rows,
+                        length, seed, offset, copy_frac)
 
 
 def pretrain_batches(cfg: HARPEConfig, d: Data) -> lm.Batches:
-    return _batches(cfg, d, cfg.seq_len, cfg.batch_size, cfg.seed, 0)
+    return dataclasses.replace(_batches(cfg, d, cfg.seq_len, cfg.batch_size, cfg.seed, 0, cfg.copy_frac),
+                               warmup_until=int(round(cfg.warmup_tasks_frac * cfg.steps)))
 
 
 # ================================================================================================== bases
@@ -300,7 +359,7 @@ def model_config(cfg: HARPEConfig, n_ids: int, arm: str, b: Bases, *, theta: flo
 
 def pretrain_spec(cfg: HARPEConfig, d: Data, b: Bases) -> TrainSpec:
     return TrainSpec(model_config(cfg, d.n_ids, "short", b, max_len=cfg.seq_len), cfg.optim(cfg.steps),
-                     d.description + ";phase=A", cfg.batch_size, cfg.seq_len, cfg.seed,
+                     d.description + f";phase=A;copy={cfg.copy_frac};warm={cfg.warmup_tasks}:{cfg.warmup_tasks_frac}", cfg.batch_size, cfg.seq_len, cfg.seed,
                      ckpt_every=max(10, cfg.steps // 4))
 
 
@@ -383,14 +442,15 @@ def load_model(cfg: HARPEConfig, d: Data, b: Bases, arm: str, state: dict) -> De
 
 
 @torch.no_grad()
-def window_nll(model: Decoder, windows: torch.Tensor, chunk: int = 4) -> np.ndarray:
-    """Mean next-token loss of each window (W,), every position with its whole window as context."""
+def window_nll(model: Decoder, windows: torch.Tensor, last: int | None = None, chunk: int = 4) -> np.ndarray:
+    """Mean next-token loss of each window (W,) over its ``last`` targets (default: all), every position with its
+    whole window as context."""
     out = []
     for s in range(0, len(windows), chunk):
         w = windows[s: s + chunk]
         loss = torch.nn.functional.cross_entropy(model(w[:, :-1]).logits.float().transpose(1, 2), w[:, 1:],
                                                  reduction="none")
-        out.append(loss.mean(1).double().numpy())
+        out.append(loss[:, -(last or loss.shape[1]):].mean(1).double().numpy())
     return np.concatenate(out)
 
 
@@ -441,7 +501,8 @@ def evaluate_arm(cfg: HARPEConfig, d: Data, b: Bases, arm: str, seed: int) -> di
         return done
     model = load_model(cfg, d, b, arm, res["state_dict"])
     # tensors and plain types only: the cache is read back with weights_only=True
-    ppl = {int(L): torch.from_numpy(window_nll(model, w)) for L, w in d.ppl_windows.items()}
+    # the same final seq_len targets of every window, read with L tokens of context (L = each evaluation length)
+    ppl = {int(L): torch.from_numpy(window_nll(model, w, last=cfg.seq_len)) for L, w in d.ppl_windows.items()}
     answers = answer_prompts(model, d, d.prompts, batch=4 if arm == "self_extend" else 16)  # eager scores: smaller
     scores = torch.tensor([synthetic.score(a, p.sample) for a, p in zip(answers, d.prompts)], dtype=torch.float64)
     out = {"arm": arm, "seed": int(seed), "ppl": ppl, "scores": scores, "answers": list(answers)}
