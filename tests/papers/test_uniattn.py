@@ -2,8 +2,10 @@
 compensation the model is the base model bit for bit; a member with W_c = 0 is exactly softmax sharing; after the
 closed-form init the calibration residual is no larger than with W_c = 0 (per member, in depth order); members hold
 no W_q / W_k and store no K; gradients reach the leader's W_q from a member's loss alone; stage 1 trains only W_c;
-the KV-cache decoder's cached path equals the full recompute for every arm -- and the whole plan at ``smoke``: its
-artifacts, its validity policy and verdict rules that can fail."""
+the KV-cache decoder's cached path equals the full recompute for every arm; the paper's two-stage protocol keeps
+UniAttn's stage 2 on FT's batches step by step and gives FT-2x UniAttn's batches, and the held-out convergence check
+pairs the arms at the same batch -- and the whole plan at ``smoke``: its artifacts, its validity policy and verdict
+rules that can fail."""
 
 import dataclasses
 
@@ -47,11 +49,21 @@ def test_scales_and_unconfirmed_choices(cfg):
     assert (small.group_size, small.begin, small.end, small.n_layers) == (4, 4, 8, 8)  # 3 of 8 layers unified
     assert (small.init, small.two_stage, small.cla_group, small.llmdrop_count) == ("lstsq_tokens", True, "uniattn", 0)
     assert small.n_seeds >= 3 and (small.workers, small.threads) == (2, 1)
-    # at small: the ablation arms that decide a claim (C8 after training, C9, C10), all at the deciding arms' steps
-    assert set(small.ablations) == {"uniattn_gqa", "uniattn_zero", "uniattn_1stage"} and small.sft_steps >= 200
+    # at small: the ablation arms that decide a claim (C9, C10), all at the deciding arms' steps
+    assert set(small.ablations) == {"uniattn_gqa", "uniattn_1stage"} and small.sft_steps >= 200
     assert set(cfg.ablations) == set(uniattn.ABLATIONS) and cfg.n_seeds >= 2  # every path at smoke, a seed spread
     assert set(uniattn.UniAttnConfig.paper().ablations) == set(uniattn.ABLATIONS)
-    assert X.arms(resolve_config(PAPER, "smoke", ablations=())) == list(X.MAIN)
+    # the paper's protocol (spec §3.5) at every scale: one W_c-only stage as long as the full one, and FT-2x
+    for c in (cfg, small, uniattn.UniAttnConfig.paper()):
+        assert c.stage_protocol == "paper" and c.s1 == c.sft_steps and c.ft2x_seeds >= 1 and "ft2x" in X.arms(c)
+    assert X.arms(resolve_config(PAPER, "smoke", ablations=())) == ["ft", "ft2x"] + list(X.MAIN[1:])
+    assert X.arms(resolve_config(PAPER, "smoke", ablations=(), stage_protocol="step_matched")) == list(X.MAIN)
+    assert X.arms(resolve_config(PAPER, "smoke", ablations=(), ft2x_seeds=0)) == list(X.MAIN)
+    with pytest.raises(ConfigError, match=r"^parameter 'stage_protocol': must be one of 'paper' \| 'step_matched', "
+                                          r"got 'epochs'$"):
+        resolve_config(PAPER, "smoke", stage_protocol="epochs")
+    with pytest.raises(ConfigError, match="stage1_steps"):
+        resolve_config(PAPER, "smoke", stage1_steps=-1)
     with pytest.raises(ConfigError, match="ablations"):
         resolve_config(PAPER, "smoke", ablations=("uniattn_random",))
     with pytest.raises(ConfigError, match="ablations"):
@@ -306,33 +318,110 @@ def test_plan_at_smoke_writes_every_artifact(bundle, cfg, tmp_path, monkeypatch)
     assert all(c.paper_value is None for c in cl)  # the paper's numbers were not recovered
     assert {c.verdict for c in cl} <= {"reproduced", "not_reproduced", "inconclusive", "not_run", "invalid"}
     assert next(c for c in cl if c.claim_id == "C11").verdict == "not_run"
+    c3 = next(c for c in cl if c.claim_id == "C3")
+    c3_text = c3.ours_ci + c3.evidence  # a smoke run learns nothing: an invalid claim keeps its text in the evidence
+    assert "UniAttn − FT-2x" in c3_text and f"{cfg.s1 + cfg.sft_steps} full-parameter steps" in c3_text
+    main = R.main_table(bundle).set_index("method")
+    assert main.loc["ft2x", "full_steps"] == cfg.s1 + cfg.sft_steps and main.loc["uniattn", "wc_only_steps"] == cfg.s1
+    assert main.loc["uniattn", "full_steps"] == main.loc["ft", "full_steps"] == cfg.sft_steps
     res.claims(cl)
     assert "Closing note" in R.closing_note(cfg, bundle)
 
 
-def test_every_arm_is_step_matched_on_the_same_batches(bundle, cfg, monkeypatch):
-    """Every arm the claims compare spends sft_steps steps on batches 0 .. sft_steps − 1 of its seed: UniAttn's two
-    stages split them (stage 1 W_c only, stage 2 on the batches that follow), never adding steps. Checked on the
-    train calls ``train_arm`` makes (the trainer stubbed)."""
+def _train_calls(monkeypatch, cfg, data, arm, seed, dropped=()):
+    """The train calls ``train_arm`` makes for ``arm`` (the trainer stubbed): per stage its steps, the rows of every
+    batch it reads in step order, what trains and its held-out evaluation steps."""
     calls = []
 
     def fake_train(paper, spec, batches, evals, **kw):
-        calls.append((spec.optim.max_steps, batches.offset, batches.seed, tuple(spec.optim.trainable)))
+        rows = [batches.batch(t)["ids"] for t in range(spec.optim.max_steps)]
+        calls.append({"steps": spec.optim.max_steps, "offset": batches.offset, "seed": batches.seed, "rows": rows,
+                      "trainable": tuple(spec.optim.trainable), "eval_steps": spec.eval_steps, "evals": bool(evals),
+                      "key": spec.key})
         return {"key": spec.key, "final": {}, "wall_s": 0.0, "state_dict": {}, "n_params": 0}
 
     monkeypatch.setattr(X, "train", fake_train)
-    for arm in X.arms(cfg):
-        calls.clear()
-        X.train_arm(cfg, bundle.data, arm, cfg.seed + 1, bundle.runs.dropped if arm == "llmdrop" else ())
-        assert sum(c[0] for c in calls) == cfg.sft_steps, arm
-        covered = [t for steps, off, _, _ in calls for t in range(off, off + steps)]
-        assert covered == list(range(cfg.sft_steps)), arm  # the same batches as FT, each once
-        assert {c[2] for c in calls} == {cfg.seed + 1}
-        if X.two_stage(cfg, arm):
-            assert len(calls) == 2 and calls[0][3] == M.STAGE1_TRAINABLE and calls[1][3] == ()
-            assert calls[0][0] == round(cfg.stage1_frac * cfg.sft_steps)
-    sch = X.schedule(dataclasses.replace(cfg, sft_steps=100, stage1_frac=0.3), "uniattn")
+    X.train_arm(cfg, data, arm, seed, dropped)
+    return calls
+
+
+def test_paper_protocol_pairs_stage_two_with_ft_and_ft2x_sees_uniattns_batches(bundle, cfg, monkeypatch):
+    """The paper's protocol (spec §3.5): UniAttn's stage 1 trains W_c alone for stage1_steps on batches no one-stage
+    arm reads; its stage 2 trains everything for sft_steps on exactly FT's batches, step t on FT's batch t (the pairing
+    UniAttn − FT rests on), with a fresh schedule; every one-stage arm reads FT's batches; FT-2x trains everything for
+    stage1_steps + sft_steps on UniAttn's batches in UniAttn's order; every evaluated stage scores the held-out rows at
+    the same shared batch."""
+    c = dataclasses.replace(cfg, stage1_steps=cfg.sft_steps + 2)  # stage 1 longer than stage 2: lengths not mixed up
+    seed, n, s1 = cfg.seed + 1, c.sft_steps, c.s1
+    ft = _train_calls(monkeypatch, c, bundle.data, "ft", seed)
+    ua = _train_calls(monkeypatch, c, bundle.data, "uniattn", seed)
+    f2 = _train_calls(monkeypatch, c, bundle.data, "ft2x", seed)
+    assert len(ft) == 1 and ft[0]["steps"] == n and ft[0]["trainable"] == () and ft[0]["seed"] == seed
+    assert [x["steps"] for x in ua] == [s1, n] and ua[0]["trainable"] == M.STAGE1_TRAINABLE and ua[1]["trainable"] == ()
+    assert all(torch.equal(a, b) for a, b in zip(ua[1]["rows"], ft[0]["rows"]))  # stage 2 step t = FT's step t
+    ft_rows = {tuple(r.flatten().tolist()) for r in ft[0]["rows"]}
+    assert not any(tuple(r.flatten().tolist()) in ft_rows for r in ua[0]["rows"])  # stage 1: batches of its own
+    assert len(f2) == 1 and f2[0]["steps"] == s1 + n and f2[0]["trainable"] == ()
+    assert all(torch.equal(a, b) for a, b in zip(f2[0]["rows"], ua[0]["rows"] + ua[1]["rows"]))
+    assert not ua[0]["evals"] and ua[1]["evals"] and ft[0]["evals"] and f2[0]["evals"]
+    k = ft[0]["eval_steps"]
+    assert len(k) == 1 and 0 < k[0] < n and ua[1]["eval_steps"] == k and f2[0]["eval_steps"] == (s1 + k[0],)
+    for arm in ("softmax", "cla", "llmdrop", "uniattn_1stage", "gqa"):  # every one-stage arm: FT's batches
+        got = _train_calls(monkeypatch, c, bundle.data, arm, seed, bundle.runs.dropped if arm == "llmdrop" else ())
+        assert len(got) == 1 and got[0]["steps"] == n and got[0]["eval_steps"] == k, arm
+        assert all(torch.equal(a, b) for a, b in zip(got[0]["rows"], ft[0]["rows"])), arm
+    for arm in ("uniattn_gqa", "uniattn_zero"):  # UniAttn's schedule
+        got = _train_calls(monkeypatch, c, bundle.data, arm, seed)
+        assert [(x["steps"], x["trainable"]) for x in got] == [(s1, M.STAGE1_TRAINABLE), (n, ())], arm
+        assert all(torch.equal(a, b) for x, y in zip(got, ua) for a, b in zip(x["rows"], y["rows"])), arm
+    assert X.cost_weight(c, "ft2x") == s1 + n and X.cost_weight(c, "uniattn") == 0.4 * s1 + n
+    assert len({x["key"] for x in ft + ua + f2}) == 4  # four distinct runs (the cache never confuses them)
+    with pytest.raises(ValueError, match="ft2x"):
+        X.schedule(dataclasses.replace(cfg, stage_protocol="step_matched"), "ft2x")
+
+
+def test_step_matched_protocol_splits_fts_steps(bundle, cfg, monkeypatch):
+    """``stage_protocol='step_matched'`` (ours): every arm spends sft_steps steps on batches 0 .. sft_steps − 1 of its
+    seed, UniAttn's two stages splitting them (stage 1 W_c only for stage1_frac of them), never adding steps."""
+    c = dataclasses.replace(cfg, stage_protocol="step_matched")
+    for arm in X.arms(c):
+        calls = _train_calls(monkeypatch, c, bundle.data, arm, cfg.seed + 1,
+                             bundle.runs.dropped if arm == "llmdrop" else ())
+        assert sum(x["steps"] for x in calls) == c.sft_steps, arm
+        covered = [t for x in calls for t in range(x["offset"], x["offset"] + x["steps"])]
+        assert covered == list(range(c.sft_steps)), arm  # the same batches as FT, each once
+        if X.two_stage(c, arm):
+            assert len(calls) == 2 and calls[0]["trainable"] == M.STAGE1_TRAINABLE and calls[1]["trainable"] == ()
+            assert calls[0]["steps"] == round(c.stage1_frac * c.sft_steps)
+    assert "ft2x" not in X.arms(c)
+    sch = X.schedule(dataclasses.replace(c, sft_steps=100, stage1_frac=0.3), "uniattn")
     assert [(x["steps"], x["offset"]) for x in sch] == [(30, 0), (70, 30)]
+
+
+def test_heldout_drift_pairs_the_arms_at_the_same_shared_batch(bundle, cfg):
+    """The convergence check the claims use: each arm's held-out answer loss scored after the same shared batch
+    (FT's step k, UniAttn's stage-2 step k, FT-2x's step stage1_steps + k), the paired gap's change from there to
+    the end; recomputed here from the runs' own records, and reported for every comparison."""
+    fr = bundle.comparisons.frame.set_index("comparison")
+    assert fr["heldout_gap_drift"].notna().all() and "ft2x - uniattn" in fr.index
+    by = {(r["variant"], r["seed"]): r["result"] for r in bundle.runs.records}
+    k = X.heldout_step(cfg, X.schedule(cfg, "ft")[-1])
+    assert X.heldout_step(cfg, X.schedule(cfg, "ft2x")[-1]) == cfg.s1 + k
+    for name in ("ft - uniattn", "ft2x - uniattn"):
+        a = name.split(" - ")[0]
+        kk = {"ft": k, "ft2x": cfg.s1 + k}[a]
+        d = []
+        for s in X.seeds_of(cfg, a):
+            ra, ru = by[(a, s)], by[("uniattn", s)]
+            end = X.row_metrics(ra["final"]["qa"])[0] - X.row_metrics(ru["final"]["qa"])[0]
+            mid = X.row_metrics(ra["evals"]["qa"][kk])[0] - X.row_metrics(ru["evals"]["qa"][k])[0]
+            d.append(end.mean() - mid.mean())
+        assert fr.loc[name, "heldout_gap_drift"] == pytest.approx(float(np.mean(d)), abs=1e-12)
+        assert bundle.comparisons.drift[name] == fr.loc[name, "heldout_gap_drift"]
+        assert "held-out" in bundle.comparisons.drift_what[name]
+    # a stage whose held-out point falls outside it is not scored there (step-matched: inside UniAttn's stage 1)
+    sm = dataclasses.replace(cfg, stage_protocol="step_matched", stage1_frac=0.9, sft_steps=10)
+    assert X.heldout_step(sm, X.schedule(sm, "uniattn")[-1]) is None and X.heldout_step(sm, X.schedule(sm, "ft")[-1])
 
 
 def test_stage_two_starts_from_stage_one_with_everything_trainable(bundle, cfg, monkeypatch):

@@ -11,18 +11,23 @@ then everything). Spec: ``uniattn.md`` §3.
 ``experiments.py``: one LLaMA-style decoder pre-trained from scratch on Shakespeare's plays (the stand-in for the
 public checkpoint, cached, shared by every method), then supervised post-training on a different, instruction-style
 domain built offline with exact answers (questions about play passages: who speaks a quoted line, which line comes
-next, how often a word occurs; loss on the answer tokens only), by every method from that one checkpoint on the same
-batches and for the same number of steps (step t reads batch t in every arm; UniAttn's two stages split those steps):
-plain fine-tuning (FT), softmax sharing without compensation, UniAttn (closed-form init, two stages), cross-layer KV
-sharing (CLA), attention layer dropping (LLMDrop), MHA→GQA uptraining, and the ablation arms named by ``ablations``:
-UniAttn on the GQA model (from the same GQA conversion of the pre-trained model as GQA), UniAttn with a zero W_c, with
-one stage, and (not at ``small``, where they decide no claim) with the code's mean-then-pinv init and on the bottom
-layers. Every initialisation of W_c is measured before training whether or not its arm trains. ``report.py``: the main
-table (answer loss, per question kind, and the share of answer tokens the model ranks first, held-out loss on the
-pre-training text for forgetting, decode latency, cache bytes, parameters), the softmax-similarity heat map across
-layers before and after fine-tuning, decode latency relative to FT and cache bytes with KV-cache decoding (every
-distinct architecture; eager and SDPA; median and spread over interleaved repeats), the softmax share of eager
-attention, the compensation-init and choice-of-layers ablations, claims.
+next, how often a word occurs; loss on the answer tokens only), by every method from that one checkpoint. Protocol
+(``stage_protocol``, default ``paper``, spec §3.5): every arm gets the same ``sft_steps`` full-parameter steps on the
+same batches (FT's: batches ``stage1_steps`` .. ``stage1_steps + sft_steps − 1`` of the seed), and UniAttn runs its
+W_c-only stage 1 first, for ``stage1_steps`` more steps on batches 0 .. ``stage1_steps − 1`` (its own), with a fresh
+schedule per stage; a control, FT-2x, fine-tunes every parameter for ``stage1_steps + sft_steps`` steps on exactly
+UniAttn's batches (the same data exposure, more compute). The arms: plain fine-tuning (FT), FT-2x, softmax sharing
+without compensation, UniAttn (closed-form init, two stages), cross-layer KV sharing (CLA), attention layer dropping
+(LLMDrop), MHA→GQA uptraining, and the ablation arms named by ``ablations``: UniAttn on the GQA model (from the same
+GQA conversion of the pre-trained model as GQA), with one stage (``sft_steps`` full-parameter steps on FT's batches,
+no W_c stage), and (not at ``small``, where they decide no claim or only a second metric) with a zero W_c, with the
+code's mean-then-pinv init and on the bottom layers. Every initialisation of W_c is measured before training whether
+or not its arm trains. ``report.py``: the main table (answer loss, per question kind, and the share of answer tokens
+the model ranks first, held-out loss on the pre-training text for forgetting, decode latency, cache bytes,
+parameters), the softmax-similarity heat map across layers before and after fine-tuning, decode latency relative to
+FT and cache bytes with KV-cache decoding (every distinct architecture; eager and SDPA; median and spread over
+interleaved repeats), the softmax share of eager attention, the compensation-init and choice-of-layers ablations,
+claims.
 
 Not reproduced: the paper's numbers (its tables were not readable: ``paper_value`` stays empty), its models (7-9B),
 data (PMC medical, Tulu-3 SFT) and lm-eval benchmarks, its GPU latency (ours is measured on this CPU with our own
@@ -31,9 +36,11 @@ combinations.
 
 UNCONFIRMED choices are options: ``init`` (``lstsq_tokens``, default: least squares over every real calibration
 token with ridge ``ridge`` | ``paper_mean``: the official code's position-wise mean over the calibration rows then
-pinv, ill-posed when the positions are about as many as the model width, as here | ``zero``), ``stage1_frac`` (the
-share of the post-training steps stage 1 spends on W_c alone, default 0.5: the paper's one epoch per stage, halved so
-every arm spends the same steps), ``group_size`` G / ``group_begin`` / ``group_end`` (default G=4 on the top half, the
+pinv, ill-posed when the positions are about as many as the model width, as here | ``zero``), ``stage_protocol``
+(``paper``, default: W_c-only stage 1 for ``stage1_steps`` (0 = ``sft_steps``, the paper's one epoch per stage) on
+its own batches, then stage 2, everything, for ``sft_steps`` on FT's batches | ``step_matched``, ours: the two stages
+split FT's ``sft_steps`` steps and batches, stage 1 taking ``stage1_frac`` of them, so UniAttn gets fewer
+full-parameter steps than FT), ``group_size`` G / ``group_begin`` / ``group_end`` (default G=4 on the top half, the
 code's LLaMA-3.1 ratio), ``two_stage`` (on: the code's ``two_stage_linear_first``), ``cla_group`` (the CLA baseline's
 sharing groups: ``uniattn``, the same SuperBlocks, default, whose cache is smaller than UniAttn's: CLA's consumers keep
 no K and no V, UniAttn's members keep V | ``pairs``: CLA2), ``llmdrop_count`` (0 = as many
@@ -51,6 +58,7 @@ from replicate.recipe import LMConfig
 
 PAPER_ID = "uniattn"
 INITS = ("paper_mean", "lstsq_tokens", "zero")
+STAGE_PROTOCOLS = ("paper", "step_matched")
 CLA_GROUPS = ("uniattn", "pairs")
 ABLATIONS = ("uniattn_gqa", "uniattn_zero", "uniattn_mean", "uniattn_1stage", "uniattn_bottom")
 TIMING_CLAIMS = ("C2", "C6")  # claims whose value or text is a measured time: determinism checks leave them out
@@ -89,16 +97,28 @@ class UniAttnConfig(LMConfig):
                              source="ours", min=4, max=10**7)
     n_sft_eval: int = param(512, help="held-out question/answer rows (from the held-out plays)", source="ours",
                             min=4, max=10**7)
-    sft_steps: int = param(200, help="post-training steps of every arm (UniAttn's two stages split them, "
-                           "stage1_frac)", source="ours (the paper: 1 epoch per stage): every claim's arms in the "
-                           "15-minute `small` budget with margin (a full-parameter step ~0.3-0.4 s, a W_c-only step "
-                           "~0.15 s on one core; 619 s cold in the trial); 100 left UniAttn 0.5 nats behind, and a "
-                           "seed-0 probe at 400 still had its paired training gap to FT closing by ~0.24 per fifth of "
-                           "the run, so no affordable length stops the drift", min=2, max=10**8)
-    stage1_frac: float = param(0.5, help="share of sft_steps that stage 1 (W_c only) spends; stage 2 (everything) "
-                               "spends the rest, on the batches that follow", source="UNCONFIRMED / ours (spec §3.5: "
-                               "one epoch per stage; here the two stages share the steps of one so that every arm "
-                               "is step-matched)", min=0.01, max=0.99)
+    sft_steps: int = param(200, help="full-parameter post-training steps of every arm, on the same batches (paper "
+                           "protocol: UniAttn's stage 2; step_matched: both of UniAttn's stages together)",
+                           source="ours (the paper: 1 epoch per stage; 200 x 16 rows ~ 0.9 of the 3.5k training rows): "
+                           "every claim's arms in the 15-minute `small` budget (a full-parameter step ~0.3-0.4 s, a "
+                           "W_c-only step ~0.15 s on one core); 100 left every gap still closing", min=2, max=10**8)
+    stage_protocol: str = param("paper", help="how UniAttn's two stages (spec §3.5) sit against the other arms: paper "
+                                "(stage 1, W_c only, for stage1_steps on its own batches 0 .. stage1_steps − 1; then "
+                                "stage 2, everything, for sft_steps on FT's batches, which start after stage 1's; a "
+                                "fresh schedule per stage; FT-2x the compute control) | step_matched (ours: the two "
+                                "stages split FT's sft_steps steps and batches, stage1_frac of them W_c only; UniAttn "
+                                "gets fewer full-parameter steps than FT; no FT-2x)",
+                                source="spec §3.5 (paper: one epoch per stage) | ours (step_matched)",
+                                choices=STAGE_PROTOCOLS)
+    stage1_steps: int = param(0, help="paper protocol: W_c-only steps of stage 1 (and FT-2x's extra steps); 0 = "
+                              "sft_steps", source="spec §3.5: one epoch per stage", min=0, max=10**8)
+    stage1_frac: float = param(0.5, help="step_matched protocol only: share of sft_steps that stage 1 (W_c only) "
+                               "spends; stage 2 (everything) spends the rest, on the batches that follow",
+                               source="ours (the former default protocol)", min=0.01, max=0.99)
+    ft2x_seeds: int = param(1, help="paper protocol: seeds of the FT-2x control (every parameter for stage1_steps + "
+                            "sft_steps steps on UniAttn's batches, one schedule), from `seed`; 0 = no FT-2x",
+                            source="spec §3.5/§4.1 (the compute-matched FT); ours: one seed at `small` (the budget), "
+                            "judged by the single-seed rule", min=0, max=100)
     sft_lr: float = param(3e-4, help="peak learning rate of post-training (every method, every stage)",
                           source="ours: a tenth of the pre-training rate (the paper's 7e-6 is for a converged 8B "
                           "model); 1e-3 lost 0.7-0.8 nats on the pre-training text in a first run", min=1e-7, max=1.0)
@@ -124,8 +144,8 @@ class UniAttnConfig(LMConfig):
                               source="spec §3.4: 1e-10", min=0.0, max=1.0)
     n_calib: int = param(64, help="calibration rows (post-training rows of the training split)",
                          source="spec §6: 64 (the paper: 1000)", min=1, max=100_000)
-    two_stage: bool = param(True, help="UniAttn trains W_c only for the first stage1_frac of sft_steps, then "
-                            "everything for the rest",
+    two_stage: bool = param(True, help="UniAttn trains W_c only in a first stage, then everything "
+                            "(stage_protocol says how long each)",
                             source="spec §3.5: the code's two_stage_linear_first")
     # --- baselines (spec §4) ---
     cla_group: str = param("uniattn", help="CLA's sharing groups: uniattn (the SuperBlocks) | pairs (CLA2 on the "
@@ -134,15 +154,16 @@ class UniAttnConfig(LMConfig):
                                source="spec §4.5", min=0, max=128)
     gqa_kv_heads: int = param(2, help="KV heads of the MHA→GQA baseline (mean-pooled)", source="spec §4.6 "
                               "(6→2 at d 192)", min=1, max=128)
-    ablations: tuple[str, ...] = param(("uniattn_gqa", "uniattn_zero", "uniattn_1stage"),
-                                       help="ablation arms trained (each for sft_steps on the same batches, compared "
-                                       "with UniAttn of seed `seed`; uniattn_gqa with gqa): uniattn_gqa (C10), "
-                                       "uniattn_zero (C8 after training), uniattn_1stage (C9), uniattn_mean (the "
-                                       "code's init; no claim), uniattn_bottom (the choice of layers; no claim); () = "
-                                       "none. The closed-form, zero and mean inits are always measured before "
-                                       "training (C8)", source="ours (spec §6): at `small` the three that decide a "
-                                       "claim, so the deciding arms get sft_steps=200 within the budget; every "
-                                       "one at `smoke` and `paper`", choices=ABLATIONS, distinct=True)
+    ablations: tuple[str, ...] = param(("uniattn_gqa", "uniattn_1stage"),
+                                       help="ablation arms trained (each with UniAttn's schedule or, one-stage arms, "
+                                       "FT's; compared with UniAttn of seed `seed`; uniattn_gqa with gqa): uniattn_gqa "
+                                       "(C10), uniattn_zero (C8's after-training metric), uniattn_1stage (C9), "
+                                       "uniattn_mean (the code's init; no claim), uniattn_bottom (the choice of layers; "
+                                       "no claim); () = none. The closed-form, zero and mean inits are always measured "
+                                       "before training (C8)", source="ours (spec §6): at `small` the two that decide "
+                                       "a claim (uniattn_zero, a second metric of C8 only, left out to keep the paper "
+                                       "protocol's longer UniAttn runs in the budget); every one at `smoke` and "
+                                       "`paper`", choices=ABLATIONS, distinct=True)
     n_seeds: int = param(3, help="post-training seeds of FT and UniAttn (the deciding pair: batch order); other arms "
                          "seed `seed` only", source="ours (DESIGN §7)", min=1, max=100)
     # --- evaluation, cost, rules ---
@@ -186,16 +207,31 @@ class UniAttnConfig(LMConfig):
     def end(self) -> int:
         return self.n_layers if self.group_end < 0 else self.group_end
 
+    @property
+    def s1(self) -> int:
+        """The paper protocol's stage-1 (W_c-only) steps: ``stage1_steps``, 0 meaning ``sft_steps``."""
+        return self.stage1_steps or self.sft_steps
+
+    @property
+    def paper_protocol(self) -> bool:
+        return self.stage_protocol == "paper"
+
     def workload(self) -> list:
         from replicate.budget import Run
 
-        # every arm spends sft_steps (two stages split them): FT and UniAttn per seed; softmax, CLA, LLMDrop, GQA;
-        # the ablation arms trained
-        arms = 2 * self.n_seeds + 4 + len(self.ablations)
-        return [Run("pre-training", self.d_model, self.n_layers, self.d_ff, self.vocab_size, self.seq_len,
-                    self.batch_size, self.steps, count=1),
-                Run("post-training", self.d_model, self.n_layers, self.d_ff, self.vocab_size, self.seq_len,
-                    self.batch_size, self.sft_steps, count=arms)]
+        n_ab = len(self.ablations)
+        full = 2 * self.n_seeds + 4 + n_ab  # FT and UniAttn per seed; softmax, CLA, LLMDrop, GQA; the ablation arms
+        out = [Run("pre-training", self.d_model, self.n_layers, self.d_ff, self.vocab_size, self.seq_len,
+                   self.batch_size, self.steps, count=1),
+               Run("post-training", self.d_model, self.n_layers, self.d_ff, self.vocab_size, self.seq_len,
+                   self.batch_size, self.sft_steps, count=full)]
+        if self.paper_protocol:  # UniAttn's W_c-only stage 1 (counted as full steps: an upper bound) and FT-2x
+            two = self.n_seeds + sum(a != "uniattn_1stage" for a in self.ablations) if self.two_stage else 0
+            out += [Run("stage 1 (W_c only)", self.d_model, self.n_layers, self.d_ff, self.vocab_size, self.seq_len,
+                        self.batch_size, self.s1, count=two)] if two else []
+            out += [Run("FT-2x", self.d_model, self.n_layers, self.d_ff, self.vocab_size, self.seq_len,
+                        self.batch_size, self.s1 + self.sft_steps, count=self.ft2x_seeds)] if self.ft2x_seeds else []
+        return out
 
     @classmethod
     def smoke(cls):  # every code path (every ablation, GQA, two seeds), no evidence
@@ -214,7 +250,7 @@ class UniAttnConfig(LMConfig):
                    n_layers=12, n_heads=12, d_ff=2048, seq_len=1024, batch_size=48, steps=20_000, sft_steps=2_000,
                    lr=6e-4, sft_lr=2e-5, warmup_frac=0.02, vocab_size=8192, n_sft_train=100_000, n_sft_eval=2_000,
                    n_calib=1000, qa_lines=12, gqa_kv_heads=3, bench_contexts=(256, 1024, 4096, 16384), threads=0,
-                   eval_windows=1024)
+                   eval_windows=1024, ft2x_seeds=3)
 
 
 __getattr__, __dir__ = lazy_exports(__name__)

@@ -8,22 +8,30 @@ Steps, in order (the notebook runs one per cell):
   answers) as answer-only rows, the held-out questions from the held-out plays, the calibration rows (the first
   ``n_calib`` training rows), and the answer-token unigram (the post-training domain's count bar).
 - ``pretrain``: the dense decoder from scratch (one run, cached with its weights, shared by every method).
-- ``runs``: every method post-trained from it for the same ``sft_steps`` steps on the same batches (seed s: the
-  pool's order of seed s; step t reads batch t in every arm): FT and UniAttn with ``n_seeds`` seeds, the other arms
-  (softmax sharing, CLA, LLMDrop, GQA, and the ablation arms ``ablations`` names) with seed ``seed``. A two-stage
-  UniAttn arm spends the same steps: stage 1 (W_c only) the first ``stage1_frac`` of them, stage 2 (everything) the
-  rest, on the batches that follow, starting from stage 1's final weights (``schedule``). UniAttn's W_c is set in
-  closed form on the calibration rows before stage 1 (the fit measures in eval mode and hands the module back in
-  train mode). GQA and UniAttn-on-GQA both start from the GQA conversion of the pre-trained model (K/V heads
-  mean-pooled, no training of its own). With ``workers`` > 1 the runs train side by side in worker processes first,
-  the longest first.
+- ``runs``: every method post-trained from it (``schedule``), FT and UniAttn with ``n_seeds`` seeds, FT-2x with
+  ``ft2x_seeds``, the other arms (softmax sharing, CLA, LLMDrop, GQA, and the ablation arms ``ablations`` names) with
+  seed ``seed``. Batch t of seed s is the same rows in every arm (``MaskedBatches``: drawn by (s, t)). Protocol
+  ``paper`` (spec §3.5, default): every arm's full-parameter steps are ``sft_steps`` steps on the shared batches
+  ``stage1_steps`` .. ``stage1_steps + sft_steps − 1``; a two-stage UniAttn arm first trains W_c alone for
+  ``stage1_steps`` on batches 0 .. ``stage1_steps − 1`` (its own: no other arm but FT-2x reads them), then everything
+  for ``sft_steps`` on the shared batches (stage 2's step t reads FT's batch t), a fresh schedule per stage; FT-2x
+  trains everything for ``stage1_steps + sft_steps`` on batches 0 .. ``stage1_steps + sft_steps − 1`` (UniAttn's
+  batches, in UniAttn's order, one schedule). Protocol ``step_matched`` (ours): every arm ``sft_steps`` steps on
+  batches 0 .. ``sft_steps − 1``, UniAttn's two stages splitting them (``stage1_frac``), no FT-2x. Stage 2 starts from
+  stage 1's final weights; UniAttn's W_c is set in closed form on the calibration rows before stage 1 (the fit measures
+  in eval mode and hands the module back in train mode). GQA and UniAttn-on-GQA both start from the GQA conversion of
+  the pre-trained model (K/V heads mean-pooled, no training of its own). Every evaluated stage also scores the
+  held-out rows at ``1 − drift_frac`` of the shared steps (the convergence check). With ``workers`` > 1 the runs train
+  side by side in worker processes first, the longest first.
 - ``analysis``: from each run's final weights: parameters, cache bytes and counted attention work per decode step
   (every arm), KV-cache decode latency at ``bench_contexts`` (one arm per distinct architecture; SDPA where the arm
   allows it, and every layer eager; ``bench_repeats`` rounds interleaved over the arms, the ratio to FT paired by
   round), the softmax share of eager attention, the softmax-similarity maps before and after fine-tuning, the initial
   (pre-training) answer loss of each UniAttn initialisation (closed form, zero, the code's mean recipe: trained or
   not) and its calibration residuals, LLMDrop's layer scores.
-- ``comparisons``: paired gaps of the held-out answer loss (by seed; bootstrap over held-out rows).
+- ``comparisons``: paired gaps of the held-out answer loss (by seed; bootstrap over held-out rows), and how each gap
+  still moved at the end: on the held-out rows (the gap at the end − at ``1 − drift_frac`` of the shared steps) and on
+  the paired training loss (same batches).
 """
 
 from __future__ import annotations
@@ -57,15 +65,16 @@ plan = Plan(PAPER_ID)
 # arm -> what it is (table order)
 ARMS = {
     "ft": "standard post-training (full fine-tuning, one stage)",
+    "ft2x": "FT-2x: full fine-tuning for stage1_steps + sft_steps on UniAttn's batches (its data, more compute; control)",
     "softmax": "softmax sharing in the SuperBlocks, no compensation, one stage",
-    "uniattn": "UniAttn: softmax sharing + W_c (closed-form init), two stages within the same steps",
+    "uniattn": "UniAttn: softmax sharing + W_c (closed-form init), two stages (W_c only, then everything)",
     "cla": "cross-layer KV sharing (CLA) on the same layers",
     "llmdrop": "attention-layer dropping (LLMDrop): the U lowest-scored attention sub-layers removed",
     "gqa": "MHA→GQA uptraining (K/V heads mean-pooled, then post-trained)",
-    "uniattn_gqa": "UniAttn on the GQA conversion (the same parent as GQA, the same steps)",
+    "uniattn_gqa": "UniAttn on the GQA conversion (the same parent as GQA; UniAttn's schedule)",
     "uniattn_zero": "UniAttn with W_c = 0 at init (ablation)",
     "uniattn_mean": "UniAttn with W_c by the code's recipe: pinv of the position-wise calibration means (ablation)",
-    "uniattn_1stage": "UniAttn, closed-form init, one stage (ablation)",
+    "uniattn_1stage": "UniAttn, closed-form init, one stage: FT's steps and batches, no W_c stage (ablation)",
     "uniattn_bottom": "UniAttn on the bottom layers instead of the top (choice of layers)",
 }
 UNIATTN_ARMS = ("uniattn", "uniattn_gqa", "uniattn_zero", "uniattn_mean", "uniattn_1stage", "uniattn_bottom")
@@ -76,26 +85,32 @@ MAIN = ("ft", "softmax", "uniattn", "cla", "llmdrop", "gqa")
 INITS = ("uniattn", "uniattn_zero", "uniattn_mean")  # measured before training whether or not their arms train
 
 
+def has_ft2x(cfg: UniAttnConfig) -> bool:
+    """FT-2x trains under the paper protocol only (step-matched, UniAttn spends no more than FT)."""
+    return cfg.paper_protocol and cfg.ft2x_seeds > 0
+
+
 def arms(cfg: UniAttnConfig) -> list[str]:
-    """The arms trained: the main ones, then the ablation arms ``cfg.ablations`` names (in table order)."""
-    return list(MAIN) + [a for a in ARMS if a not in MAIN and a in cfg.ablations]
+    """The arms trained, in table order: the main ones, FT-2x (paper protocol), the ablation arms ``cfg.ablations``
+    names."""
+    return [a for a in ARMS if a in MAIN or a in cfg.ablations or (a == "ft2x" and has_ft2x(cfg))]
 
 
 def bench_arms(cfg: UniAttnConfig) -> list[str]:
     """The arms whose decode latency is timed: one per distinct architecture. The init and stage ablations share
-    UniAttn's modules exactly, and the bottom-layer arm has UniAttn's counts at other depths: not timed again."""
+    UniAttn's modules exactly, FT-2x is FT's, and the bottom-layer arm has UniAttn's counts at other depths: not timed
+    again."""
     return [a for a in arms(cfg) if a in MAIN or a == "uniattn_gqa"]
 
 
 def cost_weight(cfg: UniAttnConfig, arm: str) -> float:
     """Relative training cost of an arm (for ordering the side-by-side runs, longest first): a W_c-only step costs
     about 0.4 of a full one (no weight gradients below the first member)."""
-    s1 = schedule(cfg, arm)[0]
-    return cfg.sft_steps - (0.6 * s1["steps"] if len(schedule(cfg, arm)) > 1 else 0.0)
+    return sum(st["steps"] * (0.4 if st["trainable"] else 1.0) for st in schedule(cfg, arm))
 
 
 def seeds_of(cfg: UniAttnConfig, arm: str) -> list[int]:
-    n = cfg.n_seeds if arm in DECIDING else 1
+    n = cfg.n_seeds if arm in DECIDING else cfg.ft2x_seeds if arm == "ft2x" else 1
     return list(range(cfg.seed, cfg.seed + n))
 
 
@@ -168,7 +183,7 @@ def base_config(cfg: UniAttnConfig, n_ids: int, **kw) -> DecoderConfig:
 
 def model_config(cfg: UniAttnConfig, n_ids: int, arm: str, dropped: tuple = ()) -> DecoderConfig:
     base = base_config(cfg, n_ids)
-    if arm == "ft":
+    if arm in ("ft", "ft2x"):
         return base
     if arm in ("gqa", "uniattn_gqa"):
         base = convert.gqa_config(base, cfg.gqa_kv_heads)
@@ -221,9 +236,8 @@ def sft_optim(cfg: UniAttnConfig, steps: int, trainable: tuple = ()):
 
 
 def sft_batches(cfg: UniAttnConfig, data: Data, seed: int, offset: int = 0) -> MaskedBatches:
-    """Post-training batches of ``seed``: rows of the training pool drawn by (seed, step + ``offset``). Every arm of
-    one seed reads the same batches: step t of the arm's ``sft_steps`` is batch t (a second stage starts at its
-    offset)."""
+    """Post-training batches of ``seed``: step t of a stage reads batch t + ``offset`` of the seed's stream, rows of the
+    training pool drawn by (seed, t + offset): the same rows in every arm that reads that batch (``schedule``)."""
     return MaskedBatches(data.train_ids, data.train_mask, cfg.batch_size, seed, offset)
 
 
@@ -231,16 +245,44 @@ def two_stage(cfg: UniAttnConfig, arm: str) -> bool:
     return arm.startswith("uniattn") and cfg.two_stage and arm != "uniattn_1stage"
 
 
+def shared_offset(cfg: UniAttnConfig) -> int:
+    """The first of the batches every arm's full-parameter steps read (FT's): after stage 1's own batches under the
+    paper protocol, batch 0 when step-matched."""
+    return cfg.s1 if cfg.paper_protocol else 0
+
+
 def schedule(cfg: UniAttnConfig, arm: str) -> list[dict]:
-    """The arm's training stages: steps, the first batch each reads (its offset) and what trains. Every arm spends
-    ``sft_steps`` steps on batches 0 .. sft_steps − 1 (step-matched); a two-stage arm splits them: W_c only for the
-    first ``round(stage1_frac · sft_steps)`` (at least 1), everything for the rest."""
-    n = cfg.sft_steps
+    """The arm's training stages, each a fresh run and schedule: its steps, the first batch it reads (``offset``; step t
+    reads batch offset + t) and what trains (() = everything). Paper protocol: a one-stage arm trains ``sft_steps`` on
+    the shared batches (``shared_offset`` on); a two-stage arm trains W_c alone for ``s1`` steps on batches 0 ..
+    s1 − 1, then everything on the shared batches, step t of stage 2 reading FT's batch t; FT-2x trains everything for
+    s1 + ``sft_steps`` on batches 0 .., UniAttn's own sequence. Step-matched: every arm ``sft_steps`` on batches 0 ..
+    sft_steps − 1, a two-stage arm splitting them (W_c only for ``round(stage1_frac · sft_steps)``, at least 1)."""
+    n, off = cfg.sft_steps, shared_offset(cfg)
+    if arm == "ft2x":
+        if not has_ft2x(cfg):
+            raise ValueError("arm: ft2x trains only under stage_protocol='paper' with ft2x_seeds > 0")
+        return [{"steps": cfg.s1 + n, "offset": 0, "trainable": ()}]
     if not two_stage(cfg, arm):
-        return [{"steps": n, "offset": 0, "trainable": ()}]
+        return [{"steps": n, "offset": off, "trainable": ()}]
+    if cfg.paper_protocol:
+        return [{"steps": cfg.s1, "offset": 0, "trainable": M.STAGE1_TRAINABLE},
+                {"steps": n, "offset": off, "trainable": ()}]
     s1 = min(max(1, round(cfg.stage1_frac * n)), n - 1)
     return [{"steps": s1, "offset": 0, "trainable": M.STAGE1_TRAINABLE},
             {"steps": n - s1, "offset": s1, "trainable": ()}]
+
+
+def heldout_batch(cfg: UniAttnConfig) -> int:
+    """The convergence check's point: every evaluated stage scores the held-out rows once it has read the shared batches
+    up to this one (exclusive), ``1 − drift_frac`` of the way through them."""
+    return shared_offset(cfg) + round((1 - cfg.drift_frac) * cfg.sft_steps)
+
+
+def heldout_step(cfg: UniAttnConfig, stage: dict) -> int | None:
+    """The step of ``stage`` after which it has read the batches up to ``heldout_batch`` (None: not inside it)."""
+    k = heldout_batch(cfg) - stage["offset"]
+    return k if 0 < k < stage["steps"] else None
 
 
 def llmdrop_layers(cfg: UniAttnConfig, data: Data, pre: dict) -> tuple[int, ...]:
@@ -295,44 +337,53 @@ def initial_model(cfg: UniAttnConfig, data: Data, arm: str, parent: dict, optim=
     return lm.train(), fit  # the fit measures in eval mode and restores the mode; training starts in train mode
 
 
+def _batches_text(st: list[dict]) -> str:
+    """The stages' (first batch, steps) for the run key: the same arm on other batches is another run."""
+    return ";batches=" + "+".join(f"{x['offset']}:{x['steps']}" for x in st)
+
+
 def train_arm(cfg: UniAttnConfig, data: Data, arm: str, seed: int, dropped: tuple = ()) -> dict:
-    """One post-training run of ``arm`` on seed ``seed``'s batches (``schedule``: ``sft_steps`` in all), started from
-    the pre-trained base (GQA and UniAttn on GQA: its GQA conversion). Weights kept (the analysis reads them)."""
+    """One post-training run of ``arm`` on seed ``seed``'s batches (``schedule``), started from the pre-trained base
+    (GQA and UniAttn on GQA: its GQA conversion). Weights kept (the analysis reads them). The evaluated (last) stage
+    also scores the held-out sets at ``heldout_step``."""
     kw = {**cfg.trainer_kwargs()}
     evals = data.eval_sets()
     desc = data.description + f";phase=sft;arm={arm}"
-    ck = max(10, cfg.sft_steps // 4)  # single-stage arms
+    st = schedule(cfg, arm)
+    desc += _batches_text(st)
+    last = st[-1]
+    at = heldout_step(cfg, last)
+    ev_steps = () if at is None else (at,)
     if not arm.startswith("uniattn"):
         parent = pretrained(cfg, data)
-        steps = cfg.sft_steps
         conv = {"gqa": ("mha_to_gqa", {}), "softmax": ("attention_surgery", {}), "cla": ("attention_surgery", {}),
                 "llmdrop": ("attention_surgery", {})}.get(arm, ("none", {}))
-        spec = TrainSpec(model_config(cfg, data.n_ids, arm, dropped), sft_optim(cfg, steps),
+        spec = TrainSpec(model_config(cfg, data.n_ids, arm, dropped), sft_optim(cfg, last["steps"]),
                          desc + (f";dropped={dropped}" if arm == "llmdrop" else ""), cfg.batch_size, cfg.seq_len,
-                         seed, ckpt_every=ck)
+                         seed, eval_steps=ev_steps, ckpt_every=max(10, last["steps"] // 4))
         spec = continued(spec, parent, conv[0], **conv[1])
-        return train(PAPER_ID, spec, sft_batches(cfg, data, seed), evals, keep_weights=True, parent=parent, **kw)
+        return train(PAPER_ID, spec, sft_batches(cfg, data, seed, last["offset"]), evals, keep_weights=True,
+                     parent=parent, **kw)
     parent = parent_of(cfg, data, arm)
     mode = _init_mode(arm, cfg)
     desc += f";init={mode}:{cfg.n_calib}:{cfg.ridge}:{cfg.pinv_rcond};parent={parent['key']};module_optim=spec"
     mcfg = model_config(cfg, data.n_ids, arm)
-    st = schedule(cfg, arm)
-    desc += f";steps={cfg.sft_steps}:" + "+".join(str(x["steps"]) for x in st)  # step-matched split
-    stage1 = TrainSpec(mcfg, sft_optim(cfg, st[0]["steps"], st[0]["trainable"]), desc + ";stage=1", cfg.batch_size,
-                       cfg.seq_len, seed, ckpt_every=max(10, st[0]["steps"] // 4))
+    first = st[0]
+    stage1 = TrainSpec(mcfg, sft_optim(cfg, first["steps"], first["trainable"]), desc + ";stage=1", cfg.batch_size,
+                       cfg.seq_len, seed, eval_steps=ev_steps if len(st) == 1 else (),
+                       ckpt_every=max(10, first["steps"] // 4))
     # the module arrives with its weights (the parent's, W_c in closed form): the key names the parent and the init.
     # A stage that another follows is not evaluated (its held-out numbers are read nowhere)
-    r1 = train(PAPER_ID, stage1, sft_batches(cfg, data, seed, st[0]["offset"]), evals if len(st) == 1 else {},
+    r1 = train(PAPER_ID, stage1, sft_batches(cfg, data, seed, first["offset"]), evals if len(st) == 1 else {},
                module=lambda: initial_model(cfg, data, arm, parent, stage1.optim)[0], keep_weights=True, **kw)
     if len(st) == 1:
         return r1
-    # stage 2 reads the batches after stage 1's (offset): the arm's batches are those of every other arm
-    stage2 = continued(TrainSpec(mcfg, sft_optim(cfg, st[1]["steps"]), desc + ";stage=2", cfg.batch_size,
-                                 cfg.seq_len, seed, ckpt_every=max(10, st[1]["steps"] // 4)), r1)
-    r2 = train(PAPER_ID, stage2, sft_batches(cfg, data, seed, st[1]["offset"]), evals, keep_weights=True, parent=r1,
+    # stage 2 (everything, a fresh schedule) reads the shared batches: its step t is FT's step t
+    stage2 = continued(TrainSpec(mcfg, sft_optim(cfg, last["steps"]), desc + ";stage=2", cfg.batch_size,
+                                 cfg.seq_len, seed, eval_steps=ev_steps, ckpt_every=max(10, last["steps"] // 4)), r1)
+    r2 = train(PAPER_ID, stage2, sft_batches(cfg, data, seed, last["offset"]), evals, keep_weights=True, parent=r1,
                **kw)
-    return {**r2, "stage1": {"key": r1["key"], "wall_s": r1["wall_s"]},
-            "stage2_offset": st[1]["offset"], "wall_s": r1["wall_s"] + r2["wall_s"]}
+    return {**r2, "stage1": {"key": r1["key"], "wall_s": r1["wall_s"]}, "wall_s": r1["wall_s"] + r2["wall_s"]}
 
 
 def load_model(cfg: UniAttnConfig, data: Data, arm: str, result: dict, dropped: tuple = (), **kw) -> Decoder:
@@ -382,8 +433,10 @@ def runs(cfg: UniAttnConfig, data: Data, pretrain: dict) -> Runs:
         loss, acc = row_metrics(r["final"]["qa"])
         rows.append({"variant": a, "seed": s, "answer_loss": float(loss.mean()), "answer_token_acc": float(acc.mean()),
                      **kind_losses(loss, data.eval_kinds), "lm_loss": float(r["final"]["lm"].double().mean()),
-                     "params": int(r["n_params"]), "wall_s": float(r["wall_s"]),
-                     "stage1_wall_s": float(r.get("stage1", {}).get("wall_s", 0.0))})
+                     "params": int(r["n_params"]), "wc_only_steps": sum(x["steps"] for x in schedule(cfg, a)
+                                                                         if x["trainable"]),
+                     "full_steps": sum(x["steps"] for x in schedule(cfg, a) if not x["trainable"]),
+                     "wall_s": float(r["wall_s"]), "stage1_wall_s": float(r.get("stage1", {}).get("wall_s", 0.0))})
     return Runs(pretrain, records, pd.DataFrame(rows), dropped)
 
 
@@ -567,42 +620,74 @@ class Comparisons:
     frame: pd.DataFrame  # one row per comparison a − b of the held-out answer loss (positive: b better)
     boot: dict  # name -> bootstrap replicates (paired rows)
     per_seed: dict  # name -> per common seed gap
-    drift: dict  # name -> change of the paired training-loss gap at the end (None: no log)
+    drift: dict  # name -> how the paired gap still moved at the end (held-out where scored, else training; None)
     init: dict  # zero − closed-form initial answer loss: point, replicates
     similarity: dict  # adjacent − distant softmax similarity in the unified layers (after FT): point, replicates
+    drift_what: dict = dataclasses.field(default_factory=dict)  # name -> what ``drift`` measured (absent: training)
 
 
-def _curve(run: dict):
-    """One run's logged training loss by global step (a two-stage run: stage 1's log, then stage 2's shifted by its
-    offset; both stages' steps read the batch of that global step), or None."""
+def _curve(cfg: UniAttnConfig, arm: str, run: dict):
+    """One run's logged training loss by the batch each step read (``schedule``: step t of a stage reads batch
+    offset + t; a two-stage run's stages joined), or None."""
     from replicate.models.trainer import train_curve
 
-    parts = ([(run["stage1"]["key"], 0)] if "stage1" in run else []) + [(run["key"], run.get("stage2_offset", 0))]
+    st = schedule(cfg, arm)
+    keys = ([run["stage1"]["key"]] if "stage1" in run else []) + [run["key"]]
     out = {}
-    for key, off in parts:
+    for key, stage in zip(keys, st[-len(keys):]):
         c = train_curve(PAPER_ID, key)
         if c is None:
             return None
-        out.update({int(t) + off: float(x) for t, x in zip(*c)})
+        out.update({int(t) + stage["offset"]: float(x) for t, x in zip(*c)})
     return out
 
 
-def step_gap_drift(runs: Runs, a: str, b: str, steps: int, frac: float) -> float | None:
-    """``trainer.gap_drift`` over global steps (a two-stage arm's stages joined): per common seed, the mean training-
-    loss gap a − b over the last ``frac`` of the steps minus that over the ``frac`` before; None without a log."""
-    ra = {r["seed"]: r["result"] for r in runs.records if r["variant"] == a}
-    rb = {r["seed"]: r["result"] for r in runs.records if r["variant"] == b}
+def _by_seed(runs: Runs, v: str) -> dict:
+    return {r["seed"]: r["result"] for r in runs.records if r["variant"] == v}
+
+
+def step_gap_drift(cfg: UniAttnConfig, runs: Runs, a: str, b: str) -> float | None:
+    """``trainer.gap_drift`` by batch (the steps of two arms that read the same batch paired): per common seed, the mean
+    training-loss gap a − b over the last ``drift_frac`` of the shared batches minus that over the ``drift_frac``
+    before; None without a log. Once rows repeat (the pool is drawn with replacement, and the paper protocol's stage 1
+    and FT-2x read other batches of the same pool first) a row met before lowers one arm's training loss: the held-out
+    drift (``heldout_gap_drift``) is the one the claims use."""
+    ra, rb = _by_seed(runs, a), _by_seed(runs, b)
+    off, n, frac = shared_offset(cfg), cfg.sft_steps, cfg.drift_frac
     drifts = []
     for seed in sorted(set(ra) & set(rb)):
-        ca, cb = _curve(ra[seed]), _curve(rb[seed])
+        ca, cb = _curve(cfg, a, ra[seed]), _curve(cfg, b, rb[seed])
         if ca is None or cb is None:
             return None
         common = sorted(set(ca) & set(cb))
-        late = [ca[t] - cb[t] for t in common if t >= (1 - frac) * steps]
-        early = [ca[t] - cb[t] for t in common if (1 - 2 * frac) * steps <= t < (1 - frac) * steps]
+        late = [ca[t] - cb[t] for t in common if t >= off + (1 - frac) * n]
+        early = [ca[t] - cb[t] for t in common if off + (1 - 2 * frac) * n <= t < off + (1 - frac) * n]
         if not late or not early:
             return None
         drifts.append(float(np.mean(late) - np.mean(early)))
+    return float(np.mean(drifts)) if drifts else None
+
+
+def heldout_at(cfg: UniAttnConfig, arm: str, run: dict) -> np.ndarray | None:
+    """Per held-out row, the answer loss of ``arm``'s run at ``heldout_batch`` (its last stage's ``heldout_step``), or
+    None where it was not scored there."""
+    k = heldout_step(cfg, schedule(cfg, arm)[-1])
+    qa = run.get("evals", {}).get("qa", {})
+    return None if k is None or k not in qa else row_metrics(qa[k])[0]
+
+
+def heldout_gap_drift(cfg: UniAttnConfig, runs: Runs, a: str, b: str) -> float | None:
+    """How the held-out gap a − b still moved at the end: per common seed, the mean held-out answer-loss gap at the end
+    minus that after ``1 − drift_frac`` of the shared batches (the same rows, each arm at the same batch), averaged over
+    seeds; None where a run was not scored there."""
+    ra, rb = _by_seed(runs, a), _by_seed(runs, b)
+    drifts = []
+    for seed in sorted(set(ra) & set(rb)):
+        ha, hb = heldout_at(cfg, a, ra[seed]), heldout_at(cfg, b, rb[seed])
+        if ha is None or hb is None:
+            return None
+        end = row_metrics(ra[seed]["final"]["qa"])[0] - row_metrics(rb[seed]["final"]["qa"])[0]
+        drifts.append(float(end.mean() - (ha - hb).mean()))
     return float(np.mean(drifts)) if drifts else None
 
 
@@ -616,8 +701,9 @@ def comparisons(cfg: UniAttnConfig, data: Data, runs: Runs, analysis: Analysis) 
     rng = np.random.default_rng(cfg.seed)
     boot_w = np.stack([np.bincount(rng.integers(0, W, W), minlength=W) for _ in range(cfg.n_boot)])  # (n_boot, W)
     reps_of = lambda d_w: (boot_w @ d_w) / boot_w.sum(1)  # noqa: E731
-    rows, boot, per_seed, drift = [], {}, {}, {}
+    rows, boot, per_seed, drift, drift_what = [], {}, {}, {}, {}
     pairs = [(a, "uniattn") for a in arms(cfg) if a != "uniattn"] + [("uniattn_gqa", "gqa")]
+    at = f"{1 - cfg.drift_frac:.0%}"
     for a, b in pairs:
         if a not in arms(cfg):
             continue
@@ -626,13 +712,16 @@ def comparisons(cfg: UniAttnConfig, data: Data, runs: Runs, analysis: Analysis) 
         d_w = np.mean([pa[s] - pb[s] for s in common], 0)
         name = f"{a} - {b}"
         boot[name], per_seed[name] = reps_of(d_w), [float((pa[s] - pb[s]).mean()) for s in common]
-        drift[name] = (step_gap_drift(runs, a, b, cfg.sft_steps, cfg.drift_frac)
-                       if a in ("ft", "softmax", "cla", "llmdrop", "uniattn_1stage", "uniattn_zero", "uniattn_gqa")
-                       else None)
-        # every arm: the same steps on the same batches (two-stage arms joined over their stages)
+        tr, ho = step_gap_drift(cfg, runs, a, b), heldout_gap_drift(cfg, runs, a, b)
+        drift[name] = ho if ho is not None else tr
+        if ho is not None:
+            drift_what[name] = (f"paired held-out answer-loss gap {{label}}, at the end − after {at} of the shared "
+                                "steps, the same rows")
+        # the same full-parameter steps on the same batches (UniAttn's extra W_c stage: ``schedule``)
         rows.append({"comparison": name, "gap": float(d_w.mean()), "ci_lo": float(np.quantile(boot[name], 0.025)),
                      "ci_hi": float(np.quantile(boot[name], 0.975)), "paired_seeds": len(common),
-                     "gap_per_seed": " / ".join(f"{x:+.4f}" for x in per_seed[name]), "train_gap_drift": drift[name]})
+                     "gap_per_seed": " / ".join(f"{x:+.4f}" for x in per_seed[name]), "heldout_gap_drift": ho,
+                     "train_gap_drift": tr})
     init = {}
     if "uniattn_zero" in analysis.init_loss:
         d_w = analysis.init_loss["uniattn_zero"] - analysis.init_loss["uniattn"]
@@ -652,7 +741,7 @@ def comparisons(cfg: UniAttnConfig, data: Data, runs: Runs, analysis: Analysis) 
         r2 = np.random.default_rng(cfg.seed + 1)
         simd = {"point": float(d.mean()), "reps": np.array([d[r2.integers(0, R, R)].mean() for _ in range(cfg.n_boot)]),
                 "adjacent": float(a.mean()), "distant": float(f.mean())}
-    return Comparisons(pd.DataFrame(rows), boot, per_seed, drift, init, simd)
+    return Comparisons(pd.DataFrame(rows), boot, per_seed, drift, init, simd, drift_what)
 
 
 run_experiments = plan.run_all

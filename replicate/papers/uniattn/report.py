@@ -17,7 +17,7 @@ from replicate.data.ngram import learning_row
 from replicate.experiments import Bundle
 from replicate.notebook import note_footer
 import replicate.papers.uniattn.method as M
-from replicate.papers.uniattn.experiments import ARMS, arms, bench_arms, schedule
+from replicate.papers.uniattn.experiments import ARMS, arms, bench_arms, has_ft2x, schedule, shared_offset
 from replicate.tables import quantities
 
 # ================================================================================================== set-up
@@ -33,9 +33,13 @@ def _setup_rows(b: Bundle) -> list[tuple[str, object]]:
             ("pre-training steps (tokens)", f"{cfg.steps} ({cfg.steps * cfg.batch_size * cfg.seq_len:,})"),
             ("post-training rows: training / held-out (dropped: longer than the context)",
              f"{len(d.train_ids)} / {len(d.eval_ids)} ({d.dropped[0]} / {d.dropped[1]})"),
-            ("post-training steps per arm (rows), every arm", f"{cfg.sft_steps} ({cfg.sft_steps * cfg.batch_size:,})"),
-            ("UniAttn's stages: W_c only / everything (steps; stage1_frac)",
-             " / ".join(str(x["steps"]) for x in schedule(cfg, "uniattn")) + f" ({cfg.stage1_frac})"),
+            ("post-training protocol (stage_protocol)", cfg.stage_protocol),
+            ("full-parameter post-training steps per arm (rows), every arm",
+             f"{cfg.sft_steps} ({cfg.sft_steps * cfg.batch_size:,})"),
+            ("the shared batches (every arm's full-parameter steps; FT's)", _span(shared_offset(cfg), cfg.sft_steps)),
+            ("UniAttn's stages: W_c only / everything (steps, batches)", _stages_text(cfg, "uniattn")),
+            ("FT-2x: full-parameter steps (batches), seeds",
+             f"{_stages_text(cfg, 'ft2x')}, {cfg.ft2x_seeds}" if has_ft2x(cfg) else "not run"),
             ("learning rate: pre-training / post-training", f"{cfg.lr} / {cfg.sft_lr}"),
             ("SuperBlocks: member <- leader", ", ".join(f"{m}<-{lead}" for m, lead in members)),
             ("W_c init / calibration rows / two stages", f"{cfg.init} / {cfg.n_calib} / {cfg.two_stage}"),
@@ -51,6 +55,25 @@ def _setup_rows(b: Bundle) -> list[tuple[str, object]]:
              f"{b.runs.pretrain['wall_s']:.1f} / {b.runs.frame['wall_s'].sum():.1f}")]
 
 
+def _span(first: int, steps: int) -> str:
+    return f"batches {first}-{first + steps - 1}"
+
+
+def _stages_text(cfg, arm: str) -> str:
+    return " / ".join(f"{x['steps']} ({_span(x['offset'], x['steps'])})" for x in schedule(cfg, arm))
+
+
+def matched_text(cfg, arm: str = "") -> str:
+    """What a comparison with UniAttn holds equal, for the metric texts (``arm``: the other side; a two-stage arm
+    has UniAttn's schedule exactly)."""
+    if arm and len(schedule(cfg, arm)) == len(schedule(cfg, "uniattn")) == 2:
+        return "both UniAttn's schedule: the same stages, steps and batches"
+    if cfg.paper_protocol:
+        return (f"full-parameter steps matched: both {cfg.sft_steps} on the same batches (step t reads the same batch); "
+                f"UniAttn also had its W_c-only stage 1, {cfg.s1} steps on batches of its own, as in the paper")
+    return f"step-matched: both {cfg.sft_steps} steps on the same batches (UniAttn's two stages split them)"
+
+
 def _pretrain_loss(b: Bundle) -> float:
     return float(b.runs.pretrain["final"]["heldout"].double().mean())
 
@@ -60,13 +83,20 @@ def setup(b: Bundle) -> pd.DataFrame:
 
 
 def describe(b: Bundle) -> str:
-    v = dict(_setup_rows(b))
-    return (f"Model: {v['model']}, pre-trained for {v['pre-training steps (tokens)']} steps on the plays; then every "
-            f"method post-trains from that one checkpoint for {v['post-training steps per arm (rows), every arm']} "
-            f"steps on the same batches of answer-only question/answer rows (held-out rows from held-out plays); "
-            f"UniAttn's two stages split those steps "
-            f"({v['UniAttn' + chr(39) + 's stages: W_c only / everything (steps; stage1_frac)']}). SuperBlocks "
-            f"(member <- leader): {v['SuperBlocks: member <- leader']}. LLMDrop removes layers "
+    v, cfg = dict(_setup_rows(b)), b.cfg
+    if cfg.paper_protocol:
+        how = (f"every method post-trains from that one checkpoint for {cfg.sft_steps} full-parameter steps on the same "
+               f"batches ({_span(shared_offset(cfg), cfg.sft_steps)}) of answer-only question/answer rows (held-out rows from held-out plays); UniAttn first trains W_c "
+               f"alone for {cfg.s1} steps on batches of its own, then everything on the shared batches, a fresh "
+               f"schedule per stage (the paper's protocol; stages {_stages_text(cfg, 'uniattn')}). "
+               + (f"FT-2x, the compute control, fine-tunes everything on UniAttn's batches for "
+                  f"{cfg.s1 + cfg.sft_steps} steps ({cfg.ft2x_seeds} seed(s)). " if has_ft2x(cfg) else ""))
+    else:
+        how = (f"every method post-trains from that one checkpoint for {cfg.sft_steps} steps on the same batches of "
+               f"answer-only question/answer rows (held-out rows from held-out plays); UniAttn's two stages split "
+               f"those steps (step-matched, ours: {_stages_text(cfg, 'uniattn')}). ")
+    return (f"Model: {v['model']}, pre-trained for {v['pre-training steps (tokens)']} steps on the plays; then " + how
+            + f"SuperBlocks (member <- leader): {v['SuperBlocks: member <- leader']}. LLMDrop removes layers "
             f"{v['LLMDrop: removed attention sub-layers']}." + _diverged_text(b))
 
 
@@ -123,7 +153,8 @@ def _cost_at(b: Bundle, impl: str = "sdpa") -> pd.DataFrame:
 
 
 def main_table(b: Bundle) -> pd.DataFrame:
-    """The main table: held-out answer loss (the deciding metric), per question kind, and the share of answer tokens
+    """The main table: the steps each arm trained (W_c only, everything), held-out answer loss (the deciding metric),
+    per question kind, and the share of answer tokens
     ranked first (teacher forced), held-out loss on the pre-training text (forgetting), decode latency per token at
     the longest context (median over interleaved rounds; SDPA where the arm allows it, and every layer eager; empty
     for an ablation arm, whose modules are UniAttn's), cache bytes per token, QK^T+softmax work per decode step,
@@ -135,6 +166,8 @@ def main_table(b: Bundle) -> pd.DataFrame:
     for v in arms(b.cfg):
         g = f[f["variant"] == v]
         rows.append({"method": v, "what": ARMS[v], "status": _status(b, v), "seeds": len(g),
+                     "wc_only_steps": sum(x["steps"] for x in schedule(b.cfg, v) if x["trainable"]),
+                     "full_steps": sum(x["steps"] for x in schedule(b.cfg, v) if not x["trainable"]),
                      "answer_loss": g["answer_loss"].mean(),
                      "answer_loss_std": g["answer_loss"].std(ddof=1) if len(g) > 1 else np.nan,
                      **{k: g[k].mean() for k in kinds}, "answer_token_acc": g["answer_token_acc"].mean(),
@@ -288,22 +321,76 @@ def _spread(b: Bundle) -> list[float]:
     return b.comparisons.per_seed.get("ft - uniattn", [])
 
 
+def _converging(b: Bundle, c: C.Claim, name: str, sign: float = 1.0, label: str = "") -> C.Claim:
+    """``claims.converging`` on how the paired gap ``name`` still moved at the end (``sign`` × the comparison's, named
+    ``label``): on the held-out rows where both arms were scored at ``1 − drift_frac`` of the shared steps (the
+    training-loss gap is confounded once rows repeat), else on the paired training loss (``converging_paired``); the
+    spread is the deciding pair's seed spread, the horizon the run's length again."""
+    d = b.comparisons.drift.get(name)
+    d = None if d is None else sign * d
+    label = label or name
+    what = getattr(b.comparisons, "drift_what", {}).get(name)
+    if what is None:
+        return C.converging_paired(c, d, _spread(b), label, b.cfg.drift_frac)
+    g = list(_spread(b))
+    spread = float(np.std(g, ddof=1)) if len(g) > 1 else float("nan")
+    return C.converging(c, d, spread, what.format(label=label), horizon=1.0 / b.cfg.drift_frac)
+
+
 def _single(b: Bundle, cid: str, text: str, name: str, metric: str, evidence: str) -> C.Claim:
     fr = b.comparisons.frame.set_index("comparison")
     c = C.single_seed_gap_claim(cid, text, float(fr.loc[name, "gap"]), b.comparisons.boot[name], _spread(b),
                                 metric=metric, what=f"95% paired bootstrap over {len(b.data.eval_ids)} held-out rows",
                                 direction="positive", evidence=evidence)
-    return C.converging_paired(c, b.comparisons.drift.get(name), _spread(b), name, b.cfg.drift_frac)
+    return _converging(b, c, name)
 
 
 def _equiv_converging(b: Bundle, c: C.Claim, name: str, sign: float, label: str) -> C.Claim:
-    """An equivalence refuted (the gap outside the margin) while the paired training gap ``name`` still closes towards
-    0 cannot say where the gap ends: ``claims.converging_paired`` on it, the drift in the claim's sign (``sign`` × the
-    comparison's; ``label`` names it so). An equivalence that holds is left as it is: closing only strengthens it."""
+    """An equivalence refuted (the gap outside the margin) while the paired gap ``name`` still closes towards 0 cannot
+    say where the gap ends: ``_converging`` on it, the drift in the claim's sign (``sign`` × the comparison's; ``label``
+    names it so). An equivalence that holds is left as it is: closing only strengthens it."""
     if c.verdict != "not_reproduced":
         return c
-    d = b.comparisons.drift.get(name)
-    return C.converging_paired(c, None if d is None else sign * d, _spread(b), label, b.cfg.drift_frac)
+    return _converging(b, c, name, sign, label)
+
+
+def _ft2x_control(b: Bundle, cfg) -> str:
+    """C3's control: UniAttn − FT-2x (FT with UniAttn's data exposure and more compute), judged by the same
+    equivalence margin but not part of C3's verdict (the paper's claim is against FT). With one FT-2x seed the paired
+    bootstrap over held-out rows and the one-seed prediction interval (the deciding pair's seed spread, as in
+    ``claims.single_seed_gap_claim``) must both lie inside the margin (or both outside it); with several seeds, a
+    95% t-interval over them."""
+    from scipy import stats
+
+    name = "ft2x - uniattn"
+    if not _has(b, name):
+        return ("control UniAttn − FT-2x: not run" + (" (stage_protocol='step_matched': UniAttn spends no more than FT)"
+                                                     if not cfg.paper_protocol else " (ft2x_seeds = 0)"))
+    fr = b.comparisons.frame.set_index("comparison").loc[name]
+    gap = -float(fr["gap"])
+    boot = C.percentile_interval(-np.asarray(b.comparisons.boot[name]))
+    per = -np.asarray(b.comparisons.per_seed[name], dtype=float)
+    if len(per) >= 2:
+        ci = C.t_interval(per)
+        v = C.verdict_equivalence(ci, margin=cfg.equiv_margin)
+        how = C.fmt_ci(ci, f"95% t over {len(per)} paired seeds")
+    else:
+        sg = np.asarray(_spread(b), dtype=float)
+        pred = None
+        if len(sg) >= 2:
+            h = stats.t.ppf(0.975, len(sg) - 1) * sg.std(ddof=1) * np.sqrt(1 + 1 / len(sg))
+            pred = (gap - h, gap + h)
+        v1, v2 = (C.verdict_equivalence(x, margin=cfg.equiv_margin) for x in (boot, pred))
+        v = v1 if v1 == v2 else "inconclusive"
+        how = (C.fmt_ci(boot, "95% paired bootstrap over held-out rows") + "; " + C.fmt_ci(
+            pred, f"95% prediction interval of one seed's gap, seed std "
+                  f"{sg.std(ddof=1) if len(sg) > 1 else float('nan'):.4f} over {len(sg)} FT/UniAttn seeds"))
+    val = validity(b, ["ft2x"])
+    if not val.ok:
+        v = "invalid: " + "; ".join(val.failures)
+    return (f"control (not part of the verdict): UniAttn − FT-2x {gap:+.4f} (FT-2x: {cfg.s1 + cfg.sft_steps} "
+            f"full-parameter steps on UniAttn's batches, its data exposure and more compute; {int(fr['paired_seeds'])} "
+            f"seed(s)), {how}; equivalence ±{cfg.equiv_margin}: {v}")
 
 
 def _rows_needed(c: C.Claim, reps, n_rows: int) -> C.Claim:
@@ -369,10 +456,10 @@ def claims(cfg, b: Bundle) -> list[C.Claim]:
     g = np.asarray(cmp_.per_seed.get("ft - uniattn", []), dtype=float)
     ci = C.t_interval(-g) if len(g) > 1 else None
     c3 = C.Claim("C3", "UniAttn reaches accuracy on par with standard post-training (FT)",
-                 f"held-out answer loss (nats), UniAttn − FT, paired by seed (same checkpoint, same batches, the same "
-                 f"{cfg.sft_steps} steps: UniAttn's two stages split them); rule: 95% t-interval inside "
-                 f"±{cfg.equiv_margin} (equivalence, pre-registered); second metric: forgetting, the held-out loss on "
-                 "the pre-training text, by the same rule", None,
+                 f"held-out answer loss (nats), UniAttn − FT, paired by seed (same checkpoint; {matched_text(cfg)}); "
+                 f"rule: 95% t-interval inside ±{cfg.equiv_margin} (equivalence, pre-registered); second metric: "
+                 "forgetting, the held-out loss on the pre-training text, by the same rule; control (reported, not "
+                 "judged into the verdict): UniAttn − FT-2x, the compute- and data-matched FT", None,
                  float(-g.mean()) if len(g) else None,
                  C.fmt_ci(ci, f"95% t over {len(g)} seeds; per-seed " + " / ".join(f"{-x:+.4f}" for x in g)),
                  C.verdict_equivalence(ci, margin=cfg.equiv_margin), "extra_main, extra_comparisons")
@@ -380,6 +467,7 @@ def claims(cfg, b: Bundle) -> list[C.Claim]:
         c3 = C.Claim(c3.claim_id, c3.claim, c3.metric, None, c3.ours_value,
                      c3.ours_ci + _equiv_seeds(-g, cfg.equiv_margin), c3.verdict, c3.evidence)
     c3 = C.second_metric(_equiv_converging(b, c3, "ft - uniattn", -1.0, "uniattn - ft"), *_forgetting(b, cfg))
+    c3 = replace(c3, ours_ci=f"{c3.ours_ci}; {_ft2x_control(b, cfg)}")
     out.append(C.judged(c3, validity(b, ["ft", "uniattn"])))
     # C4, C5, C7: UniAttn against CLA, LLMDrop, softmax sharing without compensation
     sd = _cost_at(b, "sdpa")
@@ -387,8 +475,7 @@ def claims(cfg, b: Bundle) -> list[C.Claim]:
             ("C4", "cla", "UniAttn beats cross-layer KV sharing (CLA) in the same post-training setting"),
             ("C5", "llmdrop", "UniAttn beats attention-layer dropping (LLMDrop) in the same post-training setting"),
             ("C7", "softmax", "The compensation W_c is needed: UniAttn beats softmax sharing without it")):
-        metric = (f"held-out answer loss (nats), {v} − UniAttn, seed {cfg.seed}, step-matched: both {cfg.sft_steps} "
-                  "steps on the same batches (UniAttn's two stages split them)")
+        metric = f"held-out answer loss (nats), {v} − UniAttn, seed {cfg.seed}, {matched_text(cfg, v)}"
         c = _single(b, cid, text, f"{v} - uniattn", metric, "extra_main, extra_comparisons")
         if v in ("cla", "llmdrop"):  # not memory-matched: say which side keeps the smaller cache
             r_v, r_u = (float(sd.loc[x, "cache_bytes"] / sd.loc["ft", "cache_bytes"]) for x in (v, "uniattn"))
@@ -403,7 +490,8 @@ def claims(cfg, b: Bundle) -> list[C.Claim]:
     text = "The closed-form (least-squares) initialisation of W_c lowers the error before training, against W_c = 0"
     metric = ("held-out answer loss (nats) of the unified model at init (before any training), zero W_c − closed "
               "form; rule: 95% paired bootstrap over rows > 0; second metrics: the residual on the held-out rows not "
-              "larger, and the same answer-loss gap after training (zero-init arm − UniAttn, same steps and batches)")
+              "larger, and the same answer-loss gap after training (zero-init arm − UniAttn, "
+              f"{matched_text(cfg, 'uniattn_zero')}; where the arm trained)")
     if not ini:
         out.append(C.Claim("C8", text, metric, None, None, "", "not_run", "the init was not measured"))
     else:
@@ -424,13 +512,24 @@ def claims(cfg, b: Bundle) -> list[C.Claim]:
             c8 = C.second_metric(c8, C.verdict_from_interval(ci, paper_direction="positive"),
                                  f"after training, zero-init arm − UniAttn {float(fr['gap']):+.4f}, 95% paired "
                                  f"bootstrap [{ci[0]:+.4f}, {ci[1]:+.4f}]")
-        out.append(C.judged(c8, validity(b, ["uniattn", "uniattn_zero"])))
-    # C9: two stages against one
-    text = "Two-stage post-training (W_c first, then everything) is at least as good as one stage"  # equal steps
+        else:
+            c8 = replace(c8, ours_ci=f"{c8.ours_ci}; after training: not run at this scale (uniattn_zero not in "
+                         "ablations)")
+        out.append(C.judged(c8, validity(b, ["uniattn"] + (["uniattn_zero"] if "uniattn_zero" in arms(cfg) else []))))
+    # C9: two stages against one. Paper protocol: the one-stage arm gets FT's full-parameter steps and batches (stage
+    # 2's), so the two arms differ by the W_c-only stage alone -- the recipe with and without it, as the paper's
+    # ablation presumably compares one epoch with two stages; giving one stage s1 + sft_steps full steps instead would
+    # test more compute, which FT-2x already controls for FT
+    text = "Two-stage post-training (W_c first, then everything) is at least as good as one stage"
     if _has(b, "uniattn_1stage - uniattn"):
+        if cfg.paper_protocol:
+            how = (f"full-parameter steps matched: both {cfg.sft_steps} on the same batches (stage 2's step t reads "
+                   f"the one-stage arm's batch t); the two-stage arm adds its W_c-only stage ({cfg.s1} steps on "
+                   "batches of its own), so a two-stage win includes that stage's extra data (W_c only)")
+        else:
+            how = f"the same {cfg.sft_steps} steps and batches (the two stages split them)"
         out.append(C.judged(_single(b, "C9", text, "uniattn_1stage - uniattn", f"held-out answer loss (nats), one "
-                                    f"stage − two stages, seed {cfg.seed}, the same {cfg.sft_steps} steps and batches",
-                                    "extra_ablation"),
+                                    f"stage − two stages, seed {cfg.seed}, {how}", "extra_ablation"),
                             validity(b, ["uniattn", "uniattn_1stage"])))
     else:
         out.append(C.Claim("C9", text, "answer loss, one stage − two stages", None, None, "", "not_run",
@@ -489,8 +588,8 @@ def _gqa_claim(b: Bundle, cfg) -> C.Claim:
     text = ("UniAttn combines with intra-layer KV sharing: on a GQA-uptrained model it keeps the GQA model's accuracy "
             "while cutting its cache further (v2)")
     metric = (f"held-out answer loss (nats), UniAttn-on-GQA − GQA, seed {cfg.seed}, both from the same GQA conversion "
-              f"of the pre-trained model and post-trained for the same {cfg.sft_steps} steps on the same batches; rule: "
-              f"95% paired bootstrap inside ±{cfg.equiv_margin} (equivalence) and the cache smaller")
+              f"of the pre-trained model; {matched_text(cfg, 'gqa')}; rule: 95% paired bootstrap inside "
+              f"±{cfg.equiv_margin} (equivalence) and the cache smaller")
     if not _has(b, "uniattn_gqa - gqa"):
         return C.Claim("C10", text, metric, None, None, "", "not_run", "needs uniattn_gqa in ablations")
     fr = b.comparisons.frame.set_index("comparison").loc["uniattn_gqa - gqa"]
@@ -512,8 +611,9 @@ def _to_settle(c: C.Claim) -> str:
         return "the `paper` scale (GPU, the paper's models and benchmarks)" if c.claim_id == "C11" else \
             "the ablation arm in `ablations` / a longer unified range"
     if "still converging" in c.evidence:
-        return ("longer post-training: the paired training-loss gap was still closing at the end (its trend is in the "
-                "interval text), so more sft_steps than `small`'s budget allows, or a faster-converging recipe")
+        return ("longer post-training: the paired gap (held-out where scored) was still closing at the end (its trend "
+                "is in the interval text), so more sft_steps than `small`'s budget allows, or a faster-converging "
+                "recipe")
     if c.verdict == "invalid":
         return "a configuration whose runs pass the validity checks (the failed check is in the evidence)"
     return "more paired seeds or held-out rows (the count is in its interval text where known)"
