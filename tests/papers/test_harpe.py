@@ -292,6 +292,9 @@ def test_verdict_rules_can_fail(bundle, cfg):
     strict = dataclasses.replace(cfg, retrieval_floor=0.5)
     v = R.validity(_with_cfg(bundle, strict), ["harpe"], True)
     assert not v.ok and any("no retrieval skill" in f for f in v.failures)
+    fig = R.fig2(_with_cfg(bundle, strict))  # an all-failed heat map says why on its face
+    assert fig._suptitle is not None and "INVALID" in fig._suptitle.get_text()
+    assert R.fig2(bundle)._suptitle is None
 
 
 def _with_cfg(b, cfg):

@@ -288,6 +288,11 @@ def fig2(b: Bundle):
     for ax in list(axes.flat)[len(vs):]:
         ax.axis("off")
     fig.colorbar(im, ax=axes, shrink=0.6, label="score")
+    ceiling = short_ceiling(b)
+    if not (np.isfinite(ceiling) and ceiling >= b.cfg.retrieval_floor):  # say on the figure why it is all one colour
+        fig.suptitle(f"INVALID: the short model scores {ceiling:.3f} on NIAH at its own length {b.cfg.seq_len} "
+                     f"(floor {b.cfg.retrieval_floor}): there is no retrieval skill to extend", fontsize=10,
+                     color="darkred")
     return fig
 
 
