@@ -345,13 +345,20 @@ def _train_calls(monkeypatch, cfg, data, arm, seed, dropped=()):
     return calls
 
 
-def test_paper_protocol_pairs_stage_two_with_ft_and_ft2x_sees_uniattns_batches(bundle, cfg, monkeypatch):
-    """The paper's protocol (spec §3.5): UniAttn's stage 1 trains W_c alone for stage1_steps on batches no one-stage
-    arm reads; its stage 2 trains everything for sft_steps on exactly FT's batches, step t on FT's batch t (the pairing
-    UniAttn − FT rests on), with a fresh schedule; every one-stage arm reads FT's batches; FT-2x trains everything for
-    stage1_steps + sft_steps on UniAttn's batches in UniAttn's order; every evaluated stage scores the held-out rows at
-    the same shared batch."""
-    c = dataclasses.replace(cfg, stage1_steps=cfg.sft_steps + 2)  # stage 1 longer than stage 2: lengths not mixed up
+def _rowset(rows) -> set:
+    return {tuple(r.tolist()) for b in rows for r in b}
+
+
+@pytest.mark.parametrize("stage1", ["equal", "longer"])
+def test_paper_protocol_pairs_stage_two_with_ft_and_ft2x_sees_uniattns_batches(bundle, cfg, monkeypatch, stage1):
+    """The paper's protocol (spec §3.5: each stage one epoch over the SAME data): UniAttn's stage 1 trains W_c alone
+    for stage1_steps on exactly FT's batches, in FT's order (from batch 0 again when longer than an epoch), so UniAttn
+    sees no row FT does not; its stage 2 trains everything for sft_steps on exactly FT's batches, step t on FT's batch t
+    (the pairing UniAttn − FT rests on), with a fresh schedule; every one-stage arm reads FT's batches; FT-2x trains
+    everything for stage1_steps + sft_steps on UniAttn's reads in UniAttn's order (the same data exposure); every
+    evaluated stage scores the held-out rows at the same shared batch."""
+    extra = {"equal": 0, "longer": cfg.sft_steps + 2}[stage1]  # longer: stage 1 wraps around FT's epoch
+    c = dataclasses.replace(cfg, stage1_steps=extra)
     seed, n, s1 = cfg.seed + 1, c.sft_steps, c.s1
     ft = _train_calls(monkeypatch, c, bundle.data, "ft", seed)
     ua = _train_calls(monkeypatch, c, bundle.data, "uniattn", seed)
@@ -359,8 +366,9 @@ def test_paper_protocol_pairs_stage_two_with_ft_and_ft2x_sees_uniattns_batches(b
     assert len(ft) == 1 and ft[0]["steps"] == n and ft[0]["trainable"] == () and ft[0]["seed"] == seed
     assert [x["steps"] for x in ua] == [s1, n] and ua[0]["trainable"] == M.STAGE1_TRAINABLE and ua[1]["trainable"] == ()
     assert all(torch.equal(a, b) for a, b in zip(ua[1]["rows"], ft[0]["rows"]))  # stage 2 step t = FT's step t
-    ft_rows = {tuple(r.flatten().tolist()) for r in ft[0]["rows"]}
-    assert not any(tuple(r.flatten().tolist()) in ft_rows for r in ua[0]["rows"])  # stage 1: batches of its own
+    # stage 1 reads FT's batches in FT's order (the same epoch again): batch for batch, and no row FT does not see
+    assert all(torch.equal(a, ft[0]["rows"][t % n]) for t, a in enumerate(ua[0]["rows"]))
+    assert _rowset(ua[0]["rows"]) <= _rowset(ft[0]["rows"]) and _rowset(f2[0]["rows"]) == _rowset(ft[0]["rows"])
     assert len(f2) == 1 and f2[0]["steps"] == s1 + n and f2[0]["trainable"] == ()
     assert all(torch.equal(a, b) for a, b in zip(f2[0]["rows"], ua[0]["rows"] + ua[1]["rows"]))
     assert not ua[0]["evals"] and ua[1]["evals"] and ft[0]["evals"] and f2[0]["evals"]
@@ -369,13 +377,14 @@ def test_paper_protocol_pairs_stage_two_with_ft_and_ft2x_sees_uniattns_batches(b
     for arm in ("softmax", "cla", "llmdrop", "uniattn_1stage", "gqa"):  # every one-stage arm: FT's batches
         got = _train_calls(monkeypatch, c, bundle.data, arm, seed, bundle.runs.dropped if arm == "llmdrop" else ())
         assert len(got) == 1 and got[0]["steps"] == n and got[0]["eval_steps"] == k, arm
-        assert all(torch.equal(a, b) for a, b in zip(got[0]["rows"], ft[0]["rows"])), arm
+        assert len(got[0]["rows"]) == n and all(torch.equal(a, b) for a, b in zip(got[0]["rows"], ft[0]["rows"])), arm
     for arm in ("uniattn_gqa", "uniattn_zero"):  # UniAttn's schedule
         got = _train_calls(monkeypatch, c, bundle.data, arm, seed)
         assert [(x["steps"], x["trainable"]) for x in got] == [(s1, M.STAGE1_TRAINABLE), (n, ())], arm
         assert all(torch.equal(a, b) for x, y in zip(got, ua) for a, b in zip(x["rows"], y["rows"])), arm
     assert X.cost_weight(c, "ft2x") == s1 + n and X.cost_weight(c, "uniattn") == 0.4 * s1 + n
     assert len({x["key"] for x in ft + ua + f2}) == 4  # four distinct runs (the cache never confuses them)
+    assert X.schedule(cfg, "uniattn")[0]["reads"] == tuple(range(cfg.sft_steps))  # default: one epoch, FT's
     with pytest.raises(ValueError, match="ft2x"):
         X.schedule(dataclasses.replace(cfg, stage_protocol="step_matched"), "ft2x")
 
@@ -395,7 +404,7 @@ def test_step_matched_protocol_splits_fts_steps(bundle, cfg, monkeypatch):
             assert calls[0]["steps"] == round(c.stage1_frac * c.sft_steps)
     assert "ft2x" not in X.arms(c)
     sch = X.schedule(dataclasses.replace(c, sft_steps=100, stage1_frac=0.3), "uniattn")
-    assert [(x["steps"], x["offset"]) for x in sch] == [(30, 0), (70, 30)]
+    assert [(x["steps"], x["reads"][0], x["reads"][-1]) for x in sch] == [(30, 0, 29), (70, 30, 99)]
 
 
 def test_heldout_drift_pairs_the_arms_at_the_same_shared_batch(bundle, cfg):
@@ -590,7 +599,8 @@ def test_second_metrics_make_disagreeing_claims_inconclusive(bundle, cfg):
         ini["heldout_residual_init"] = ini["heldout_residual_zero"] / 2
         ini["w_norm"] = np.where(ini["variant"] == "uniattn_mean", 8e5, 1.0)
         comps = dataclasses.replace(cmp_, frame=fr, per_seed={**cmp_.per_seed, "ft - uniattn": [0.001, -0.001, 0.0]},
-                                    init={"point": 1.0, "reps": np.full(cfg.n_boot, 1.0)})
+                                    init_kl={"point": 1.0, "reps": np.full(cfg.n_boot, 1.0), "zero": 1.0,
+                                             "init": 0.0, "windows": 8})
         b = _with(bundle, runs=dataclasses.replace(bundle.runs, frame=f), comparisons=comps,
                   analysis=dataclasses.replace(bundle.analysis, softmax=sm, init=ini))
         cl = {c.claim_id: c for c in R.claims(cfg, b)}
@@ -630,3 +640,117 @@ def test_a_refuted_equivalence_still_closing_is_inconclusive():
     assert R._equiv_converging(bundle(-0.3), refuted, "ft - uniattn", -1.0, "uniattn - ft").verdict == "not_reproduced"
     held = C.Claim("C3", "", "", None, 0.01, "ci", "reproduced", "ev")
     assert R._equiv_converging(bundle(0.3), held, "ft - uniattn", -1.0, "uniattn - ft").verdict == "reproduced"
+
+
+def _rules_only(monkeypatch):
+    monkeypatch.setattr(R, "validity", lambda b, v: Validity())  # the rules alone
+
+
+def test_c10_needs_the_one_seed_prediction_interval_too(bundle, cfg, monkeypatch):
+    """C10 (equivalence on one seed) by the same two-interval rule as every other single-seed claim: identical arms
+    (gap 0, every bootstrap replicate 0) are not 'reproduced' when the deciding pair's seed spread makes the one-seed
+    prediction interval wider than the margin (the bootstrap alone would say reproduced); with a tight spread they
+    are."""
+    _rules_only(monkeypatch)
+    cmp_ = bundle.comparisons
+    fr = cmp_.frame.copy()
+    fr.loc[fr["comparison"] == "uniattn_gqa - gqa", ["gap", "ci_lo", "ci_hi"]] = 0.0
+    acc = cmp_.acc.copy()
+    acc.loc[acc["comparison"] == "uniattn_gqa - gqa", ["acc_gap", "ci_lo", "ci_hi"]] = 0.0
+    base = dict(frame=fr, boot={**cmp_.boot, "uniattn_gqa - gqa": np.zeros(cfg.n_boot)}, drift={}, drift_boot={},
+                acc=acc, acc_boot={**cmp_.acc_boot, "uniattn_gqa - gqa": np.zeros(cfg.n_boot)},
+                acc_per_seed={**cmp_.acc_per_seed, "ft - uniattn": [0.0, 0.0005, -0.0005]})
+
+    def c10(per_seed):
+        comps = dataclasses.replace(cmp_, per_seed={**cmp_.per_seed, "ft - uniattn": per_seed}, **base)
+        return {c.claim_id: c for c in R.claims(cfg, _with(bundle, comparisons=comps))}["C10"]
+
+    wide = c10([0.2, -0.2])
+    assert wide.verdict == "inconclusive" and "prediction interval" in wide.ours_ci, wide
+    tight = c10([0.001, -0.001, 0.0])
+    assert tight.verdict == "reproduced", tight
+    assert "answer-token accuracy" in tight.ours_ci
+
+
+def test_held_out_drift_interval_flags_a_gap_still_closing():
+    """The horizon rule (M1): a decided gap is 'still converging' when the held-out drift's row-bootstrap interval
+    excludes 0 on the closing side and the drift, continued for one more run length, would reach 0 -- however large
+    the seed spread (``claims.converging`` alone leaves it decided when the spread exceeds the drift); a drift whose
+    interval holds 0, or too slow to close the gap in that long, keeps the verdict."""
+    from types import SimpleNamespace
+
+    from replicate import claims as C
+
+    rng = np.random.default_rng(0)
+    reps = -0.0109 + 0.0025 * rng.standard_normal(1000)  # ~[-0.016, -0.006]
+
+    def bundle(drift, reps_):
+        cmp_ = SimpleNamespace(drift={"cla - uniattn": drift}, per_seed={"ft - uniattn": [0.05, -0.05, 0.0]},
+                               drift_what={"cla - uniattn": "held-out gap {label}"},
+                               drift_boot={"cla - uniattn": reps_})
+        return SimpleNamespace(comparisons=cmp_, cfg=SimpleNamespace(drift_frac=0.2))
+
+    won = C.Claim("C4", "", "", None, 0.035, "ci", "reproduced", "ev")  # cla − UniAttn = +0.035: UniAttn better
+    old = C.converging(won, -0.0109, 0.05, "x", horizon=5.0)
+    assert old.verdict == "reproduced"  # the spread rule alone misses it
+    out = R._converging(bundle(-0.0109, reps), won, "cla - uniattn")
+    assert out.verdict == "inconclusive" and "still converging" in out.evidence, out
+    assert R._converging(bundle(-0.0109, reps + 0.0109), won, "cla - uniattn").verdict == "reproduced"  # holds 0
+    far = C.Claim("C4", "", "", None, 0.5, "ci", "reproduced", "ev")  # 5 × 0.0109 < 0.5: would not reach 0
+    assert R._converging(bundle(-0.0109, reps), far, "cla - uniattn").verdict == "reproduced"
+    assert R._converging(bundle(0.0109, -reps), won, "cla - uniattn").verdict == "reproduced"  # widening
+
+
+def test_answer_token_accuracy_is_a_second_metric_of_the_loss_claims(bundle, cfg, monkeypatch):
+    """C3, C4, C5, C7, C9 and C10 are also judged on the answer-token accuracy (paired bootstrap over the same row
+    resamples); loss and accuracy pointing opposite ways make a claim inconclusive (mixed)."""
+    _rules_only(monkeypatch)
+    cmp_ = bundle.comparisons
+    fr = cmp_.frame.copy()
+    fr.loc[fr["comparison"] == "cla - uniattn", ["gap", "ci_lo", "ci_hi"]] = (0.5, 0.45, 0.55)
+    acc = cmp_.acc.copy()
+    acc.loc[acc["comparison"] == "cla - uniattn", ["acc_gap", "ci_lo", "ci_hi"]] = (-0.3, -0.35, -0.25)
+    tight = [0.001, -0.001, 0.0]
+
+    def c4(acc_reps):
+        comps = dataclasses.replace(cmp_, frame=fr, boot={**cmp_.boot, "cla - uniattn": np.full(cfg.n_boot, 0.5)},
+                                    per_seed={**cmp_.per_seed, "ft - uniattn": tight}, drift={}, drift_boot={},
+                                    acc=acc, acc_boot={**cmp_.acc_boot, "cla - uniattn": acc_reps},
+                                    acc_per_seed={**cmp_.acc_per_seed, "ft - uniattn": tight})
+        return {c.claim_id: c for c in R.claims(cfg, _with(bundle, comparisons=comps))}
+
+    cl = c4(np.full(cfg.n_boot, -0.3))
+    assert cl["C4"].verdict == "inconclusive" and cl["C4"].evidence.startswith("mixed"), cl["C4"]
+    acc.loc[acc["comparison"] == "cla - uniattn", "acc_gap"] = 0.3
+    assert c4(np.full(cfg.n_boot, 0.3))["C4"].verdict == "reproduced"  # the metrics agree
+    for cid in ("C3", "C4", "C5", "C7", "C9", "C10"):
+        assert "answer-token accuracy" in cl[cid].ours_ci, cid
+    assert set(cmp_.acc["comparison"]) == set(cmp_.frame["comparison"]) and cmp_.acc["acc_gap"].notna().all()
+
+
+def test_softmax_share_folds_the_mask_into_the_softmax_and_decode_has_none(cfg):
+    """C2's pre-registered share: the softmax step with the causal mask folded in over q Kᵀ + that step + P V (the
+    mask counted apart reported beside); a decode step is timed without a mask."""
+    sh = {("prefill", "qk"): 1.0, ("prefill", "mask"): 3.0, ("prefill", "softmax"): 2.0,
+          ("prefill", "softmax_masked"): 5.0, ("prefill", "pv"): 2.0,
+          ("decode", "qk"): 1.0, ("decode", "softmax"): 1.0, ("decode", "softmax_masked"): 1.0, ("decode", "pv"): 2.0}
+    p, d = X.share_row(sh, "prefill"), X.share_row(sh, "decode")
+    assert p["softmax_share"] == pytest.approx(5 / 8) and p["softmax_share_mask_apart"] == pytest.approx(2 / 8)
+    assert d["softmax_share"] == pytest.approx(1 / 4) and np.isnan(d["mask_s"])
+    got = X.softmax_share(cfg, 16, 2)
+    assert ("decode", "mask") not in got and ("prefill", "mask") in got and ("prefill", "softmax_masked") in got
+
+
+def test_c8_is_judged_on_the_kl_from_the_pretrained_model(bundle, cfg, monkeypatch):
+    """C8's primary metric: KL(pre-trained || unified model at init) on the held-out pre-training windows (0 for the
+    pre-trained model itself), zero − closed form; the answer loss at init only as context."""
+    base = _trained_like()
+    assert np.allclose(X.window_kl(base, base, torch.randint(0, 61, (5, 17))), 0.0, atol=1e-9)
+    other = _trained_like(seed=1)
+    assert (X.window_kl(base, other, torch.randint(0, 61, (5, 17))) > 0).all()
+    _rules_only(monkeypatch)
+    kl = bundle.analysis.init_kl
+    assert {"uniattn", "uniattn_zero", "uniattn_mean"} <= set(kl) and all((v >= -1e-9).all() for v in kl.values())
+    c8 = {c.claim_id: c for c in R.claims(cfg, bundle)}["C8"]
+    assert c8.metric.startswith("KL(pre-trained") and "context (not judged)" in c8.ours_ci
+    assert bundle.comparisons.init_kl["point"] == pytest.approx(float((kl["uniattn_zero"] - kl["uniattn"]).mean()))

@@ -10,18 +10,19 @@ Steps, in order (the notebook runs one per cell):
 - ``pretrain``: the dense decoder from scratch (one run, cached with its weights, shared by every method).
 - ``runs``: every method post-trained from it (``schedule``), FT and UniAttn with ``n_seeds`` seeds, FT-2x with
   ``ft2x_seeds``, the other arms (softmax sharing, CLA, LLMDrop, GQA, and the ablation arms ``ablations`` names) with
-  seed ``seed``. Batch t of seed s is the same rows in every arm (``MaskedBatches``: drawn by (s, t)). Protocol
-  ``paper`` (spec §3.5, default): every arm's full-parameter steps are ``sft_steps`` steps on the shared batches
-  ``stage1_steps`` .. ``stage1_steps + sft_steps − 1``; a two-stage UniAttn arm first trains W_c alone for
-  ``stage1_steps`` on batches 0 .. ``stage1_steps − 1`` (its own: no other arm but FT-2x reads them), then everything
-  for ``sft_steps`` on the shared batches (stage 2's step t reads FT's batch t), a fresh schedule per stage; FT-2x
-  trains everything for ``stage1_steps + sft_steps`` on batches 0 .. ``stage1_steps + sft_steps − 1`` (UniAttn's
-  batches, in UniAttn's order, one schedule). Protocol ``step_matched`` (ours): every arm ``sft_steps`` steps on
-  batches 0 .. ``sft_steps − 1``, UniAttn's two stages splitting them (``stage1_frac``), no FT-2x. Stage 2 starts from
+  seed ``seed``. Batch t of seed s is the same rows in every arm that reads it (``MaskedBatches``: drawn by (s, t)).
+  Protocol ``paper`` (spec §3.5: each stage one epoch over the same data, default): every arm's full-parameter steps
+  are ``sft_steps`` steps on the shared batches 0 .. ``sft_steps − 1``; a two-stage UniAttn arm first trains W_c alone
+  for ``stage1_steps`` over those same batches (a first pass; from batch 0 again when longer), then everything for
+  ``sft_steps`` on them again (stage 2's step t reads FT's batch t), a fresh schedule per stage; FT-2x trains
+  everything for ``stage1_steps + sft_steps`` steps on UniAttn's reads in UniAttn's order (one schedule: data-matched
+  to UniAttn, more compute). Protocol ``step_matched`` (ours): every arm ``sft_steps`` steps on batches 0 ..
+  ``sft_steps − 1``, UniAttn's two stages splitting them (``stage1_frac``), no FT-2x. Stage 2 starts from
   stage 1's final weights; UniAttn's W_c is set in closed form on the calibration rows before stage 1 (the fit measures
   in eval mode and hands the module back in train mode). GQA and UniAttn-on-GQA both start from the GQA conversion of
   the pre-trained model (K/V heads mean-pooled, no training of its own). Every evaluated stage also scores the
-  held-out rows at ``1 − drift_frac`` of the shared steps (the convergence check). With ``workers`` > 1 the runs train
+  held-out rows at ``1 − drift_frac`` of its final pass over the shared batches (the convergence check; the same point
+  of the shared steps in every arm). With ``workers`` > 1 the runs train
   side by side in worker processes first, the longest first.
 - ``analysis``: from each run's final weights: parameters, cache bytes and counted attention work per decode step
   (every arm), KV-cache decode latency at ``bench_contexts`` (one arm per distinct architecture; SDPA where the arm
@@ -65,7 +66,8 @@ plan = Plan(PAPER_ID)
 # arm -> what it is (table order)
 ARMS = {
     "ft": "standard post-training (full fine-tuning, one stage)",
-    "ft2x": "FT-2x: full fine-tuning for stage1_steps + sft_steps on UniAttn's batches (its data, more compute; control)",
+    "ft2x": ("FT-2x: full fine-tuning for stage1_steps + sft_steps steps on UniAttn's reads in its order (the same data "
+             "exposure as UniAttn, more compute: every step full-parameter; control)"),
     "softmax": "softmax sharing in the SuperBlocks, no compensation, one stage",
     "uniattn": "UniAttn: softmax sharing + W_c (closed-form init), two stages (W_c only, then everything)",
     "cla": "cross-layer KV sharing (CLA) on the same layers",
@@ -235,53 +237,80 @@ def sft_optim(cfg: UniAttnConfig, steps: int, trainable: tuple = ()):
     return dataclasses.replace(cfg.optim(steps, prefix="sft_"), trainable=trainable)
 
 
-def sft_batches(cfg: UniAttnConfig, data: Data, seed: int, offset: int = 0) -> MaskedBatches:
-    """Post-training batches of ``seed``: step t of a stage reads batch t + ``offset`` of the seed's stream, rows of the
-    training pool drawn by (seed, t + offset): the same rows in every arm that reads that batch (``schedule``)."""
-    return MaskedBatches(data.train_ids, data.train_mask, cfg.batch_size, seed, offset)
+@dataclass(frozen=True)
+class Replayed:
+    """Batches read in a given order: step t reads batch ``reads[t]`` of ``base`` (rows drawn by (seed, batch)), so a
+    stage can read the same batches again (the paper's second epoch over the same data)."""
+
+    base: MaskedBatches
+    reads: tuple
+
+    @property
+    def seed(self) -> int:
+        return self.base.seed
+
+    @property
+    def offset(self) -> int:
+        return self.reads[0] if self.reads else 0
+
+    def batch(self, step: int) -> dict:
+        return self.base.batch(self.reads[step])
+
+
+def sft_batches(cfg: UniAttnConfig, data: Data, seed: int, reads) -> Replayed:
+    """Post-training batches of ``seed``: step t of a stage reads batch ``reads[t]`` of the seed's stream, rows of the
+    training pool drawn by (seed, batch): the same rows in every arm that reads that batch (``schedule``)."""
+    return Replayed(MaskedBatches(data.train_ids, data.train_mask, cfg.batch_size, seed, 0), tuple(reads))
 
 
 def two_stage(cfg: UniAttnConfig, arm: str) -> bool:
     return arm.startswith("uniattn") and cfg.two_stage and arm != "uniattn_1stage"
 
 
-def shared_offset(cfg: UniAttnConfig) -> int:
-    """The first of the batches every arm's full-parameter steps read (FT's): after stage 1's own batches under the
-    paper protocol, batch 0 when step-matched."""
-    return cfg.s1 if cfg.paper_protocol else 0
+def _epoch(n: int, steps: int) -> tuple:
+    """``steps`` steps over the ``n`` shared batches in order, starting again at batch 0 after batch n − 1."""
+    return tuple(t % n for t in range(steps))
 
 
 def schedule(cfg: UniAttnConfig, arm: str) -> list[dict]:
-    """The arm's training stages, each a fresh run and schedule: its steps, the first batch it reads (``offset``; step t
-    reads batch offset + t) and what trains (() = everything). Paper protocol: a one-stage arm trains ``sft_steps`` on
-    the shared batches (``shared_offset`` on); a two-stage arm trains W_c alone for ``s1`` steps on batches 0 ..
-    s1 − 1, then everything on the shared batches, step t of stage 2 reading FT's batch t; FT-2x trains everything for
-    s1 + ``sft_steps`` on batches 0 .., UniAttn's own sequence. Step-matched: every arm ``sft_steps`` on batches 0 ..
-    sft_steps − 1, a two-stage arm splitting them (W_c only for ``round(stage1_frac · sft_steps)``, at least 1)."""
-    n, off = cfg.sft_steps, shared_offset(cfg)
+    """The arm's training stages, each a fresh run and schedule: its steps, the batches it reads in step order
+    (``reads``: step t reads batch reads[t]), where the stage sits in the final pass over the shared batches 0 ..
+    sft_steps − 1 (``pos``: the stage's step t is that pass's step t + pos; None for a stage outside it) and what
+    trains (() = everything). Paper protocol (spec §3.5: each stage one epoch over the SAME data): a one-stage arm
+    trains ``sft_steps`` on the shared batches; a two-stage arm trains W_c alone for ``s1`` steps on those same batches
+    (again from batch 0 when s1 > sft_steps), then everything for ``sft_steps`` on them again, stage 2's step t
+    reading FT's batch t; FT-2x trains everything for s1 + ``sft_steps`` steps on UniAttn's reads in UniAttn's order
+    (stage 1's pass, then stage 2's): UniAttn's data exposure, every step full-parameter. Step-matched: every arm
+    ``sft_steps`` on batches 0 .. sft_steps − 1, a two-stage arm splitting them (W_c only for
+    ``round(stage1_frac · sft_steps)``, at least 1)."""
+    n = cfg.sft_steps
+    shared = tuple(range(n))
     if arm == "ft2x":
         if not has_ft2x(cfg):
             raise ValueError("arm: ft2x trains only under stage_protocol='paper' with ft2x_seeds > 0")
-        return [{"steps": cfg.s1 + n, "offset": 0, "trainable": ()}]
+        return [{"steps": cfg.s1 + n, "reads": _epoch(n, cfg.s1) + shared, "pos": -cfg.s1, "trainable": ()}]
     if not two_stage(cfg, arm):
-        return [{"steps": n, "offset": off, "trainable": ()}]
+        return [{"steps": n, "reads": shared, "pos": 0, "trainable": ()}]
     if cfg.paper_protocol:
-        return [{"steps": cfg.s1, "offset": 0, "trainable": M.STAGE1_TRAINABLE},
-                {"steps": n, "offset": off, "trainable": ()}]
+        return [{"steps": cfg.s1, "reads": _epoch(n, cfg.s1), "pos": None, "trainable": M.STAGE1_TRAINABLE},
+                {"steps": n, "reads": shared, "pos": 0, "trainable": ()}]
     s1 = min(max(1, round(cfg.stage1_frac * n)), n - 1)
-    return [{"steps": s1, "offset": 0, "trainable": M.STAGE1_TRAINABLE},
-            {"steps": n - s1, "offset": s1, "trainable": ()}]
+    return [{"steps": s1, "reads": shared[:s1], "pos": 0, "trainable": M.STAGE1_TRAINABLE},
+            {"steps": n - s1, "reads": shared[s1:], "pos": s1, "trainable": ()}]
 
 
 def heldout_batch(cfg: UniAttnConfig) -> int:
-    """The convergence check's point: every evaluated stage scores the held-out rows once it has read the shared batches
-    up to this one (exclusive), ``1 − drift_frac`` of the way through them."""
-    return shared_offset(cfg) + round((1 - cfg.drift_frac) * cfg.sft_steps)
+    """The convergence check's point, in the final pass over the shared batches: every evaluated stage scores the
+    held-out rows once it has read that pass up to this batch (exclusive), ``1 − drift_frac`` of the way through it
+    -- the same point of the shared steps for every arm (FT-2x included: after its first pass and 80% of its second)."""
+    return round((1 - cfg.drift_frac) * cfg.sft_steps)
 
 
 def heldout_step(cfg: UniAttnConfig, stage: dict) -> int | None:
-    """The step of ``stage`` after which it has read the batches up to ``heldout_batch`` (None: not inside it)."""
-    k = heldout_batch(cfg) - stage["offset"]
+    """The step of ``stage`` after which it has read the final pass up to ``heldout_batch`` (None: not inside it)."""
+    if stage["pos"] is None:
+        return None
+    k = heldout_batch(cfg) - stage["pos"]
     return k if 0 < k < stage["steps"] else None
 
 
@@ -337,9 +366,21 @@ def initial_model(cfg: UniAttnConfig, data: Data, arm: str, parent: dict, optim=
     return lm.train(), fit  # the fit measures in eval mode and restores the mode; training starts in train mode
 
 
+def reads_text(reads) -> str:
+    """Batches read, in order, as runs of consecutive batches: ``0-199+0-199``."""
+    out, start = [], None
+    for i, r in enumerate(reads):
+        if start is None:
+            start = r
+        if i + 1 == len(reads) or reads[i + 1] != r + 1:
+            out.append(f"{start}-{r}")
+            start = None
+    return "+".join(out)
+
+
 def _batches_text(st: list[dict]) -> str:
-    """The stages' (first batch, steps) for the run key: the same arm on other batches is another run."""
-    return ";batches=" + "+".join(f"{x['offset']}:{x['steps']}" for x in st)
+    """The stages' batches read, in order, for the run key: the same arm on other batches is another run."""
+    return ";batches=" + "/".join(reads_text(x["reads"]) for x in st)
 
 
 def train_arm(cfg: UniAttnConfig, data: Data, arm: str, seed: int, dropped: tuple = ()) -> dict:
@@ -362,7 +403,7 @@ def train_arm(cfg: UniAttnConfig, data: Data, arm: str, seed: int, dropped: tupl
                          desc + (f";dropped={dropped}" if arm == "llmdrop" else ""), cfg.batch_size, cfg.seq_len,
                          seed, eval_steps=ev_steps, ckpt_every=max(10, last["steps"] // 4))
         spec = continued(spec, parent, conv[0], **conv[1])
-        return train(PAPER_ID, spec, sft_batches(cfg, data, seed, last["offset"]), evals, keep_weights=True,
+        return train(PAPER_ID, spec, sft_batches(cfg, data, seed, last["reads"]), evals, keep_weights=True,
                      parent=parent, **kw)
     parent = parent_of(cfg, data, arm)
     mode = _init_mode(arm, cfg)
@@ -374,14 +415,14 @@ def train_arm(cfg: UniAttnConfig, data: Data, arm: str, seed: int, dropped: tupl
                        ckpt_every=max(10, first["steps"] // 4))
     # the module arrives with its weights (the parent's, W_c in closed form): the key names the parent and the init.
     # A stage that another follows is not evaluated (its held-out numbers are read nowhere)
-    r1 = train(PAPER_ID, stage1, sft_batches(cfg, data, seed, first["offset"]), evals if len(st) == 1 else {},
+    r1 = train(PAPER_ID, stage1, sft_batches(cfg, data, seed, first["reads"]), evals if len(st) == 1 else {},
                module=lambda: initial_model(cfg, data, arm, parent, stage1.optim)[0], keep_weights=True, **kw)
     if len(st) == 1:
         return r1
     # stage 2 (everything, a fresh schedule) reads the shared batches: its step t is FT's step t
     stage2 = continued(TrainSpec(mcfg, sft_optim(cfg, last["steps"]), desc + ";stage=2", cfg.batch_size,
                                  cfg.seq_len, seed, eval_steps=ev_steps, ckpt_every=max(10, last["steps"] // 4)), r1)
-    r2 = train(PAPER_ID, stage2, sft_batches(cfg, data, seed, last["offset"]), evals, keep_weights=True, parent=r1,
+    r2 = train(PAPER_ID, stage2, sft_batches(cfg, data, seed, last["reads"]), evals, keep_weights=True, parent=r1,
                **kw)
     return {**r2, "stage1": {"key": r1["key"], "wall_s": r1["wall_s"]}, "wall_s": r1["wall_s"] + r2["wall_s"]}
 
@@ -488,36 +529,33 @@ def latency_summary(timings: pd.DataFrame) -> pd.DataFrame:
 
 
 @torch.no_grad()
-def softmax_share(cfg: UniAttnConfig, context: int, repeats: int) -> dict:
-    """Seconds of the four steps of eager attention for one layer's heads (q Kᵀ, the causal mask, softmax, P V),
-    prefill of ``context`` tokens and one decode step at ``context`` keys; median of ``repeats`` (each averaged over
-    5 calls). The mask is timed apart from the softmax (a decode step needs none: it is the all-visible mask)."""
+def softmax_share(cfg: UniAttnConfig, context: int, repeats: int, warmup: int = 3) -> dict:
+    """Seconds of the steps of eager attention for one layer's heads, prefill of ``context`` tokens and one decode step
+    at ``context`` keys; each function called ``warmup`` times untimed first, then the median of ``repeats`` (each
+    averaged over 5 calls). Steps: ``qk`` (q Kᵀ, scaled), ``softmax_masked`` (the causal mask and the softmax as one
+    step: the pre-registered softmax step), ``pv`` (P V), and apart: ``mask`` (masked_fill alone) and ``softmax`` (the
+    softmax alone, on masked scores). A decode step needs no mask (its one query sees every key): there ``mask`` is
+    absent and ``softmax_masked`` is the softmax alone."""
     H, dh = cfg.n_heads, cfg.d_model // cfg.n_heads
     g = torch.Generator().manual_seed(cfg.seed)
     out = {}
     for phase, T in (("prefill", context), ("decode", 1)):
         q, k, v = (torch.randn(1, H, n, dh, generator=g) for n in (T, context, context))
         mask = torch.ones(T, context, dtype=torch.bool).tril(context - T)
-
-        def qk():
-            return q @ k.transpose(-1, -2) * dh**-0.5
-
-        s = qk()
-
-        def mk():
-            return s.masked_fill(~mask, float("-inf"))
-
-        sm_in = mk()
-
-        def sm():
-            return torch.softmax(sm_in, -1)
-
-        p = sm()
-
-        def pv():
-            return p @ v
-
-        for name, f in (("qk", qk), ("mask", mk), ("softmax", sm), ("pv", pv)):
+        s = q @ k.transpose(-1, -2) * dh**-0.5
+        masked = s.masked_fill(~mask, float("-inf")) if phase == "prefill" else s
+        p = torch.softmax(masked, -1)
+        fns = {"qk": lambda: q @ k.transpose(-1, -2) * dh**-0.5,
+               "softmax": lambda: torch.softmax(masked, -1),
+               "pv": lambda: p @ v}
+        if phase == "prefill":
+            fns["mask"] = lambda: s.masked_fill(~mask, float("-inf"))
+            fns["softmax_masked"] = lambda: torch.softmax(s.masked_fill(~mask, float("-inf")), -1)
+        else:
+            fns["softmax_masked"] = fns["softmax"]
+        for name, f in fns.items():
+            for _ in range(warmup):
+                f()
             ts = []
             for _ in range(repeats):
                 t0 = time.perf_counter()
@@ -528,16 +566,29 @@ def softmax_share(cfg: UniAttnConfig, context: int, repeats: int) -> dict:
     return out
 
 
+def share_row(sh: dict, phase: str) -> dict:
+    """One phase's timings and its two shares: ``softmax_share`` (pre-registered): softmax step (mask folded in) /
+    (q Kᵀ + that step + P V); ``softmax_share_mask_apart`` (beside): the softmax alone / (q Kᵀ + mask + softmax +
+    P V), the mask counted outside the softmax (decode: no mask)."""
+    t = {n: sh[(phase, n)] for n in ("qk", "mask", "softmax", "softmax_masked", "pv") if (phase, n) in sh}
+    pre = t["softmax_masked"] / (t["qk"] + t["softmax_masked"] + t["pv"])
+    apart = t["softmax"] / (t["qk"] + t.get("mask", 0.0) + t["softmax"] + t["pv"])
+    return {**{f"{n}_s": t.get(n, np.nan) for n in ("qk", "mask", "softmax", "softmax_masked", "pv")},
+            "softmax_share": pre, "softmax_share_mask_apart": apart}
+
+
 @dataclass(frozen=True)
 class Analysis:
     cost: pd.DataFrame  # (variant, impl, context): s/token (median, IQR, ratio to FT), cache bytes, counted work
-    softmax: pd.DataFrame  # (phase, context): seconds of q Kᵀ, mask, softmax, P V and the softmax share (mask apart)
+    softmax: pd.DataFrame  # (phase, context): seconds of the attention steps and the two softmax shares (``share_row``)
     similarity: dict  # "pretrained" / "ft": (R, L, L) per held-out row
     init: pd.DataFrame  # (variant, layer): calibration residual at zero and at the init; the same on held-out rows
     init_loss: dict  # variant -> (W,) per-row answer loss of the UniAttn model at init (before training)
     pretrained_rows: tuple  # the pre-trained model's (loss, answer-token accuracy) per held-out row (zero-shot)
     llmdrop_scores: list  # per layer, LLMDrop's score on the calibration rows
     timings: pd.DataFrame  # (variant, impl, context, repeat): seconds per decode step of every timed round
+    init_kl: dict = dataclasses.field(default_factory=dict)  # variant -> (N,) per held-out pre-training window:
+    # KL(pre-trained || the UniAttn model at init), nats per token (the init's distance from the model it replaces)
 
 
 @torch.no_grad()
@@ -553,6 +604,20 @@ def _eval_rows(model: Decoder, data: Data, chunk: int = 16) -> tuple[np.ndarray,
         loss.append(per_token_nll(logits, w[:, 1:]))
         correct.append(logits.argmax(-1) == w[:, 1:])
     return row_metrics({"loss": torch.cat(loss), "correct": torch.cat(correct), "mask": data.eval_mask[:, 1:]})
+
+
+@torch.no_grad()
+def window_kl(base: Decoder, model: Decoder, windows: torch.Tensor, chunk: int = 16) -> np.ndarray:
+    """Per held-out pre-training window: KL(base || model) of the next-token distributions, mean over its positions
+    (nats per token); 0 when ``model`` is ``base``."""
+    base.eval(), model.eval()
+    out = []
+    for s in range(0, len(windows), chunk):
+        x = windows[s: s + chunk, :-1]
+        lp = torch.log_softmax(base(x).logits.double(), -1)
+        lq = torch.log_softmax(model(x).logits.double(), -1)
+        out.append((lp.exp() * (lp - lq)).sum(-1).mean(-1))
+    return torch.cat(out).numpy()
 
 
 @plan.step
@@ -578,9 +643,7 @@ def analysis(cfg: UniAttnConfig, data: Data, runs: Runs) -> Analysis:
         for L in cfg.bench_contexts:
             sh = softmax_share(cfg, L, cfg.bench_repeats)
             for phase in ("prefill", "decode"):
-                t = {n: sh[(phase, n)] for n in ("qk", "mask", "softmax", "pv")}
-                soft.append({"phase": phase, "context": L, **{f"{n}_s": x for n, x in t.items()},
-                             "softmax_share": t["softmax"] / sum(t.values())})
+                soft.append({"phase": phase, "context": L, **share_row(sh, phase)})
     cost = pd.DataFrame(static).merge(latency_summary(timings), on=["variant", "impl", "context"], how="left")
     with torch_threads(cfg.threads * cfg.workers if cfg.threads else 0):  # no clock from here on: every core
         return _measure(cfg, data, runs, by, cost, timings, soft)
@@ -596,7 +659,7 @@ def _measure(cfg, data, runs, by, cost, timings, soft) -> Analysis:
                               for i in range(0, R, 32)]) for k, m in (("pretrained", pre), ("ft", ft))}
     # each UniAttn initialisation before training: its residuals on the calibration rows (in-sample) and on the
     # held-out rows, and its held-out answer loss
-    init_rows, init_loss = [], {}
+    init_rows, init_loss, init_kl = [], {}, {}
     h_ids, h_mask = data.eval_ids[:, :-1], _real(data.eval_mask)
     base_h = {i: h for i, (_, h) in M.streams(pre, h_ids, sorted(_members(cfg, "uniattn"))).items()}
     for a in INITS:  # every initialisation, whether or not its arm trains
@@ -606,10 +669,11 @@ def _measure(cfg, data, runs, by, cost, timings, soft) -> Analysis:
                        "heldout_residual_zero": held[f["layer"]]["residual_zero"],
                        "heldout_residual_init": held[f["layer"]]["residual_init"]} for f in fit]
         init_loss[a] = _eval_rows(lm.model.eval(), data)[0]
+        init_kl[a] = window_kl(pre, lm.model.eval(), data.lm.windows)
     c_ids, c_mask = _calib(cfg, data)
     scores = M.attention_importance(pre, c_ids, c_mask)
     return Analysis(cost, pd.DataFrame(soft), sim, pd.DataFrame(init_rows), init_loss, _eval_rows(pre, data), scores,
-                    timings)
+                    timings, init_kl)
 
 
 # ============================================================================================ comparisons
@@ -624,21 +688,31 @@ class Comparisons:
     init: dict  # zero − closed-form initial answer loss: point, replicates
     similarity: dict  # adjacent − distant softmax similarity in the unified layers (after FT): point, replicates
     drift_what: dict = dataclasses.field(default_factory=dict)  # name -> what ``drift`` measured (absent: training)
+    drift_boot: dict = dataclasses.field(default_factory=dict)  # name -> bootstrap replicates of the held-out drift
+    # (the same row resamples as the gap's)
+    acc: pd.DataFrame | None = None  # one row per comparison: the answer-token accuracy gained by b over a (b − a:
+    # positive means b better, the loss gap's sign), its 95% paired bootstrap
+    acc_boot: dict = dataclasses.field(default_factory=dict)  # name -> bootstrap replicates of that accuracy gap
+    acc_per_seed: dict = dataclasses.field(default_factory=dict)  # name -> per common seed accuracy gap
+    init_kl: dict = dataclasses.field(default_factory=dict)  # zero − closed-form KL(pre-trained || init) on the
+    # held-out pre-training windows: point, replicates (bootstrap over windows)
 
 
 def _curve(cfg: UniAttnConfig, arm: str, run: dict):
-    """One run's logged training loss by the batch each step read (``schedule``: step t of a stage reads batch
-    offset + t; a two-stage run's stages joined), or None."""
+    """One run's logged training loss by its step in the final pass over the shared batches (``schedule``'s
+    ``pos``; a stage outside that pass, and FT-2x's first pass, left out: their batches repeat in it), or None."""
     from replicate.models.trainer import train_curve
 
     st = schedule(cfg, arm)
     keys = ([run["stage1"]["key"]] if "stage1" in run else []) + [run["key"]]
     out = {}
     for key, stage in zip(keys, st[-len(keys):]):
+        if stage["pos"] is None:
+            continue
         c = train_curve(PAPER_ID, key)
         if c is None:
             return None
-        out.update({int(t) + stage["offset"]: float(x) for t, x in zip(*c)})
+        out.update({int(t) + stage["pos"]: float(x) for t, x in zip(*c) if int(t) + stage["pos"] >= 0})
     return out
 
 
@@ -650,10 +724,10 @@ def step_gap_drift(cfg: UniAttnConfig, runs: Runs, a: str, b: str) -> float | No
     """``trainer.gap_drift`` by batch (the steps of two arms that read the same batch paired): per common seed, the mean
     training-loss gap a − b over the last ``drift_frac`` of the shared batches minus that over the ``drift_frac``
     before; None without a log. Once rows repeat (the pool is drawn with replacement, and the paper protocol's stage 1
-    and FT-2x read other batches of the same pool first) a row met before lowers one arm's training loss: the held-out
+    and FT-2x's first pass read the same batches first) a row met before lowers one arm's training loss: the held-out
     drift (``heldout_gap_drift``) is the one the claims use."""
     ra, rb = _by_seed(runs, a), _by_seed(runs, b)
-    off, n, frac = shared_offset(cfg), cfg.sft_steps, cfg.drift_frac
+    off, n, frac = 0, cfg.sft_steps, cfg.drift_frac
     drifts = []
     for seed in sorted(set(ra) & set(rb)):
         ca, cb = _curve(cfg, a, ra[seed]), _curve(cfg, b, rb[seed])
@@ -691,6 +765,23 @@ def heldout_gap_drift(cfg: UniAttnConfig, runs: Runs, a: str, b: str) -> float |
     return float(np.mean(drifts)) if drifts else None
 
 
+def heldout_drift_rows(cfg: UniAttnConfig, runs: Runs, a: str, b: str) -> np.ndarray | None:
+    """``heldout_gap_drift`` per held-out row (mean over the common seeds): what the drift's bootstrap resamples."""
+    ra, rb = _by_seed(runs, a), _by_seed(runs, b)
+    rows = []
+    for seed in sorted(set(ra) & set(rb)):
+        ha, hb = heldout_at(cfg, a, ra[seed]), heldout_at(cfg, b, rb[seed])
+        if ha is None or hb is None:
+            return None
+        end = row_metrics(ra[seed]["final"]["qa"])[0] - row_metrics(rb[seed]["final"]["qa"])[0]
+        rows.append(end - (ha - hb))
+    return np.mean(rows, 0) if rows else None
+
+
+def _acc_of(runs: Runs, v: str) -> dict:
+    return {r["seed"]: row_metrics(r["result"]["final"]["qa"])[1] for r in runs.records if r["variant"] == v}
+
+
 def _rows_of(runs: Runs, v: str) -> dict:
     return {r["seed"]: row_metrics(r["result"]["final"]["qa"])[0] for r in runs.records if r["variant"] == v}
 
@@ -702,6 +793,7 @@ def comparisons(cfg: UniAttnConfig, data: Data, runs: Runs, analysis: Analysis) 
     boot_w = np.stack([np.bincount(rng.integers(0, W, W), minlength=W) for _ in range(cfg.n_boot)])  # (n_boot, W)
     reps_of = lambda d_w: (boot_w @ d_w) / boot_w.sum(1)  # noqa: E731
     rows, boot, per_seed, drift, drift_what = [], {}, {}, {}, {}
+    drift_boot, acc_rows, acc_boot, acc_per_seed = {}, [], {}, {}
     pairs = [(a, "uniattn") for a in arms(cfg) if a != "uniattn"] + [("uniattn_gqa", "gqa")]
     at = f"{1 - cfg.drift_frac:.0%}"
     for a, b in pairs:
@@ -718,6 +810,16 @@ def comparisons(cfg: UniAttnConfig, data: Data, runs: Runs, analysis: Analysis) 
             drift_what[name] = (f"paired held-out answer-loss gap {{label}}, at the end − after {at} of the shared "
                                 "steps, the same rows")
         # the same full-parameter steps on the same batches (UniAttn's extra W_c stage: ``schedule``)
+        dr = heldout_drift_rows(cfg, runs, a, b)
+        if dr is not None:
+            drift_boot[name] = reps_of(dr)
+        qa_, qb_ = _acc_of(runs, a), _acc_of(runs, b)
+        acc_w = np.mean([qb_[s] - qa_[s] for s in common], 0)  # b − a: positive, b better (the loss gap's sign)
+        acc_boot[name], acc_per_seed[name] = reps_of(acc_w), [float((qb_[s] - qa_[s]).mean()) for s in common]
+        acc_rows.append({"comparison": name, "acc_gap": float(acc_w.mean()),
+                         "ci_lo": float(np.quantile(acc_boot[name], 0.025)),
+                         "ci_hi": float(np.quantile(acc_boot[name], 0.975)), "paired_seeds": len(common),
+                         "acc_gap_per_seed": " / ".join(f"{x:+.4f}" for x in acc_per_seed[name])})
         rows.append({"comparison": name, "gap": float(d_w.mean()), "ci_lo": float(np.quantile(boot[name], 0.025)),
                      "ci_hi": float(np.quantile(boot[name], 0.975)), "paired_seeds": len(common),
                      "gap_per_seed": " / ".join(f"{x:+.4f}" for x in per_seed[name]), "heldout_gap_drift": ho,
@@ -726,6 +828,15 @@ def comparisons(cfg: UniAttnConfig, data: Data, runs: Runs, analysis: Analysis) 
     if "uniattn_zero" in analysis.init_loss:
         d_w = analysis.init_loss["uniattn_zero"] - analysis.init_loss["uniattn"]
         init = {"point": float(d_w.mean()), "reps": reps_of(d_w)}
+    init_kl = {}
+    if "uniattn_zero" in analysis.init_kl and "uniattn" in analysis.init_kl:
+        d_n = analysis.init_kl["uniattn_zero"] - analysis.init_kl["uniattn"]
+        N = len(d_n)
+        r3 = np.random.default_rng(cfg.seed + 2)
+        init_kl = {"point": float(d_n.mean()), "reps": np.array([d_n[r3.integers(0, N, N)].mean()
+                                                                 for _ in range(cfg.n_boot)]),
+                   "zero": float(analysis.init_kl["uniattn_zero"].mean()),
+                   "init": float(analysis.init_kl["uniattn"].mean()), "windows": N}
     # redundancy: in the unified layers' range, adjacent layer pairs against pairs >= 2 apart (per row, then
     # bootstrapped over rows), on the fine-tuned model
     sim = analysis.similarity["ft"]  # (R, L, L)
@@ -741,7 +852,8 @@ def comparisons(cfg: UniAttnConfig, data: Data, runs: Runs, analysis: Analysis) 
         r2 = np.random.default_rng(cfg.seed + 1)
         simd = {"point": float(d.mean()), "reps": np.array([d[r2.integers(0, R, R)].mean() for _ in range(cfg.n_boot)]),
                 "adjacent": float(a.mean()), "distant": float(f.mean())}
-    return Comparisons(pd.DataFrame(rows), boot, per_seed, drift, init, simd, drift_what)
+    return Comparisons(pd.DataFrame(rows), boot, per_seed, drift, init, simd, drift_what, drift_boot,
+                       pd.DataFrame(acc_rows), acc_boot, acc_per_seed, init_kl)
 
 
 run_experiments = plan.run_all
