@@ -33,7 +33,11 @@ PAPER = "harpe"  # the shared fixtures (conftest.py): env, cfg = its smoke confi
 def test_scales_and_unconfirmed_choices(cfg):
     small = resolve_config(PAPER, "small")
     assert (small.seq_len, small.long_len, small.factor, small.head_dim) == (128, 1024, 8, 32)
-    assert (small.n_seeds, small.workers, small.threads, small.retrieval_frac) == (3, 2, 1, 0.5)
+    assert (small.n_seeds, small.workers, small.threads, small.retrieval_frac) == (3, 2, 1, 0.6)
+    # Phase A sized for retrieval to emerge (more, smaller steps; see HARPEConfig.small)
+    assert (small.steps, small.batch_size, small.min_lr_ratio, small.retrieval_pool) == (3200, 16, 0.3, 12_000)
+    assert (small.answer_weight, small.copy_frac, small.retrieval_min_len, small.warmup_tasks_frac) == (
+        10.0, 0.2, 48, 0.3)
     assert (small.search_prominence, small.search_normalise, small.base_order, small.multi_stages) == (
         0.05, True, "ascending", 3)
     assert (small.window, small.group) == (32, 8)  # Self-Extend: w = L/4, G = s (spec §6)
