@@ -296,6 +296,20 @@ def test_verdict_rules_can_fail(bundle, cfg):
     strict = dataclasses.replace(cfg, retrieval_floor=0.5)
     v = R.validity(_with_cfg(bundle, strict), ["harpe"], True)
     assert not v.ok and any("no retrieval skill" in f for f in v.failures)
+    # the recovery gate: an extended arm that lost the short model's skill at seq_len makes the claim invalid
+    from replicate.experiments import Bundle
+
+    sc = bundle.evals.scores.copy()
+    at = (sc["kind"] == "ruler") & (sc["length"] == cfg.seq_len)
+    sc.loc[at & (sc["variant"] == "short"), "score"] = 1.0
+    sc.loc[at & (sc["variant"] == "harpe"), "score"] = 0.2
+    sc.loc[at & (sc["variant"] == "abf_multi"), "score"] = 0.9
+    vals = {k: getattr(bundle, k) for k in dir(bundle) if k != "seconds"}
+    vals["evals"] = dataclasses.replace(bundle.evals, scores=sc)
+    fake = Bundle(vals, dict(bundle.seconds))
+    lost = R.validity(fake, ["harpe", "abf_multi"], True)
+    assert not lost.ok and any("harpe 0.200" in f and "abf_multi" not in f for f in lost.failures)
+    assert not any("lost the short model" in f for f in R.validity(fake, ["abf_multi"], True).failures)
     fig = R.fig2(_with_cfg(bundle, strict))  # an all-failed heat map says why on its face
     assert fig._suptitle is not None and "INVALID" in fig._suptitle.get_text()
     assert R.fig2(bundle)._suptitle is None

@@ -161,6 +161,11 @@ class HARPEConfig(LMConfig):
     retrieval_floor: float = param(0.2, help="the short model's mean NIAH score at seq_len must reach this for the "
                                    "retrieval claims to be judged (else invalid: no skill to extend)",
                                    source="ours, pre-registered", min=0.0, max=1.0)
+    recovery_floor: float = param(0.5, help="each extended arm in a retrieval claim must keep this share of the "
+                                  "short model's NIAH score at seq_len (else the claim is invalid: Phase B has not "
+                                  "recovered from the position change, and the comparison measures recovery speed)",
+                                  source="ours, set after the second referee audit (before any rerun)", min=0.0,
+                                  max=1.0)
     ppl_margin: float = param(0.02, help="non-inferiority margin of C7 / C8 (held-out loss, nats): HARPE at "
                               "least as good as ABF multi-stage means worse by less than this", source="ours, "
                               "pre-registered (~2% perplexity; the paper's gaps are 0.003 nats)", min=0.0, max=10.0)

@@ -150,7 +150,24 @@ def validity(b: Bundle, variants, retrieval: bool) -> C.Validity:
         out = out + C.Validity.check(skill=(bool(ck.iloc[3]["ok"]), f"the short model's NIAH score at its own "
                                             f"length is {ceiling:.3f}, below retrieval_floor {b.cfg.retrieval_floor}:"
                                             " there is no retrieval skill to extend"))
+        if np.isfinite(ceiling) and ceiling > 0:  # every extended arm must have kept the skill at the short length
+            bar = b.cfg.recovery_floor * ceiling
+            lost = {v: x for v, x in ((v, arm_short_niah(b, v)) for v in variants if v not in ("short",))
+                    if np.isfinite(x) and x < bar}
+            out = out + C.Validity.check(recovered=(not lost, "extended arms lost the short model's retrieval at "
+                                                    f"its own length {b.cfg.seq_len} (NIAH " + ", ".join(
+                                                        f"{v} {x:.3f}" for v, x in lost.items()) + f" < "
+                                                    f"recovery_floor {b.cfg.recovery_floor} x the short model's "
+                                                    f"{ceiling:.3f}): Phase B too short to compare extension"))
     return out
+
+
+def arm_short_niah(b: Bundle, variant: str) -> float:
+    """An arm's mean NIAH score at seq_len (seed mean): what it kept of the short model's skill."""
+    s = b.evals.scores
+    f = s[(s["variant"] == variant) & (s["kind"] == "ruler") & s["task"].isin(RULER_NIAH_TASKS) &
+          (s["length"] == b.cfg.seq_len)]
+    return float(f["score"].mean()) if len(f) else float("nan")
 
 
 # ================================================================================================== tables
