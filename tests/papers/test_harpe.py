@@ -41,6 +41,8 @@ def test_scales_and_unconfirmed_choices(cfg):
     assert (small.search_prominence, small.search_normalise, small.base_order, small.multi_stages) == (
         0.05, True, "ascending", 3)
     assert (small.window, small.group) == (32, 8)  # Self-Extend: w = L/4, G = s (spec §6)
+    # Phase B after the second referee audit: 4x the steps on the same tokens, packed retrieval rows
+    assert (small.cont_steps, small.cont_batch_size, small.cont_lr, small.long_pack) == (160, 1, 1e-3, True)
     assert cfg.run_control and cfg.run_uniform and cfg.n_seeds >= 2  # every path at smoke, a seed spread included
     assert harpe.HARPEConfig.paper().long_len // harpe.HARPEConfig.paper().seq_len == 32
     assert resolve_config(PAPER, "smoke", base_order="descending").base_order == "descending"
@@ -239,18 +241,35 @@ def test_plan_at_smoke(bundle, cfg):
         assert len(fn(b))
     for fig in (R.fig2, R.fig_ppl_length, R.fig_waveforms):
         assert fig(b) is not None
-    # retrieval rows: one whole sample per row (EOS padding, prompt, answer, EOS), never cut; weights 0 on the
-    # padding, 1 on the prompt, answer_weight on the answer and its EOS
+    # retrieval rows: whole samples, never cut; weights 0 on the padding, 1 on the prompt, answer_weight on the
+    # answer and its EOS. At seq_len one sample per row (EOS padding first); above it (long_pack) samples back to
+    # back after an EOS, EOS padding last
     d = b.data
+    assert cfg.long_pack and any(L > cfg.seq_len for L in d.pools)
     for L, rows in d.pools.items():
         assert rows.ids.shape == rows.weight.shape and rows.ids.shape[1] == L + 1 and np.all(rows.ids[:, -1] == d.eos)
-        assert set(np.unique(rows.weight)) <= {0.0, 1.0, cfg.answer_weight} and np.all(rows.weight[:, -1] ==
-                                                                                      cfg.answer_weight)
-        pad = (rows.weight == 0).sum(1)
-        assert all(np.all(r[:k] == d.eos) for r, k in zip(rows.ids, pad))
-        got = X._batches(cfg, d, L, 3, 0, 0)
-        got = dataclasses.replace(got, frac=1.0).batch(0)
+        assert set(np.unique(rows.weight)) <= {0.0, 1.0, cfg.answer_weight}
+        aw = rows.weight == cfg.answer_weight
+        starts, ends = aw[:, 1:] & ~aw[:, :-1], aw[:, :-1] & ~aw[:, 1:]  # first / last token of each answer run
+        assert np.all(rows.ids[:, :-1][ends] == d.eos) and np.all(rows.ids[:, -1][aw[:, -1]] == d.eos)
+        if L == cfg.seq_len:
+            assert rows.samples is None and np.all(aw[:, -1]) and np.all(starts.sum(1) == 1)
+            pad = (rows.weight == 0).sum(1)
+            assert all(np.all(r[:k] == d.eos) for r, k in zip(rows.ids, pad))
+        else:
+            assert np.all(rows.ids[:, 0] == d.eos) and rows.samples.min() >= 1
+            assert np.array_equal(starts.sum(1), rows.samples)  # one answer per counted sample
+            zero = rows.weight[:, 1:] == 0  # padding only at the end (the room no task fits), a small share
+            assert all(np.all(z[np.argmax(z):]) or not z.any() for z in zero)
+            assert zero.mean() < 0.25
+        got = dataclasses.replace(X._batches(cfg, d, L, 3, 0, 0), frac=1.0).batch(0)
         assert all(any(np.array_equal(r, x) for x in rows.ids) for r in got["ids"].numpy())
+    # Phase B: every arm and every stage of ABF multi-stage sees the same expected samples per step
+    want = cfg.retrieval_frac * cfg.cont_batch_size * d.pools[cfg.long_len].per_row
+    assert X.cont_frac(cfg, d, cfg.long_len, cfg.cont_batch_size) == cfg.retrieval_frac
+    for _, L, n, _ in b.bases.stages:
+        f = X.cont_frac(cfg, d, L, n)
+        assert f == 1.0 or f * n * d.pools[L].per_row == pytest.approx(want)
     # Phase A: the curriculum draws warm-up tasks only before warmup_until; copy rows repeat a span
     rows = d.pools[cfg.seq_len]
     warm = dataclasses.replace(X._batches(cfg, d, cfg.seq_len, 8, 0, 0, copy_frac=0.0), frac=1.0, warmup_until=5)
@@ -313,6 +332,29 @@ def test_verdict_rules_can_fail(bundle, cfg):
     fig = R.fig2(_with_cfg(bundle, strict))  # an all-failed heat map says why on its face
     assert fig._suptitle is not None and "INVALID" in fig._suptitle.get_text()
     assert R.fig2(bundle)._suptitle is None
+
+
+def test_c10_needs_harpe_above_every_other_method(bundle):
+    """C10 ("first among the methods") is HARPE beating each other method: one clear loss makes it not_reproduced,
+    one tie inconclusive, no comparator is picked from the data."""
+    from replicate.experiments import Bundle
+
+    rng = np.random.default_rng(0)
+
+    def verdict(gaps):
+        per = {("ruler", f"harpe - {a}"): ([g, g + 0.01, g - 0.01] if a == "abf_multi" else [g])
+               for a, g in gaps.items()}
+        boot = {("ruler", f"harpe - {a}"): rng.normal(g, 0.01, 500) for a, g in gaps.items()}
+        vals = {k: getattr(bundle, k) for k in dir(bundle) if k != "seconds"}
+        vals["comparisons"] = X.Comparisons(bundle.comparisons.frame, per, boot)
+        best = min(gaps, key=gaps.get)
+        c = R.ranks_first(Bundle(vals, dict(bundle.seconds)), "t", "m", [f"harpe - {a}" for a in gaps], best)
+        assert c.ours_value == pytest.approx(gaps[best]) and "pi" in c.evidence
+        return c.verdict
+
+    assert verdict({"abf_multi": 0.3, "pi": 0.5}) == "reproduced"
+    assert verdict({"abf_multi": 0.3, "pi": -0.3}) == "not_reproduced"
+    assert verdict({"abf_multi": 0.3, "pi": 0.0}) == "inconclusive"
 
 
 def _with_cfg(b, cfg):

@@ -84,6 +84,12 @@ class Rows:
     ids: np.ndarray
     weight: np.ndarray
     easy: np.ndarray
+    samples: np.ndarray | None = None  # (n,) samples per row (packed rows); None: one each
+
+    @property
+    def per_row(self) -> float:
+        """Mean synthetic samples per row."""
+        return 1.0 if self.samples is None else float(self.samples.mean())
 
 
 @dataclass(frozen=True)
@@ -214,6 +220,38 @@ def retrieval_rows(cfg: HARPEConfig, tok, eos: int, docs, length: int, n: int, s
     return Rows(np.stack(ids), np.stack(weight), np.asarray(easy, dtype=bool))
 
 
+def packed_rows(cfg: HARPEConfig, tok, eos: int, docs, length: int, n: int, seed: int) -> Rows:
+    """Phase-B rows (``long_pack``, lengths above ``seq_len``): ``n`` rows of ``length`` + 1 tokens, each holding
+    synthetic samples back to back (EOS, prompt, answer, EOS, prompt, ...). Sample k fits a length drawn uniformly
+    from ``retrieval_min_len`` .. the room left in the row, so a row mixes short and long samples: the short skill is
+    rehearsed under the new positions while the long samples teach the extension. A remainder shorter than
+    ``retrieval_min_len`` is EOS padding (weight 0). Weights as ``retrieval_rows``: prompt 1, answer and its closing
+    EOS ``answer_weight``."""
+    lo, tasks = max(cfg.retrieval_min_len, 16), cfg.train_tasks
+    ids, weight, count, i = [], [], [], 0
+    for _ in range(n):
+        row, w, k, misses = [eos], [0.0], 0, 0
+        while length + 1 - len(row) >= lo and misses < 2 * len(tasks):
+            room = length + 1 - len(row)
+            want = int(np.random.default_rng([seed, i, 17]).integers(lo, room + 1))
+            got = fit_sample(cfg, tok, tasks[i % len(tasks)], seed, i, want - 1, docs)  # + its closing EOS
+            i += 1
+            if not got:
+                misses += 1
+                continue
+            _, p, a = got
+            row += p + a + [eos]
+            w += [1.0] * len(p) + [cfg.answer_weight] * (len(a) + 1)
+            k, misses = k + 1, 0
+        pad = length + 1 - len(row)
+        ids.append(np.asarray(row + [eos] * pad, dtype=np.int64))
+        weight.append(np.asarray(w + [0.0] * pad, dtype=np.float32))
+        count.append(k)
+    if not sum(count):
+        raise ValueError(f"train_tasks: none of {', '.join(tasks)} fits a training row of {length} tokens")
+    return Rows(np.stack(ids), np.stack(weight), np.zeros(n, dtype=bool), np.asarray(count))
+
+
 def _docs(task: str, docs) -> dict:
     return {} if task == "frequent_words" else {"docs": docs}
 
@@ -269,8 +307,10 @@ def data(cfg: HARPEConfig) -> Data:
     text = lm_text("shakespeare", cfg.vocab_size, cfg.heldout_fraction, cfg.doc_max_bytes,
                    name=f"harpe-bpe{cfg.vocab_size}")
     tok, eos = text.tok, text.eos_id
-    pools = {L: retrieval_rows(cfg, tok, eos, text.train_docs, L, n, cfg.seed + k)
-             for k, (L, n) in enumerate(sorted(train_lengths(cfg).items()))}
+    pools = {}
+    for k, (L, n) in enumerate(sorted(train_lengths(cfg).items())):  # Phase B above seq_len: packed rows
+        make = packed_rows if cfg.long_pack and L > cfg.seq_len else retrieval_rows
+        pools[L] = make(cfg, tok, eos, text.train_docs, L, n, cfg.seed + k)
     windows = lm.eval_windows(text.held_ids, 64 if cfg.scale != "smoke" else 8, cfg.seq_len)
     longest = max(cfg.eval_lengths)
     try:
@@ -280,9 +320,7 @@ def data(cfg: HARPEConfig) -> Data:
     ppl = {L: full[:, -(L + 1):].contiguous() for L in cfg.eval_lengths}  # nested: the same last tokens
     prompts = tuple(_eval_prompts(cfg, tok, eos, text.held_docs))
     gold = tuple(synthetic.score(p.sample.answer, p.sample) for p in prompts)
-    pool_desc = hashlib.sha256(b"".join(pools[L].ids.tobytes() + pools[L].weight.tobytes()
-                                        for L in sorted(pools))).hexdigest()[:16]
-    desc = f"{text.description};retrieval={cfg.retrieval_frac}:{pool_desc}"
+    desc = f"{text.description};retrieval={cfg.retrieval_frac}:{_pool_hash(pools[cfg.seq_len])}"  # Phase A's
     d0 = Data(tok, text.n_ids, eos, text.stream, desc, pools, windows, ppl, prompts, 0.0, 0.0, 0.0, gold,
               len(text.train_docs), len(text.held_docs), int(len(text.stream)))
     unigram, bigram, _ = count_bars(text.stream, text.n_ids, windows, None, 0, ())
@@ -290,10 +328,35 @@ def data(cfg: HARPEConfig) -> Data:
     return dataclasses.replace(d0, unigram_nats=unigram, bigram_nats=bigram, seen_bigram_nats=seen)
 
 
+def _pool_hash(rows: Rows) -> str:
+    return hashlib.sha256(rows.ids.tobytes() + rows.weight.tobytes()).hexdigest()[:16]
+
+
 def _batches(cfg: HARPEConfig, d: Data, length: int, rows: int, seed: int, offset: int,
-             copy_frac: float = 0.0) -> MixedBatches:
-    return MixedBatches(d.stream, d.pools[length] if cfg.retrieval_frac > 0 else None, cfg.retrieval_frac, rows,
-                        length, seed, offset, copy_frac)
+             copy_frac: float = 0.0, frac: float | None = None) -> MixedBatches:
+    return MixedBatches(d.stream, d.pools[length] if cfg.retrieval_frac > 0 else None,
+                        cfg.retrieval_frac if frac is None else frac, rows, length, seed, offset, copy_frac)
+
+
+def cont_frac(cfg: HARPEConfig, d: Data, length: int, rows: int) -> float:
+    """Phase B: the share of retrieval rows at ``length`` (``rows`` per step) that gives every arm and every stage
+    the same expected number of synthetic samples per step as a one-stage arm at ``long_len`` (``retrieval_frac``
+    x ``cont_batch_size`` rows of ``long_len``). Shorter rows hold fewer samples each but come in more rows per
+    step; without this, ABF multi-stage's early stages (and the short control) saw ~2-4x the answers."""
+    if cfg.retrieval_frac == 0:
+        return 0.0
+    want = cfg.retrieval_frac * cfg.cont_batch_size * d.pools[cfg.long_len].per_row
+    return min(1.0, want / (rows * d.pools[length].per_row))
+
+
+def cont_batches(cfg: HARPEConfig, d: Data, length: int, rows: int, seed: int, offset: int) -> MixedBatches:
+    return _batches(cfg, d, length, rows, seed, offset, frac=cont_frac(cfg, d, length, rows))
+
+
+def cont_description(cfg: HARPEConfig, d: Data) -> str:
+    """Phase B's data (its pools and the sample-count matching), part of every extension run's key."""
+    longer = ":".join(f"{L}={_pool_hash(d.pools[L])}" for L in sorted(d.pools) if L > cfg.seq_len)
+    return f";phase=B;pools={longer};pack={cfg.long_pack}"
 
 
 def pretrain_batches(cfg: HARPEConfig, d: Data) -> lm.Batches:
@@ -387,7 +450,7 @@ def train_arm(cfg: HARPEConfig, d: Data, b: Bases, arm: str, seed: int) -> dict:
     the result is the last stage's, with every stage's wall time summed."""
     parent = pretrained(cfg, d, b)
     sched = cfg.optim(cfg.cont_steps, prefix="cont_")
-    desc = d.description + f";phase=B;arm={arm}"
+    desc = d.description + cont_description(cfg, d) + f";arm={arm}"
     if arm == "abf_multi":
         done, wall = 0, 0.0
         for k, (theta, L, rows, steps) in enumerate(b.stages):
@@ -395,7 +458,7 @@ def train_arm(cfg: HARPEConfig, d: Data, b: Bases, arm: str, seed: int) -> dict:
                              max_steps=steps), desc + f";stage={k}", rows, L, seed, ckpt_every=max(5, steps // 2))
             lr_map = LRMap(sched, offset=done)
             spec = continued(spec, parent, "none", lr_map)
-            res = train(PAPER_ID, spec, _batches(cfg, d, L, rows, seed, cfg.steps + done), {"heldout": d.windows},
+            res = train(PAPER_ID, spec, cont_batches(cfg, d, L, rows, seed, cfg.steps + done), {"heldout": d.windows},
                         keep_weights=True, parent=parent, **cfg.trainer_kwargs())
             done, wall, parent = done + steps, wall + res["wall_s"], res
         return res | {"wall_s": wall}
@@ -404,7 +467,7 @@ def train_arm(cfg: HARPEConfig, d: Data, b: Bases, arm: str, seed: int) -> dict:
     spec = TrainSpec(model_config(cfg, d.n_ids, arm, b), sched, desc, rows, L, seed,
                      ckpt_every=max(5, cfg.cont_steps // 4))
     spec = continued(spec, parent, "none")
-    return train(PAPER_ID, spec, _batches(cfg, d, L, rows, seed, cfg.steps), {"heldout": d.windows},
+    return train(PAPER_ID, spec, cont_batches(cfg, d, L, rows, seed, cfg.steps), {"heldout": d.windows},
                  keep_weights=True, parent=parent, **cfg.trainer_kwargs())
 
 
@@ -567,7 +630,8 @@ def _paired_boot(a: np.ndarray, b: np.ndarray, n: int, seed: int) -> np.ndarray:
 
 def metric_vectors(cfg: HARPEConfig, e: Evals, variant: str, seed: int) -> dict:
     """The per-item vectors each metric averages (items in a fixed order, so two arms pair item by item):
-    ``niah_long`` (NIAH samples at long_len), ``niah_all`` (every length), ``ruler`` (11 tasks, every length),
+    ``niah_long`` (NIAH samples at long_len), ``niah_above`` (the lengths above seq_len: a window-sensitivity
+    check, no claim uses it), ``niah_all`` (every length), ``ruler`` (11 tasks, every length),
     ``heat`` (heat-map cells), ``ppl_long`` (-loss per window at the lengths above seq_len: higher = better),
     ``short_ppl`` (-loss at seq_len)."""
     s = e.scores[(e.scores["variant"] == variant) & (e.scores["seed"] == seed)]
@@ -576,13 +640,14 @@ def metric_vectors(cfg: HARPEConfig, e: Evals, variant: str, seed: int) -> dict:
     p = e.ppl[(e.ppl["variant"] == variant) & (e.ppl["seed"] == seed)]
     longest = max(cfg.eval_lengths)
     return {"niah_long": niah[niah["length"] == longest]["score"].to_numpy(),
-            "niah_all": niah["score"].to_numpy(), "ruler": r["score"].to_numpy(),
+            "niah_all": niah["score"].to_numpy(), "niah_above": niah[niah["length"] > cfg.seq_len]["score"].to_numpy(),
+            "ruler": r["score"].to_numpy(),
             "heat": s[s["kind"] == "heat"]["score"].to_numpy(),
             "ppl_long": -p[p["length"] > cfg.seq_len].sort_values(["length", "window"])["nll"].to_numpy(),
             "short_ppl": -p[p["length"] == cfg.seq_len].sort_values("window")["nll"].to_numpy()}
 
 
-METRICS = ("niah_long", "niah_all", "ruler", "heat", "ppl_long", "short_ppl")
+METRICS = ("niah_long", "niah_above", "niah_all", "ruler", "heat", "ppl_long", "short_ppl")
 PAIRS = (("harpe", "abf_multi"), ("harpe", "abf_single"), ("abf_multi", "abf_single"), ("harpe", "pi"),
          ("harpe", "yarn"), ("harpe", "self_extend"), ("harpe", "harpe_uniform"), ("harpe", "harpe_short"),
          ("harpe", "short"))
