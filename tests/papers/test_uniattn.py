@@ -3,9 +3,11 @@ compensation the model is the base model bit for bit; a member with W_c = 0 is e
 closed-form init the calibration residual is no larger than with W_c = 0 (per member, in depth order); members hold
 no W_q / W_k and store no K; gradients reach the leader's W_q from a member's loss alone; stage 1 trains only W_c;
 the KV-cache decoder's cached path equals the full recompute for every arm; the paper's two-stage protocol keeps
-UniAttn's stage 2 on FT's batches step by step and gives FT-2x UniAttn's batches, and the held-out convergence check
-pairs the arms at the same batch -- and the whole plan at ``smoke``: its artifacts, its validity policy and verdict
-rules that can fail."""
+UniAttn's stage 2 on FT's batches step by step, every exposure-matched arm (FT-2x, <baseline>2x) reads exactly the
+batches UniAttn's two stages read, and the held-out convergence check pairs the arms at the same batch -- and the whole
+plan at ``smoke``: its artifacts, its validity policy and verdict rules that can fail (one smallest effect of interest,
+the horizon against the decision bar, C1 over the FT seeds and the whole depth, C2 on the softmax alone, C7 at the
+recipe level with its schedule-matched contrast, what the closing note says would settle each open claim)."""
 
 import dataclasses
 
@@ -50,15 +52,33 @@ def test_scales_and_unconfirmed_choices(cfg):
     assert (small.init, small.two_stage, small.cla_group, small.llmdrop_count) == ("lstsq_tokens", True, "uniattn", 0)
     assert small.n_seeds >= 3 and (small.workers, small.threads) == (2, 1)
     # at small: the ablation arms that decide a claim (C9, C10), all at the deciding arms' steps
-    assert set(small.ablations) == {"uniattn_gqa", "uniattn_1stage"} and small.sft_steps >= 200
+    assert set(small.ablations) == {"uniattn_gqa", "uniattn_1stage"} and small.sft_steps >= 160
     assert set(cfg.ablations) == set(uniattn.ABLATIONS) and cfg.n_seeds >= 2  # every path at smoke, a seed spread
     assert set(uniattn.UniAttnConfig.paper().ablations) == set(uniattn.ABLATIONS)
-    # the paper's protocol (spec §3.5) at every scale: one W_c-only stage as long as the full one, and FT-2x
+    # the paper's protocol (spec §3.5) at every scale: one W_c-only stage as long as the full one; every compared
+    # baseline also gets UniAttn's data exposure (post-audit B1), and C4, C5, C7, C10 are judged against it
     for c in (cfg, small, uniattn.UniAttnConfig.paper()):
-        assert c.stage_protocol == "paper" and c.s1 == c.sft_steps and c.ft2x_seeds >= 1 and "ft2x" in X.arms(c)
-    assert X.arms(resolve_config(PAPER, "smoke", ablations=())) == ["ft", "ft2x"] + list(X.MAIN[1:])
+        assert c.stage_protocol == "paper" and c.s1 == c.sft_steps
+        assert set(c.matched_arms) == set(uniattn.MATCHABLE) and c.judge_exposure == "matched"
+        assert c.matched_schedule == "restart" and c.min_effect == 0.03 and c.softmax_share_def == "alone"
+        assert c.horizon_bar == "decision" and c.sim_full_depth
+        assert [X.judged_arm(c, a) for a in ("cla", "llmdrop", "softmax", "gqa")] == ["cla2x", "llmdrop2x",
+                                                                                     "softmax2x", "gqa2x"]
+    assert cfg.ft2x_seeds >= 1 and "ft2x" in X.arms(cfg)
+    every = ["ft", "ft2x", "softmax", "softmax2x", "uniattn", "cla", "cla2x", "llmdrop", "llmdrop2x", "gqa", "gqa2x"]
+    assert X.arms(resolve_config(PAPER, "smoke", ablations=())) == every
     assert X.arms(resolve_config(PAPER, "smoke", ablations=(), stage_protocol="step_matched")) == list(X.MAIN)
-    assert X.arms(resolve_config(PAPER, "smoke", ablations=(), ft2x_seeds=0)) == list(X.MAIN)
+    assert X.arms(resolve_config(PAPER, "smoke", ablations=(), ft2x_seeds=0, matched_arms=())) == list(X.MAIN)
+    one = resolve_config(PAPER, "smoke", ablations=(), matched_arms=("cla",), judge_exposure="one_pass")
+    assert "cla2x" in X.arms(one) and "gqa2x" not in X.arms(one) and X.judged_arm(one, "cla") == "cla"
+    assert X.judged_arm(resolve_config(PAPER, "smoke", matched_arms=("cla",)), "gqa") == "gqa"  # not trained: 1 pass
+    with pytest.raises(ConfigError, match="matched_arms"):
+        resolve_config(PAPER, "smoke", matched_arms=("uniattn",))
+    # the workload counts the matched arms' second passes (restart: the first is the one-pass arm's own run)
+    extra = {r.name: r for r in small.workload()}["exposure-matched passes (FT-2x, <arm>2x)"]
+    assert (extra.steps, extra.count) == (small.sft_steps, small.ft2x_seeds + len(small.matched_arms))
+    single = {r.name: r for r in dataclasses.replace(small, matched_schedule="single").workload()}
+    assert single["exposure-matched passes (FT-2x, <arm>2x)"].steps == 2 * small.sft_steps
     with pytest.raises(ConfigError, match=r"^parameter 'stage_protocol': must be one of 'paper' \| 'step_matched', "
                                           r"got 'epochs'$"):
         resolve_config(PAPER, "smoke", stage_protocol="epochs")
@@ -320,10 +340,22 @@ def test_plan_at_smoke_writes_every_artifact(bundle, cfg, tmp_path, monkeypatch)
     assert next(c for c in cl if c.claim_id == "C11").verdict == "not_run"
     c3 = next(c for c in cl if c.claim_id == "C3")
     c3_text = c3.ours_ci + c3.evidence  # a smoke run learns nothing: an invalid claim keeps its text in the evidence
-    assert "UniAttn − FT-2x" in c3_text and f"{cfg.s1 + cfg.sft_steps} full-parameter steps" in c3_text
+    assert "UniAttn − FT-2x" in c3_text and "exposure-matched" in c3_text
     main = R.main_table(bundle).set_index("method")
-    assert main.loc["ft2x", "full_steps"] == cfg.s1 + cfg.sft_steps and main.loc["uniattn", "wc_only_steps"] == cfg.s1
+    for a in ("ft2x", "softmax2x", "cla2x", "llmdrop2x", "gqa2x"):  # UniAttn's exposure, every step full-parameter
+        assert main.loc[a, "full_steps"] == cfg.s1 + cfg.sft_steps and main.loc[a, "wc_only_steps"] == 0, a
+        assert np.isnan(main.loc[a, "decode_ms_sdpa"]) and main.loc[a, "params"] == main.loc[X.base_arm(a), "params"]
+    assert main.loc["uniattn", "wc_only_steps"] == cfg.s1
     assert main.loc["uniattn", "full_steps"] == main.loc["ft", "full_steps"] == cfg.sft_steps
+    # restart: a matched arm's first pass is its one-pass arm's own run (trained once), its second continues it
+    recs = {(r["variant"], r["seed"]): r["result"] for r in bundle.runs.records}
+    for a in ("ft2x", "cla2x", "llmdrop2x"):
+        assert recs[(a, cfg.seed)]["stage1"]["key"] == recs[(X.base_arm(a), cfg.seed)]["key"], a
+    assert R.training_seconds(f) == pytest.approx(f["wall_s"].sum() - f[f["stage1_shared_with"] != ""][
+        "stage1_wall_s"].sum())
+    for c in cl:  # each verdict rule names δ where it judges a loss
+        if c.claim_id in ("C3", "C4", "C5", "C7", "C9", "C10"):
+            assert "δ" in c.metric and f"{cfg.min_effect:g}" in c.metric, c.claim_id
     res.claims(cl)
     assert "Closing note" in R.closing_note(cfg, bundle)
 
@@ -350,30 +382,51 @@ def _rowset(rows) -> set:
 
 
 @pytest.mark.parametrize("stage1", ["equal", "longer"])
-def test_paper_protocol_pairs_stage_two_with_ft_and_ft2x_sees_uniattns_batches(bundle, cfg, monkeypatch, stage1):
+@pytest.mark.parametrize("matched", ["restart", "single"])
+def test_paper_protocol_pairs_stage_two_with_ft_and_matched_arms_see_uniattns_batches(bundle, cfg, monkeypatch, stage1,
+                                                                                      matched):
     """The paper's protocol (spec §3.5: each stage one epoch over the SAME data): UniAttn's stage 1 trains W_c alone
     for stage1_steps on exactly FT's batches, in FT's order (from batch 0 again when longer than an epoch), so UniAttn
     sees no row FT does not; its stage 2 trains everything for sft_steps on exactly FT's batches, step t on FT's batch t
-    (the pairing UniAttn − FT rests on), with a fresh schedule; every one-stage arm reads FT's batches; FT-2x trains
-    everything for stage1_steps + sft_steps on UniAttn's reads in UniAttn's order (the same data exposure); every
-    evaluated stage scores the held-out rows at the same shared batch."""
+    (the pairing UniAttn − FT rests on), with a fresh schedule; every one-stage arm reads FT's batches. Every
+    exposure-matched arm (FT-2x and the baselines' <arm>2x, post-audit B1) trains every parameter on exactly the
+    batches UniAttn's two stages read, in their order: restart, in two runs with a fresh schedule each (the first the
+    one-pass arm's own run when stage 1 is one epoch), single, in one run; every evaluated stage scores the held-out
+    rows at the same shared batch."""
     extra = {"equal": 0, "longer": cfg.sft_steps + 2}[stage1]  # longer: stage 1 wraps around FT's epoch
-    c = dataclasses.replace(cfg, stage1_steps=extra)
+    c = dataclasses.replace(cfg, stage1_steps=extra, matched_schedule=matched)
     seed, n, s1 = cfg.seed + 1, c.sft_steps, c.s1
     ft = _train_calls(monkeypatch, c, bundle.data, "ft", seed)
     ua = _train_calls(monkeypatch, c, bundle.data, "uniattn", seed)
-    f2 = _train_calls(monkeypatch, c, bundle.data, "ft2x", seed)
     assert len(ft) == 1 and ft[0]["steps"] == n and ft[0]["trainable"] == () and ft[0]["seed"] == seed
     assert [x["steps"] for x in ua] == [s1, n] and ua[0]["trainable"] == M.STAGE1_TRAINABLE and ua[1]["trainable"] == ()
     assert all(torch.equal(a, b) for a, b in zip(ua[1]["rows"], ft[0]["rows"]))  # stage 2 step t = FT's step t
     # stage 1 reads FT's batches in FT's order (the same epoch again): batch for batch, and no row FT does not see
     assert all(torch.equal(a, ft[0]["rows"][t % n]) for t, a in enumerate(ua[0]["rows"]))
-    assert _rowset(ua[0]["rows"]) <= _rowset(ft[0]["rows"]) and _rowset(f2[0]["rows"]) == _rowset(ft[0]["rows"])
-    assert len(f2) == 1 and f2[0]["steps"] == s1 + n and f2[0]["trainable"] == ()
-    assert all(torch.equal(a, b) for a, b in zip(f2[0]["rows"], ua[0]["rows"] + ua[1]["rows"]))
-    assert not ua[0]["evals"] and ua[1]["evals"] and ft[0]["evals"] and f2[0]["evals"]
+    assert _rowset(ua[0]["rows"]) <= _rowset(ft[0]["rows"])
+    assert not ua[0]["evals"] and ua[1]["evals"] and ft[0]["evals"]
     k = ft[0]["eval_steps"]
-    assert len(k) == 1 and 0 < k[0] < n and ua[1]["eval_steps"] == k and f2[0]["eval_steps"] == (s1 + k[0],)
+    assert len(k) == 1 and 0 < k[0] < n and ua[1]["eval_steps"] == k
+    uni_rows = ua[0]["rows"] + ua[1]["rows"]  # what UniAttn's two stages read, in order
+    keys = {x["key"] for x in ft + ua}
+    for arm in ("ft2x", "softmax2x", "cla2x", "llmdrop2x", "gqa2x"):
+        base = X.base_arm(arm)
+        dropped = bundle.runs.dropped if base == "llmdrop" else ()
+        got = _train_calls(monkeypatch, c, bundle.data, arm, seed, dropped)
+        one = _train_calls(monkeypatch, c, bundle.data, base, seed, dropped)
+        rows = [r for x in got for r in x["rows"]]
+        assert len(rows) == len(uni_rows) == s1 + n and all(torch.equal(a, b) for a, b in zip(rows, uni_rows)), arm
+        assert all(x["trainable"] == () for x in got) and all(x["seed"] == seed for x in got), arm
+        assert sum(x["steps"] for x in got) == s1 + n and X.cost_weight(c, arm) == s1 + n, arm
+        assert got[-1]["evals"] and got[-1]["eval_steps"] == (k if matched == "restart" else (s1 + k[0],)), arm
+        if matched == "single":
+            assert len(got) == 1 and got[0]["key"] not in keys, arm
+        else:
+            assert [x["steps"] for x in got] == [s1, n], arm
+            # the first pass: the one-pass arm's own run when stage 1 is one epoch (trained once), else its own
+            assert (got[0]["key"] == one[0]["key"]) == (stage1 == "equal") == X.shares_first_pass(c, arm), arm
+            assert got[0]["evals"] == (stage1 == "equal"), arm
+        keys |= {x["key"] for x in got if x["key"] != one[0]["key"]}
     for arm in ("softmax", "cla", "llmdrop", "uniattn_1stage", "gqa"):  # every one-stage arm: FT's batches
         got = _train_calls(monkeypatch, c, bundle.data, arm, seed, bundle.runs.dropped if arm == "llmdrop" else ())
         assert len(got) == 1 and got[0]["steps"] == n and got[0]["eval_steps"] == k, arm
@@ -382,11 +435,29 @@ def test_paper_protocol_pairs_stage_two_with_ft_and_ft2x_sees_uniattns_batches(b
         got = _train_calls(monkeypatch, c, bundle.data, arm, seed)
         assert [(x["steps"], x["trainable"]) for x in got] == [(s1, M.STAGE1_TRAINABLE), (n, ())], arm
         assert all(torch.equal(a, b) for x, y in zip(got, ua) for a, b in zip(x["rows"], y["rows"])), arm
-    assert X.cost_weight(c, "ft2x") == s1 + n and X.cost_weight(c, "uniattn") == 0.4 * s1 + n
-    assert len({x["key"] for x in ft + ua + f2}) == 4  # four distinct runs (the cache never confuses them)
+    assert X.cost_weight(c, "uniattn") == 0.4 * s1 + n
+    # distinct runs: FT, UniAttn's two stages, and per matched arm its second pass (restart) or its one run (single),
+    # plus its own first pass where stage 1 is not one epoch
+    assert len(keys) == 3 + 5 * (2 if matched == "restart" and stage1 == "longer" else 1)
     assert X.schedule(cfg, "uniattn")[0]["reads"] == tuple(range(cfg.sft_steps))  # default: one epoch, FT's
-    with pytest.raises(ValueError, match="ft2x"):
-        X.schedule(dataclasses.replace(cfg, stage_protocol="step_matched"), "ft2x")
+    for arm in ("ft2x", "cla2x"):
+        with pytest.raises(ValueError, match=arm):
+            X.schedule(dataclasses.replace(cfg, stage_protocol="step_matched"), arm)
+    with pytest.raises(ValueError, match="matched_arms"):
+        X.schedule(dataclasses.replace(cfg, matched_arms=()), "cla2x")
+
+
+def test_one_pass_runs_inside_a_matched_arm_are_not_trained_twice(bundle, cfg, monkeypatch):
+    """Two workers never train one run (the second would be refused): a one-pass run that an exposure-matched arm
+    continues (restart) is left out of the side-by-side list and trained inside that arm's task."""
+    calls = []
+    monkeypatch.setattr(X, "prefetch", lambda fns, workers, threads: calls.extend(fns))
+    X.runs(cfg, bundle.data, bundle.runs.pretrain)
+    listed = [(f.args[2], f.args[3]) for f in calls]
+    assert len(listed) == len(set(listed))
+    for a in ("cla", "llmdrop", "softmax", "gqa"):
+        assert (a, cfg.seed) not in listed and (a + "2x", cfg.seed) in listed
+    assert ("ft", cfg.seed) not in listed and ("ft", cfg.seed + 1) in listed and ("ft2x", cfg.seed) in listed
 
 
 def test_step_matched_protocol_splits_fts_steps(bundle, cfg, monkeypatch):
@@ -409,16 +480,20 @@ def test_step_matched_protocol_splits_fts_steps(bundle, cfg, monkeypatch):
 
 def test_heldout_drift_pairs_the_arms_at_the_same_shared_batch(bundle, cfg):
     """The convergence check the claims use: each arm's held-out answer loss scored after the same shared batch
-    (FT's step k, UniAttn's stage-2 step k, FT-2x's step stage1_steps + k), the paired gap's change from there to
-    the end; recomputed here from the runs' own records, and reported for every comparison."""
+    (FT's step k, UniAttn's stage-2 step k, a matched arm's second-pass step k -- or, in one schedule, step
+    stage1_steps + k), the paired gap's change from there to the end; recomputed here from the runs' own records, and
+    reported for every comparison."""
     fr = bundle.comparisons.frame.set_index("comparison")
-    assert fr["heldout_gap_drift"].notna().all() and "ft2x - uniattn" in fr.index
+    assert fr["heldout_gap_drift"].notna().all() and "ft2x - uniattn" in fr.index and "cla2x - uniattn" in fr.index
+    assert {"uniattn_gqa - gqa2x", "softmax - uniattn_1stage"} <= set(fr.index)
     by = {(r["variant"], r["seed"]): r["result"] for r in bundle.runs.records}
     k = X.heldout_step(cfg, X.schedule(cfg, "ft")[-1])
-    assert X.heldout_step(cfg, X.schedule(cfg, "ft2x")[-1]) == cfg.s1 + k
-    for name in ("ft - uniattn", "ft2x - uniattn"):
+    assert X.heldout_step(cfg, X.schedule(cfg, "ft2x")[-1]) == k  # restart: the second pass, as UniAttn's stage 2
+    single = dataclasses.replace(cfg, matched_schedule="single")
+    assert X.heldout_step(single, X.schedule(single, "cla2x")[-1]) == cfg.s1 + k
+    for name in ("ft - uniattn", "ft2x - uniattn", "cla2x - uniattn"):
         a = name.split(" - ")[0]
-        kk = {"ft": k, "ft2x": cfg.s1 + k}[a]
+        kk = k
         d = []
         for s in X.seeds_of(cfg, a):
             ra, ru = by[(a, s)], by[("uniattn", s)]
@@ -540,31 +615,38 @@ def test_validity_fails_when_the_task_was_not_learned(bundle, cfg):
     f = bundle.runs.frame.copy()
     bar = min(bundle.data.answer_unigram, float(bundle.analysis.pretrained_rows[0].mean()))
     f["answer_loss"] = bar - 2 * cfg.learn_margin
-    f.loc[f["variant"] == "cla", "answer_loss"] = bar - cfg.learn_margin / 2  # below the bar, not clearly
+    f.loc[f["variant"] == "cla2x", "answer_loss"] = bar - cfg.learn_margin / 2  # below the bar, not clearly
     t = R.validity_table(_with(bundle, runs=dataclasses.replace(bundle.runs, frame=f)))
-    assert not t[t["variant"] == "cla"]["task_learned"].any() and t[t["variant"] != "cla"]["task_learned"].all()
-    v = R.validity(_with(bundle, runs=dataclasses.replace(bundle.runs, frame=f)), ["uniattn", "cla"])
-    assert any("cla/seed" in x for x in v.failures) and not any("uniattn/seed" in x for x in v.failures
-                                                                 if x.startswith("post-training task"))
+    assert not t[t["variant"] == "cla2x"]["task_learned"].any() and t[t["variant"] != "cla2x"]["task_learned"].all()
+    v = R.validity(_with(bundle, runs=dataclasses.replace(bundle.runs, frame=f)), ["uniattn", "cla2x"])
+    assert any("cla2x/seed" in x for x in v.failures) and not any("uniattn/seed" in x for x in v.failures
+                                                                   if x.startswith("post-training task"))
     c4 = next(c for c in R.claims(cfg, _with(bundle, runs=dataclasses.replace(bundle.runs, frame=f)))
               if c.claim_id == "C4")
     assert c4.verdict == "invalid" and "task not learned" in c4.evidence
 
 
 def test_verdict_rules_reject_null_cases(bundle, cfg):
-    """Two identical arms: C4 (a gap claim) is not reproduced-by-default; C3 (equivalence) needs its interval inside
-    the margin; C6 fails when the cache is not smaller."""
+    """Two identical arms: C4 (a 'beats' claim, judged against the exposure-matched CLA) is never reproduced: with the
+    deciding pair's seed spread wide it is inconclusive, with it tight it is refuted (no win of δ or more); C3
+    (equivalence) needs its interval inside ±δ; C6 fails when the cache is not smaller."""
     cmp_ = bundle.comparisons
     fr = cmp_.frame.copy()
-    fr.loc[fr["comparison"] == "cla - uniattn", ["gap", "ci_lo", "ci_hi"]] = 0.0
-    boot = {**cmp_.boot, "cla - uniattn": np.zeros(cfg.n_boot)}
-    null = _with(bundle, comparisons=dataclasses.replace(cmp_, frame=fr, boot=boot, drift={}))
+    name = "cla2x - uniattn"
+    fr.loc[fr["comparison"] == name, ["gap", "ci_lo", "ci_hi"]] = 0.0
+    acc = cmp_.acc.copy()
+    acc.loc[acc["comparison"] == name, ["acc_gap", "ci_lo", "ci_hi"]] = 0.0
+    zeros = dict(frame=fr, boot={**cmp_.boot, name: np.zeros(cfg.n_boot)}, drift={}, acc=acc,
+                 acc_boot={**cmp_.acc_boot, name: np.zeros(cfg.n_boot)})
     valid = lambda b, v: Validity()  # noqa: E731  the rules alone
     orig = R.validity
     try:
         R.validity = valid
-        cl = {c.claim_id: c for c in R.claims(cfg, null)}
-        assert cl["C4"].verdict == "inconclusive"
+        for spread, want in (([0.2, -0.2, 0.0], "inconclusive"), ([0.001, -0.001, 0.0], "not_reproduced")):
+            null = _with(bundle, comparisons=dataclasses.replace(
+                cmp_, per_seed={**cmp_.per_seed, "ft - uniattn": spread}, **zeros))
+            c4 = {c.claim_id: c for c in R.claims(cfg, null)}["C4"]
+            assert c4.verdict == want, (spread, c4)
         wide = dataclasses.replace(cmp_, per_seed={**cmp_.per_seed, "ft - uniattn": [1.0, -1.0]})
         assert {c.claim_id: c for c in R.claims(cfg, _with(bundle, comparisons=wide))}["C3"].verdict != "reproduced"
         tight = dataclasses.replace(cmp_, per_seed={**cmp_.per_seed, "ft - uniattn": [0.001, -0.001, 0.0]})
@@ -586,7 +668,7 @@ def test_second_metrics_make_disagreeing_claims_inconclusive(bundle, cfg):
     try:
         R.validity = lambda b, v: Validity()  # noqa: E731  the rules alone
         sm = bundle.analysis.softmax.copy()
-        sm["softmax_share"] = np.where(sm["phase"] == "prefill", 0.9, 0.01)
+        sm["softmax_share_alone"] = np.where(sm["phase"] == "prefill", 0.9, 0.01)
         f = bundle.runs.frame.copy()
         f.loc[f["variant"] == "uniattn", "lm_loss"] = f.loc[f["variant"] == "ft", "lm_loss"].to_numpy() + 0.25
         zero_shot = float(bundle.analysis.pretrained_rows[0].mean())
@@ -622,83 +704,111 @@ def test_second_metrics_make_disagreeing_claims_inconclusive(bundle, cfg):
         R.validity = orig
 
 
-def test_a_refuted_equivalence_still_closing_is_inconclusive():
-    """C3 / C10: an equivalence refuted while the paired training gap closes fast towards 0 becomes inconclusive
-    (still converging); a held equivalence, or a refuted one whose gap holds, keeps its verdict."""
+def _drift_bundle(drift, reps, per_seed, bar="decision", name="cla2x - uniattn"):
     from types import SimpleNamespace
 
+    cmp_ = SimpleNamespace(drift={name: drift}, per_seed={"ft - uniattn": per_seed},
+                           drift_what={name: "held-out gap {label}"}, drift_boot={name: reps})
+    return SimpleNamespace(comparisons=cmp_, cfg=SimpleNamespace(drift_frac=0.2, horizon_bar=bar))
+
+
+def test_beats_on_par_and_at_least_as_good_share_one_smallest_effect():
+    """One δ for every loss claim (post-audit M4): 'beats' needs both intervals above δ and is refuted when both lie
+    below it (no win of δ or more: an interval inside ±δ is 'on par', never 'beats'); 'on par' needs them inside ±δ;
+    'at least as good' above −δ. A single-seed claim needs the row bootstrap and the one-seed prediction interval to
+    agree."""
+    rng = np.random.default_rng(0)
+    tight = [0.001, -0.001, 0.0]
+    reps = lambda g: g + 0.001 * rng.standard_normal(500)  # noqa: E731
+    d = 0.03
+    assert R.single_two(0.06, reps(0.06), tight, d)[0] == "reproduced"
+    assert R.single_two(0.0, reps(0.0), tight, d)[0] == "not_reproduced"  # a tie is not a win
+    assert R.single_two(0.0, reps(0.0), tight, d, "equivalent")[0] == "reproduced"
+    assert R.single_two(0.03, reps(0.03), tight, d)[0] == "inconclusive"  # straddles δ
+    assert R.single_two(0.06, reps(0.06), [0.05, -0.05, 0.0], d)[0] == "inconclusive"  # the seed spread is wide
+    assert R.single_two(-0.02, reps(-0.02), tight, d, "noninferior")[0] == "reproduced"
+    assert R.single_two(-0.06, reps(-0.06), tight, d, "noninferior")[0] == "not_reproduced"
+    assert "paired seeds" in R.single_two(0.04, reps(0.04), [0.01, -0.01, 0.0], d)[1]  # how many would resolve it
+    with pytest.raises(ValueError, match="rule"):
+        R.verdict_by((0.0, 1.0), "wins", d)
+
+
+def test_horizon_rule_tests_the_decision_bar_not_zero():
+    """The convergence horizon (post-audit M2): a decided claim is 'still converging' when its held-out gap still moves
+    and, continued linearly for one more run length, would no longer pass its own rule -- the gap falling inside the bar
+    (δ plus the prediction interval's half-width), not merely reaching 0. The former rule (``horizon_bar='zero'``)
+    keeps such a gap; a drift indistinguishable from 0, a slow one, or a widening one keeps the verdict."""
     from replicate import claims as C
-    from replicate.papers.uniattn import report as R
 
-    def bundle(drift):
-        cmp_ = SimpleNamespace(drift={"ft - uniattn": drift}, per_seed={"ft - uniattn": [-0.5, -0.52, -0.54]})
-        return SimpleNamespace(comparisons=cmp_, cfg=SimpleNamespace(drift_frac=0.2))
+    rng = np.random.default_rng(0)
+    per_seed = [-0.0179, -0.0017, -0.0093]  # the audited FT − UniAttn per seed: std 0.0081
+    gap, boot = 0.10, 0.10 + 0.006 * rng.standard_normal(1000)
+    rejudge = lambda sh: R.single_two(gap + sh, boot + sh, per_seed, 0.03)[0]  # noqa: E731
+    v, how = R.single_two(gap, boot, per_seed, 0.03)
+    won = C.Claim("C4", "", "", None, gap, how, v, "ev")
+    assert v == "reproduced"
+    drift = lambda d, sd=0.0015: d + sd * rng.standard_normal(1000)  # noqa: E731
+    # 5 × −0.008 = −0.04: the gap would be 0.06, its prediction interval's lower end below δ
+    out = R._converging(_drift_bundle(-0.008, drift(-0.008), per_seed), won, "cla2x - uniattn", rejudge=rejudge)
+    assert out.verdict == "inconclusive" and "still converging" in out.evidence and "+0.0600" in out.ours_ci, out
+    assert R._converging(_drift_bundle(-0.008, drift(-0.008), per_seed, "zero"), won, "cla2x - uniattn",
+                         rejudge=rejudge).verdict == "reproduced"  # the former rule: 0.04 < 0.10, would not reach 0
+    assert R._converging(_drift_bundle(-0.008, drift(0.0), per_seed), won, "cla2x - uniattn",
+                         rejudge=rejudge).verdict == "reproduced"  # its interval holds 0, below the seed spread
+    assert R._converging(_drift_bundle(-0.002, drift(-0.002), per_seed), won, "cla2x - uniattn",
+                         rejudge=rejudge).verdict == "reproduced"  # slow: 0.09 still clears the bar
+    assert R._converging(_drift_bundle(0.008, drift(0.008), per_seed), won, "cla2x - uniattn",
+                         rejudge=rejudge).verdict == "reproduced"  # widening
+    # equivalence (C3, C10): refuted while closing into the margin, or held while drifting out of it: inconclusive
+    tight = [0.001, -0.001, 0.0]
+    for g0, d, v0 in ((0.1, -0.015, "not_reproduced"), (0.0, 0.01, "reproduced")):
+        reps = g0 + 0.001 * rng.standard_normal(1000)
+        eq = lambda sh, g0=g0, reps=reps: R.equivalence_two(g0 + sh, reps + sh, tight, 0.03)[0]  # noqa: E731
+        c = C.Claim("C10", "", "", None, g0, "ci", eq(0.0), "ev")
+        assert c.verdict == v0
+        out = R._converging(_drift_bundle(d, drift(d), tight, name="uniattn_gqa - gqa2x"), c,
+                            "uniattn_gqa - gqa2x", rejudge=eq)
+        assert out.verdict == "inconclusive" and "still converging" in out.evidence, (g0, out)
+    # no held-out drift measured: the training-loss rule, unchanged (a gap that holds keeps its verdict)
+    from types import SimpleNamespace
 
-    refuted = C.Claim("C3", "", "", None, 0.52, "ci", "not_reproduced", "ev")  # UniAttn − FT = +0.52
-    out = R._equiv_converging(bundle(0.3), refuted, "ft - uniattn", -1.0, "uniattn - ft")  # ft − uniattn rising
-    assert out.verdict == "inconclusive" and "still converging" in out.ours_ci
-    assert R._equiv_converging(bundle(-0.3), refuted, "ft - uniattn", -1.0, "uniattn - ft").verdict == "not_reproduced"
-    held = C.Claim("C3", "", "", None, 0.01, "ci", "reproduced", "ev")
-    assert R._equiv_converging(bundle(0.3), held, "ft - uniattn", -1.0, "uniattn - ft").verdict == "reproduced"
+    nob = SimpleNamespace(comparisons=SimpleNamespace(drift={"x": 0.0}, per_seed={"ft - uniattn": per_seed}),
+                          cfg=SimpleNamespace(drift_frac=0.2, horizon_bar="decision"))
+    assert R._converging(nob, won, "x", rejudge=rejudge).verdict == "reproduced"
 
 
 def _rules_only(monkeypatch):
     monkeypatch.setattr(R, "validity", lambda b, v: Validity())  # the rules alone
 
 
-def test_c10_needs_the_one_seed_prediction_interval_too(bundle, cfg, monkeypatch):
-    """C10 (equivalence on one seed) by the same two-interval rule as every other single-seed claim: identical arms
-    (gap 0, every bootstrap replicate 0) are not 'reproduced' when the deciding pair's seed spread makes the one-seed
-    prediction interval wider than the margin (the bootstrap alone would say reproduced); with a tight spread they
-    are."""
+@pytest.mark.parametrize("exposure", ["matched", "one_pass"])
+def test_c10_needs_the_one_seed_prediction_interval_too(bundle, cfg, monkeypatch, exposure):
+    """C10 (equivalence on one seed) by the same two-interval rule as every other single-seed claim, against the
+    exposure-matched GQA (or, ``judge_exposure='one_pass'``, the one-pass GQA): identical arms (gap 0, every bootstrap
+    replicate 0) are not 'reproduced' when the deciding pair's seed spread makes the one-seed prediction interval wider
+    than ±δ (the bootstrap alone would say reproduced); with a tight spread they are."""
     _rules_only(monkeypatch)
+    c = dataclasses.replace(cfg, judge_exposure=exposure)
+    name = "uniattn_gqa - " + {"matched": "gqa2x", "one_pass": "gqa"}[exposure]
     cmp_ = bundle.comparisons
     fr = cmp_.frame.copy()
-    fr.loc[fr["comparison"] == "uniattn_gqa - gqa", ["gap", "ci_lo", "ci_hi"]] = 0.0
+    fr.loc[fr["comparison"] == name, ["gap", "ci_lo", "ci_hi"]] = 0.0
     acc = cmp_.acc.copy()
-    acc.loc[acc["comparison"] == "uniattn_gqa - gqa", ["acc_gap", "ci_lo", "ci_hi"]] = 0.0
-    base = dict(frame=fr, boot={**cmp_.boot, "uniattn_gqa - gqa": np.zeros(cfg.n_boot)}, drift={}, drift_boot={},
-                acc=acc, acc_boot={**cmp_.acc_boot, "uniattn_gqa - gqa": np.zeros(cfg.n_boot)},
+    acc.loc[acc["comparison"] == name, ["acc_gap", "ci_lo", "ci_hi"]] = 0.0
+    base = dict(frame=fr, boot={**cmp_.boot, name: np.zeros(cfg.n_boot)}, drift={}, drift_boot={},
+                acc=acc, acc_boot={**cmp_.acc_boot, name: np.zeros(cfg.n_boot)},
                 acc_per_seed={**cmp_.acc_per_seed, "ft - uniattn": [0.0, 0.0005, -0.0005]})
 
     def c10(per_seed):
         comps = dataclasses.replace(cmp_, per_seed={**cmp_.per_seed, "ft - uniattn": per_seed}, **base)
-        return {c.claim_id: c for c in R.claims(cfg, _with(bundle, comparisons=comps))}["C10"]
+        return {x.claim_id: x for x in R.claims(c, _with(bundle, comparisons=comps))}["C10"]
 
     wide = c10([0.2, -0.2])
     assert wide.verdict == "inconclusive" and "prediction interval" in wide.ours_ci, wide
     tight = c10([0.001, -0.001, 0.0])
     assert tight.verdict == "reproduced", tight
-    assert "answer-token accuracy" in tight.ours_ci
-
-
-def test_held_out_drift_interval_flags_a_gap_still_closing():
-    """The horizon rule (M1): a decided gap is 'still converging' when the held-out drift's row-bootstrap interval
-    excludes 0 on the closing side and the drift, continued for one more run length, would reach 0 -- however large
-    the seed spread (``claims.converging`` alone leaves it decided when the spread exceeds the drift); a drift whose
-    interval holds 0, or too slow to close the gap in that long, keeps the verdict."""
-    from types import SimpleNamespace
-
-    from replicate import claims as C
-
-    rng = np.random.default_rng(0)
-    reps = -0.0109 + 0.0025 * rng.standard_normal(1000)  # ~[-0.016, -0.006]
-
-    def bundle(drift, reps_):
-        cmp_ = SimpleNamespace(drift={"cla - uniattn": drift}, per_seed={"ft - uniattn": [0.05, -0.05, 0.0]},
-                               drift_what={"cla - uniattn": "held-out gap {label}"},
-                               drift_boot={"cla - uniattn": reps_})
-        return SimpleNamespace(comparisons=cmp_, cfg=SimpleNamespace(drift_frac=0.2))
-
-    won = C.Claim("C4", "", "", None, 0.035, "ci", "reproduced", "ev")  # cla − UniAttn = +0.035: UniAttn better
-    old = C.converging(won, -0.0109, 0.05, "x", horizon=5.0)
-    assert old.verdict == "reproduced"  # the spread rule alone misses it
-    out = R._converging(bundle(-0.0109, reps), won, "cla - uniattn")
-    assert out.verdict == "inconclusive" and "still converging" in out.evidence, out
-    assert R._converging(bundle(-0.0109, reps + 0.0109), won, "cla - uniattn").verdict == "reproduced"  # holds 0
-    far = C.Claim("C4", "", "", None, 0.5, "ci", "reproduced", "ev")  # 5 × 0.0109 < 0.5: would not reach 0
-    assert R._converging(bundle(-0.0109, reps), far, "cla - uniattn").verdict == "reproduced"
-    assert R._converging(bundle(0.0109, -reps), won, "cla - uniattn").verdict == "reproduced"  # widening
+    assert "answer-token accuracy" in tight.ours_ci and name.split(" - ")[1] in tight.metric
+    assert ("one-pass" in tight.ours_ci) == (exposure == "one_pass") or "against the one-pass GQA" in tight.ours_ci
 
 
 def test_answer_token_accuracy_is_a_second_metric_of_the_loss_claims(bundle, cfg, monkeypatch):
@@ -707,38 +817,130 @@ def test_answer_token_accuracy_is_a_second_metric_of_the_loss_claims(bundle, cfg
     _rules_only(monkeypatch)
     cmp_ = bundle.comparisons
     fr = cmp_.frame.copy()
-    fr.loc[fr["comparison"] == "cla - uniattn", ["gap", "ci_lo", "ci_hi"]] = (0.5, 0.45, 0.55)
+    fr.loc[fr["comparison"] == "cla2x - uniattn", ["gap", "ci_lo", "ci_hi"]] = (0.5, 0.45, 0.55)
     acc = cmp_.acc.copy()
-    acc.loc[acc["comparison"] == "cla - uniattn", ["acc_gap", "ci_lo", "ci_hi"]] = (-0.3, -0.35, -0.25)
+    acc.loc[acc["comparison"] == "cla2x - uniattn", ["acc_gap", "ci_lo", "ci_hi"]] = (-0.3, -0.35, -0.25)
     tight = [0.001, -0.001, 0.0]
 
     def c4(acc_reps):
-        comps = dataclasses.replace(cmp_, frame=fr, boot={**cmp_.boot, "cla - uniattn": np.full(cfg.n_boot, 0.5)},
+        comps = dataclasses.replace(cmp_, frame=fr, boot={**cmp_.boot, "cla2x - uniattn": np.full(cfg.n_boot, 0.5)},
                                     per_seed={**cmp_.per_seed, "ft - uniattn": tight}, drift={}, drift_boot={},
-                                    acc=acc, acc_boot={**cmp_.acc_boot, "cla - uniattn": acc_reps},
+                                    acc=acc, acc_boot={**cmp_.acc_boot, "cla2x - uniattn": acc_reps},
                                     acc_per_seed={**cmp_.acc_per_seed, "ft - uniattn": tight})
         return {c.claim_id: c for c in R.claims(cfg, _with(bundle, comparisons=comps))}
 
     cl = c4(np.full(cfg.n_boot, -0.3))
     assert cl["C4"].verdict == "inconclusive" and cl["C4"].evidence.startswith("mixed"), cl["C4"]
-    acc.loc[acc["comparison"] == "cla - uniattn", "acc_gap"] = 0.3
+    acc.loc[acc["comparison"] == "cla2x - uniattn", "acc_gap"] = 0.3
     assert c4(np.full(cfg.n_boot, 0.3))["C4"].verdict == "reproduced"  # the metrics agree
+    acc.loc[acc["comparison"] == "cla2x - uniattn", "acc_gap"] = 0.0
+    same = c4(np.zeros(cfg.n_boot))["C4"]  # loss decides, accuracy does not (post-audit M5): said in short
+    assert same.verdict == "reproduced" and "beats on loss, indistinguishable on accuracy" in same.ours_ci, same
     for cid in ("C3", "C4", "C5", "C7", "C9", "C10"):
         assert "answer-token accuracy" in cl[cid].ours_ci, cid
     assert set(cmp_.acc["comparison"]) == set(cmp_.frame["comparison"]) and cmp_.acc["acc_gap"].notna().all()
 
 
-def test_softmax_share_folds_the_mask_into_the_softmax_and_decode_has_none(cfg):
-    """C2's pre-registered share: the softmax step with the causal mask folded in over q Kᵀ + that step + P V (the
-    mask counted apart reported beside); a decode step is timed without a mask."""
+def test_softmax_share_is_the_softmax_alone_by_default_and_decode_has_no_mask(bundle, cfg, monkeypatch):
+    """C2's share (post-audit M1): by default the softmax alone over q Kᵀ + mask + softmax + P V (the mask a step of
+    its own, as the first author's profiler times F.softmax); ``softmax_share_def='mask_folded'`` judges the mask and
+    softmax as one step instead; the other is reported beside. A decode step is timed without a mask, so there the
+    two agree."""
     sh = {("prefill", "qk"): 1.0, ("prefill", "mask"): 3.0, ("prefill", "softmax"): 2.0,
           ("prefill", "softmax_masked"): 5.0, ("prefill", "pv"): 2.0,
           ("decode", "qk"): 1.0, ("decode", "softmax"): 1.0, ("decode", "softmax_masked"): 1.0, ("decode", "pv"): 2.0}
     p, d = X.share_row(sh, "prefill"), X.share_row(sh, "decode")
-    assert p["softmax_share"] == pytest.approx(5 / 8) and p["softmax_share_mask_apart"] == pytest.approx(2 / 8)
-    assert d["softmax_share"] == pytest.approx(1 / 4) and np.isnan(d["mask_s"])
+    assert p["softmax_share_alone"] == pytest.approx(2 / 8) and p["softmax_share_mask_folded"] == pytest.approx(5 / 8)
+    assert d["softmax_share_alone"] == d["softmax_share_mask_folded"] == pytest.approx(1 / 4) and np.isnan(d["mask_s"])
     got = X.softmax_share(cfg, 16, 2)
     assert ("decode", "mask") not in got and ("prefill", "mask") in got and ("prefill", "softmax_masked") in got
+    _rules_only(monkeypatch)
+    sm = bundle.analysis.softmax.copy()
+    sm["softmax_share_alone"], sm["softmax_share_mask_folded"] = 0.1, 0.6  # the definitions on opposite sides
+    b = _with(bundle, analysis=dataclasses.replace(bundle.analysis, softmax=sm))
+    alone = {c.claim_id: c for c in R.claims(cfg, b)}["C2"]
+    folded = {c.claim_id: c for c in R.claims(dataclasses.replace(cfg, softmax_share_def="mask_folded"), b)}["C2"]
+    assert (alone.verdict, alone.ours_value, folded.verdict, folded.ours_value) == ("not_reproduced", 0.1,
+                                                                                    "reproduced", 0.6)
+    assert "0.600" in alone.ours_ci and "the softmax alone" in alone.metric
+
+
+def test_c1_is_judged_over_the_ft_seeds_inside_the_window_and_over_the_whole_depth(bundle, cfg, monkeypatch):
+    """C1 (post-audit B3): the adjacent − distant similarity inside the unified layers and over the whole depth, each
+    per FT seed and judged by a t-interval over the seeds; opposite resolved signs: inconclusive (mixed), and the
+    closing note says a metric conflict, not noise, keeps it open. The per-seed contrasts are recomputed here from the
+    maps."""
+    _rules_only(monkeypatch)
+    s = bundle.comparisons.similarity
+    assert set(s["full"]["seeds"]) == set(X.seeds_of(cfg, "ft")) == set(bundle.analysis.similarity_seeds)
+    assert ("window" in s) == (cfg.end - cfg.begin >= 3)  # smoke: a 2-layer unified range has no distant pair
+    for key, (lo, hi) in (("window", (cfg.begin, cfg.end)), ("full", (0, cfg.n_layers))):
+        for seed, got in zip(s.get(key, {}).get("seeds", []), s.get(key, {}).get("per_seed", [])):
+            assert got == pytest.approx(float(X.sim_contrast(bundle.analysis.similarity_seeds[seed], lo, hi)[0].mean()))
+    assert X.sim_contrast(np.ones((2, 4, 4)), 0, 2) is None  # fewer than 3 layers: no distant pair
+    full = s["full"]
+
+    def c1(window, full_, **kw):
+        sim = {**s, "window": {**full, "per_seed": window}, "full": {**full, "per_seed": full_}}
+        b = _with(bundle, comparisons=dataclasses.replace(bundle.comparisons, similarity=sim))
+        c = dataclasses.replace(cfg, **kw)
+        return {x.claim_id: x for x in R.claims(c, b)}["C1"], b
+
+    got, b = c1([-0.008, -0.004, -0.005], [0.033, 0.040, 0.032])
+    assert got.verdict == "inconclusive" and got.evidence.startswith("mixed") and "whole depth" in got.ours_ci
+    assert "metric conflict" in R._to_settle(got, b)
+    assert c1([-0.008, -0.004, -0.005], [0.033, 0.040, 0.032], sim_full_depth=False)[0].verdict == "not_reproduced"
+    assert c1([0.01, 0.012, 0.011], [0.033, 0.040, 0.032])[0].verdict == "reproduced"
+    assert c1([0.01, -0.012, 0.001], [0.033, 0.040, 0.032])[0].verdict == "inconclusive"  # the window unresolved
+
+
+def test_c7_is_judged_at_the_recipe_level_with_the_schedule_matched_contrast_beside(bundle, cfg, monkeypatch):
+    """C7 (post-audit B2): the recipe level (UniAttn's W_c with its W_c-only stage against softmax sharing given the
+    same data exposure) with the schedule-matched contrast (both one stage: W_c alone) as a second metric; the two
+    disagreeing make it inconclusive (mixed), and the closing note says the claim's wording, not seeds, settles it."""
+    _rules_only(monkeypatch)
+    cmp_ = bundle.comparisons
+    tight = [0.001, -0.001, 0.0]
+
+    def c7(recipe, schedule):
+        fr, boot = cmp_.frame.copy(), dict(cmp_.boot)
+        for name, g in (("softmax2x - uniattn", recipe), ("softmax - uniattn_1stage", schedule)):
+            fr.loc[fr["comparison"] == name, ["gap", "ci_lo", "ci_hi"]] = (g, g, g)
+            boot[name] = np.full(cfg.n_boot, g)
+        acc = cmp_.acc.copy()
+        acc["acc_gap"] = 0.0
+        comps = dataclasses.replace(cmp_, frame=fr, boot=boot, drift={}, per_seed={**cmp_.per_seed,
+                                    "ft - uniattn": tight}, acc=acc, acc_boot={k: np.zeros(cfg.n_boot)
+                                                                               for k in cmp_.acc_boot},
+                                    acc_per_seed={**cmp_.acc_per_seed, "ft - uniattn": tight})
+        b = _with(bundle, comparisons=comps)
+        return {x.claim_id: x for x in R.claims(cfg, b)}["C7"], b
+
+    agree, _ = c7(0.1, 0.1)
+    assert agree.verdict == "reproduced" and "softmax2x" in agree.metric and "schedule-matched" in agree.ours_ci
+    mixed, b = c7(0.1, -0.05)  # W_c with its stage wins, W_c alone loses
+    assert mixed.verdict == "inconclusive" and mixed.evidence.startswith("mixed"), mixed
+    assert "wording" in R._to_settle(mixed, b)
+    assert c7(0.0, 0.0)[0].verdict == "not_reproduced"  # a tie at the recipe level: no win of δ
+
+
+def test_closing_note_says_what_would_settle_each_open_claim(bundle, cfg, monkeypatch):
+    """PAPER_DONE 9 / 11 (post-audit M6): a claim kept open by a resolved metric conflict (C3: forgetting clearly
+    outside ±δ) is not settled by more seeds, and the note says so; C2 is a definition and a platform; a still
+    converging claim needs longer training; an undecided single-seed comparison needs seeds of its arm."""
+    from replicate import claims as C
+
+    _rules_only(monkeypatch)
+    f = bundle.runs.frame.copy()
+    f.loc[f["variant"] == "uniattn", "lm_loss"] = f.loc[f["variant"] == "ft", "lm_loss"].to_numpy() + 0.3
+    b = _with(bundle, runs=dataclasses.replace(bundle.runs, frame=f))
+    c3 = C.Claim("C3", "", "", None, 0.0, "", "inconclusive", "mixed: the metrics disagree; ev")
+    text = R._to_settle(c3, b)
+    assert text.startswith("not more seeds") and "retention" in text and "FT-2x" in text, text
+    assert "platform" in R._to_settle(C.Claim("C2", "", "", None, 0.2, "", "inconclusive", "mixed: x"), b)
+    assert "longer post-training" in R._to_settle(C.Claim("C4", "", "", None, 0.1, "", "inconclusive",
+                                                          "still converging; ev"), b)
+    assert "seeds of the single-seed arm" in R._to_settle(C.Claim("C5", "", "", None, 0.1, "", "inconclusive", "ev"), b)
 
 
 def test_c8_is_judged_on_the_kl_from_the_pretrained_model(bundle, cfg, monkeypatch):
