@@ -233,11 +233,12 @@ def test_plan_at_smoke(bundle, cfg):
     assert set(b.runs.frame["variant"]) == {"short", *X.TRAINED}
     assert (b.runs.frame["variant"] == "harpe").sum() == cfg.n_seeds
     assert set(b.evals.scores["variant"]) == set(X.ARMS)
+    assert set(b.evals.scores["kind"]) == {"ruler", "heat", "passkey"}
     assert b.evals.scores["score"].between(0, 1).all() and np.all(np.asarray(b.data.gold_scores) == 1.0)
     assert len(b.bases.harpe) == cfg.n_heads and len(set(b.bases.harpe)) == cfg.n_heads
     # every table and figure is a pure function of the bundle
     for fn in (R.setup, R.validity_table, R.checks_table, R.table2, R.table3, R.table4, R.table5, R.table6,
-               R.table7, R.table8, R.comparisons_table):
+               R.table7, R.table8, R.comparisons_table, R.passkey_table):
         assert len(fn(b))
     for fig in (R.fig2, R.fig_ppl_length, R.fig_waveforms):
         assert fig(b) is not None

@@ -59,7 +59,7 @@ ARMS = {  # arm -> what it is (table order)
 }
 TRAINED = ("harpe", "harpe_uniform", "abf_multi", "abf_single", "pi", "yarn", "harpe_short")
 DECIDING = ("harpe", "abf_multi")
-EVAL_REVISION = 4  # part of every evaluation's cache key
+EVAL_REVISION = 5  # part of every evaluation's cache key
 
 
 def arms(cfg: HARPEConfig) -> list[str]:
@@ -138,7 +138,7 @@ class MixedBatches:
 
 @dataclass(frozen=True)
 class Prompt:
-    kind: str  # "ruler" | "heat"
+    kind: str  # "ruler" | "heat" | "passkey"
     task: str
     length: int
     depth: float | None
@@ -299,6 +299,8 @@ def _eval_prompts(cfg: HARPEConfig, tok, eos: int, docs) -> list[Prompt]:
     for L in cfg.eval_lengths:
         for dp in cfg.heat_depths:
             cell("heat", cfg.heat_task, L, dp, cfg.eval_seed + 1, cfg.heat_samples)
+    for L in cfg.eval_lengths:  # passkey retrieval (the classic test: a number in repeated filler text)
+        cell("passkey", "passkey", L, None, cfg.eval_seed + 2, cfg.eval_samples)
     return out
 
 

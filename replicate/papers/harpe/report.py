@@ -81,8 +81,8 @@ def _setup_rows(b: Bundle) -> list[tuple[str, object]]:
              "; ".join(f"({x:,.0f}, {L}, {r}, {s})" for x, L, r, s in bs.stages)),
             ("PI / YaRN factor; Self-Extend w, G", f"{cfg.factor}; {cfg.window}, {cfg.group}"),
             ("seeds: HARPE, ABF multi / other arms", f"{cfg.n_seeds} / 1"),
-            ("evaluation prompts (RULER cells + heat-map cells)",
-             f"{sum(p.kind == 'ruler' for p in d.prompts)} + {sum(p.kind == 'heat' for p in d.prompts)}"),
+            ("evaluation prompts (RULER cells + heat-map cells + passkey)",
+             " + ".join(str(sum(p.kind == k for p in d.prompts)) for k in ("ruler", "heat", "passkey"))),
             ("unigram / Kneser-Ney bigram / bigram of Phase A's rows, on held-out windows (nats)",
              f"{d.unigram_nats:.4f} / {d.bigram_nats:.4f} / {d.seen_bigram_nats:.4f}"),
             ("short model held-out loss at seq_len (nats)", round(_short_loss(b), 4)),
@@ -271,6 +271,16 @@ def table8(b: Bundle) -> pd.DataFrame:
     paper = [{"variant": "abf_multi", **{t: v[0] / 100 for t, v in PAPER_TABLE8.items()}},
              {"variant": "harpe", **{t: (v[1] / 100 if v[1] is not None else np.nan) for t, v in PAPER_TABLE8.items()}}]
     return beside_paper(ours, paper)
+
+
+def passkey_table(b: Bundle) -> pd.DataFrame:
+    """Passkey retrieval (a number hidden in repeated filler text), mean score per length, every method (seed
+    means). No claim rests on it; the paper reports no passkey numbers."""
+    s = b.evals.scores
+    m = _seed_mean(s[s["kind"] == "passkey"], ["length"], "score")
+    wide = m.pivot(index="variant", columns="length", values="mean")
+    wide.columns = [f"@{L}" for L in wide.columns]
+    return _order(wide.reset_index())
 
 
 def heat_table(b: Bundle) -> pd.DataFrame:
