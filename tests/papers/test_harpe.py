@@ -330,6 +330,14 @@ def test_verdict_rules_can_fail(bundle, cfg):
     lost = R.validity(fake, ["harpe", "abf_multi"], True)
     assert not lost.ok and any("harpe 0.200" in f and "abf_multi" not in f for f in lost.failures)
     assert not any("lost the short model" in f for f in R.validity(fake, ["abf_multi"], True).failures)
+    # a baseline (not the method under test) that lost the skill makes its comparison untestable (not_run), and
+    # drops out of C10's legs as untestable, never as a win for HARPE
+    sc.loc[at & (sc["variant"] == "harpe"), "score"] = 0.9
+    sc.loc[at & (sc["variant"] == "pi"), "score"] = 0.0
+    vals["evals"] = dataclasses.replace(bundle.evals, scores=sc)
+    cl = {c.claim_id: c for c in R.claims(cfg, Bundle(vals, dict(bundle.seconds)))}
+    assert cl["C4"].verdict == "not_run" and "untestable" in cl["C4"].evidence and "pi lost retrieval (NIAH 0.000" in cl["C4"].evidence
+    assert "lost the short model" not in cl["C10"].evidence and cl["C10"].verdict != "reproduced"
     fig = R.fig2(_with_cfg(bundle, strict))  # an all-failed heat map says why on its face
     assert fig._suptitle is not None and "INVALID" in fig._suptitle.get_text()
     assert R.fig2(bundle)._suptitle is None

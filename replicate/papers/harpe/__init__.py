@@ -6,7 +6,7 @@ Miniature replication. The paper's contribution (``method.py``): every attention
 chosen by a greedy peak-valley complementarity search over a grid (or uniform), and the short-context model is
 continued in **one** stage directly at the target length, instead of a multi-stage schedule of growing lengths and
 bases (ABF). ``experiments.py`` mirrors "pre-train short, then extend once": a LLaMA-style decoder pre-trained from
-scratch at a short length (base 10k) on Shakespeare mixed with synthetic retrieval rows (half the rows at `small`) (passkey, RULER's
+scratch at a short length (base 10k) on Shakespeare mixed with synthetic retrieval rows (0.6 of the rows at `small`) (passkey, RULER's
 NIAH tasks, variable tracking, common / frequent words: the same generators as the evaluation, disjoint seeds,
 training documents as haystacks; fresh rows, answers up-weighted, short samples mixed in) and copy rows (Phase A),
 cached and shared; then every method continued from it on the same tokens at

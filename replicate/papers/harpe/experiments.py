@@ -58,6 +58,7 @@ ARMS = {  # arm -> what it is (table order)
     "short": "the short model itself (Phase A), no extension",
 }
 TRAINED = ("harpe", "harpe_uniform", "abf_multi", "abf_single", "pi", "yarn", "harpe_short")
+TRAINING_FREE = ("self_extend", "short")  # deterministic given the short model: every HARPE seed pairs with them
 DECIDING = ("harpe", "abf_multi")
 EVAL_REVISION = 5  # part of every evaluation's cache key
 
@@ -664,10 +665,13 @@ def comparisons(cfg: HARPEConfig, evals: Evals) -> Comparisons:
             continue
         seeds = sorted(set(arm_seeds(cfg, a) if a in TRAINED else [cfg.seed]) &
                        set(arm_seeds(cfg, b) if b in TRAINED else [cfg.seed]))
+        if b in TRAINING_FREE:  # one deterministic model: each of a's seeds against it
+            seeds = list(arm_seeds(cfg, a) if a in TRAINED else [cfg.seed])
         for m in METRICS:
             gaps = []
             for s in seeds:
-                va, vb = metric_vectors(cfg, evals, a, s)[m], metric_vectors(cfg, evals, b, s)[m]
+                va = metric_vectors(cfg, evals, a, s)[m]
+                vb = metric_vectors(cfg, evals, b, cfg.seed if b in TRAINING_FREE else s)[m]
                 if len(va) and len(va) == len(vb):
                     gaps.append(float(va.mean() - vb.mean()))
             va, vb = metric_vectors(cfg, evals, a, cfg.seed)[m], metric_vectors(cfg, evals, b, cfg.seed)[m]
