@@ -117,10 +117,7 @@ def validity_table(b: Bundle) -> pd.DataFrame:
 
 def short_ceiling(b: Bundle) -> float:
     """The short model's mean NIAH score at its own length (the skill the extension must carry to longer contexts)."""
-    s = b.evals.scores
-    f = s[(s["variant"] == "short") & (s["kind"] == "ruler") & s["task"].isin(RULER_NIAH_TASKS) &
-          (s["length"] == b.cfg.seq_len)]
-    return float(f["score"].mean()) if len(f) else float("nan")
+    return arm_short_niah(b, "short")
 
 
 def checks_table(b: Bundle) -> pd.DataFrame:
