@@ -162,6 +162,18 @@ def test_stablemoe_vote_table_and_conversion():
     votes = torch.tensor([[0, 3, 3], [0, 0, 0], [5, 1, 0]])
     fallback = torch.tensor([2, 1, 2])
     assert M.vote_table(votes, fallback).tolist() == [1, 1, 0]  # tie -> lowest id; no vote -> fallback
+    # under a capacity: the biggest id keeps its choice, the next one that would overflow it moves to its second
+    votes = torch.tensor([[0, 6, 0], [0, 5, 1], [0, 1, 0], [0, 0, 0]])
+    fallback = torch.tensor([0, 0, 0, 2])
+    assert M.vote_table(votes, fallback).tolist() == [1, 1, 1, 2]
+    assert M.balanced_vote_table(votes, fallback, slack=0.5).tolist() == [1, 2, 0, 2]  # cap 1.5 x 13/3 = 6.5
+    assert M.balanced_vote_table(votes, fallback, slack=100.0).tolist() == M.vote_table(votes, fallback).tolist()
+    load = torch.zeros(3)
+    big = torch.randint(0, 50, (200, 3), generator=torch.Generator().manual_seed(0)) * torch.tensor([5, 1, 1])
+    tab = M.balanced_vote_table(big, torch.zeros(200, dtype=torch.long), slack=0.1)
+    load.index_add_(0, tab, big.sum(-1).float())
+    assert load.max() <= 1.1 * load.sum() / 3 + big.sum(-1).max()  # within the cap but for the last id that fit nowhere
+    assert M.vote_table(big, torch.zeros(200, dtype=torch.long)).bincount(minlength=3)[0] > 150  # the vote collapses
     mod = types.SimpleNamespace(state_dict=lambda: {"model.a": torch.zeros(2), "model.r.mask_VE": torch.ones(2, 2).bool()})
     out = X._freeze_conversion({"model.a": torch.ones(2), "model.r.mask_VE": torch.zeros(2, 2).bool()}, mod)
     assert torch.equal(out["model.a"], torch.ones(2)) and out["model.r.mask_VE"].all()

@@ -52,6 +52,7 @@ from replicate.papers.maskmoe.method import (
     routing_mask,
     token_counts,
     visible_fraction,
+    balanced_vote_table,
     vote_table,
 )
 from replicate.models.context import tensor_ref
@@ -181,7 +182,9 @@ def _frac_tag(cfg) -> str:
 def stablemoe_proxy(cfg: MaskMoEConfig, data: Data, seed: int) -> tuple[dict, torch.Tensor]:
     """StableMoE *proxy* (not StableMoE: spec §4.4's honest stand-in). Stage 1: SMoE for ``stable_freeze_frac`` of
     the steps (the schedule of a whole run). The top-1 choices of the last ``stable_vote_batches`` stage-1
-    training batches vote each token id's expert per layer (ids without a vote: the seed's random hash). Stage 2:
+    training batches vote each token id's expert per layer (``stable_assign``: under a load capacity by default,
+    ``balanced_vote_table``; the plain majority, ``vote_table``, as the option; ids without a vote: the seed's
+    random hash). Stage 2:
     routing frozen to that table (a one-expert mask: gate 1, no router gradient), training continues with the
     same data order and schedule. Returns (stage-2 result, the tables [L, V])."""
     schedule = cfg.optim(cfg.steps)
@@ -206,11 +209,15 @@ def stablemoe_proxy(cfg: MaskMoEConfig, data: Data, seed: int) -> tuple[dict, to
                 votes[j].index_put_((ids.reshape(-1), t[0][:, 0]), torch.ones(ids.numel(), dtype=torch.int64),
                                     accumulate=True)
     fallback = hash_table(data.n_ids, cfg.n_experts, 1, seed)[:, 0]
-    tables = torch.stack([vote_table(votes[j], fallback) for j in range(L)])
+    if cfg.stable_assign == "balanced":
+        tables = torch.stack([balanced_vote_table(votes[j], fallback, cfg.stable_slack) for j in range(L)])
+    else:
+        tables = torch.stack([vote_table(votes[j], fallback) for j in range(L)])
     frozen = proxy_stage2_model(cfg, data, seed, tables)
+    assign = "" if cfg.stable_assign == "vote" else f"assign=balanced;slack={cfg.stable_slack:g};"
     lr2 = LRMap(schedule, offset=s1)
     spec2 = continued(TrainSpec(frozen, dataclasses.replace(schedule, max_steps=cfg.steps - s1),
-                                data.description + f";variant=stable_stage2;votes={cfg.stable_vote_batches};"
+                                data.description + f";variant=stable_stage2;votes={cfg.stable_vote_batches};{assign}"
                                 f"gate={cfg.stable_gate};data_offset={s1}", cfg.batch_size, cfg.seq_len, seed,
                                 ckpt_every=max(10, (cfg.steps - s1) // 4)), p1, "maskmoe_freeze", lr_map=lr2)
     res = train(PAPER_ID, spec2, dataclasses.replace(b, offset=s1), {"heldout": data.windows}, parent=p1,

@@ -127,6 +127,30 @@ def vote_table(counts_VE: torch.Tensor, fallback_V: torch.Tensor) -> torch.Tenso
     return torch.where(counts_VE.sum(-1) > 0, best_V, fallback_V.long())
 
 
+def balanced_vote_table(counts_VE: torch.Tensor, fallback_V: torch.Tensor, slack: float) -> torch.Tensor:
+    """The StableMoE proxy's frozen assignment under a capacity: StableMoE's stage 1 trains its routing with a
+    balance loss, and a per-token majority vote of a context-dependent router loses that balance (a frequent type
+    split 40/60 between two experts sends all of it to one). Token ids in decreasing voted occurrences (ties: lowest
+    id) each take their most-voted expert (ties: lowest id) whose voted load stays within ``(1 + slack)`` x the mean
+    load (total votes / E); an id that fits nowhere goes to the least-loaded expert (ties: lowest id); ids without a
+    vote: ``fallback_V``. ``slack`` large enough reduces to :func:`vote_table`."""
+    occ_V = counts_VE.sum(-1)
+    E = counts_VE.shape[-1]
+    cap = (1.0 + slack) * float(occ_V.sum()) / E
+    table = fallback_V.clone().long()
+    load = [0] * E
+    order = torch.sort(-occ_V, stable=True).indices  # decreasing count, ties by increasing id
+    for t in order[occ_V[order] > 0].tolist():
+        n = int(occ_V[t])
+        prefs = torch.sort(-counts_VE[t], stable=True).indices.tolist()  # most votes first, ties lowest id
+        e = next((e for e in prefs if load[e] + n <= cap), None)
+        if e is None:
+            e = min(range(E), key=lambda j: (load[j], j))
+        table[t] = e
+        load[e] += n
+    return table
+
+
 class RoutedLM(CausalLM):
     """``CausalLM`` whose evaluation also records the routing of every held-out position: ``evaluate(windows)``
     returns ``{"loss": (W, T) fp32, "correct": (W, T) bool (argmax = target), "expert": (L, W, T) int16,
