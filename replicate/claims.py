@@ -284,6 +284,60 @@ def converging_paired(claim: Claim, drift: float | None, seed_gaps, comparison: 
                       f"the {frac:.0%} before, same batches", horizon=1.0 / frac)
 
 
+def horizon_rule(c: Claim, drift: float | None, ci, spread: float, horizon: float, rejudge, what: str,
+                 ci_what: str = "95% paired bootstrap") -> Claim:
+    """The convergence horizon against the decision bar: a decided claim becomes ``inconclusive`` ("still
+    converging") when its held-out gap still moves -- the drift's interval ``ci`` (the claim's sign; ``ci_what``
+    names it: a paired bootstrap over held-out rows, or a t-interval over seeds) excludes 0, or the drift exceeds the
+    deciding pair's seed ``spread`` (NaN: no such bar) -- AND the claim's own rule, applied to the gap continued
+    linearly for ``horizon`` more such stretches (``rejudge(horizon · drift)``: the verdict with the gap and its
+    intervals shifted by that much), would give another verdict: the gap would fall inside the bar it had to clear,
+    not merely reach 0. A gap whose continuation keeps the verdict, or a drift indistinguishable from 0, keeps it.
+    ``drift`` None (not measured): the claim unchanged, said so."""
+    if drift is None or c.ours_value is None:
+        return replace(c, ours_ci=f"{c.ours_ci}; gap trend: not measured")
+    moving = bool((ci is not None and (ci[0] > 0 or ci[1] < 0)) or (np.isfinite(spread) and abs(drift) > spread))
+    shift = horizon * drift
+    v_ext = rejudge(shift)
+    text = (f"{c.ours_ci}; gap trend ({what}): {drift:+.4f}"
+            + (f", {ci_what} [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci is not None else "")
+            + f", seed spread {spread:.4f}; continued for one more run length ({horizon:g} such stretches) the gap "
+            f"would be {c.ours_value + shift:+.4f}, where its rule gives {v_ext}")
+    decided = c.verdict in ("reproduced", "not_reproduced")
+    if decided and moving and v_ext != c.verdict:
+        return replace(c, ours_ci=text + f": still converging (the gap still moves and would no longer pass its rule "
+                       f"within the run's length again), so the {c.verdict} verdict at the end may not hold",
+                       verdict="inconclusive", evidence="still converging; " + c.evidence)
+    why = ("" if not decided else ": the verdict would hold there" if moving
+           else ": the drift is indistinguishable from 0 (its interval holds 0 and it is below the seed spread)")
+    return replace(c, ours_ci=text + why)
+
+
+def heldout_converging(c: Claim, rejudge, drift_rows, seed_gaps, frac: float, label: str, sign: float = 1.0,
+                       n_boot: int = 1000) -> Claim:
+    """:func:`horizon_rule` for a comparison a − b of runs scored on the same held-out windows at the end and after
+    ``1 − frac`` of the steps. ``drift_rows``: per common seed, the per-window drift (``trainer.heldout_drift``; None:
+    not measured); ``sign`` turns a − b into the claim's sign. With two or more seeds the drift's interval is the 95%
+    t-interval of the per-seed drifts (seed noise included; no further bar); with one seed it is a 95% bootstrap over
+    the windows, and the drift must also stay below the seed spread of ``seed_gaps`` (the deciding pair's per-seed
+    gaps: the seed noise one seed cannot show). ``rejudge(shift)``: the claim's verdict with its gap (and intervals)
+    shifted by ``shift``. The horizon is one more run length, 1 / ``frac`` such stretches."""
+    if drift_rows is None or not len(drift_rows):
+        return horizon_rule(c, None, None, float("nan"), 1.0 / frac, rejudge, "")
+    per_seed = [sign * float(np.mean(r)) for r in drift_rows]
+    drift = float(np.mean(per_seed))
+    if len(per_seed) >= 2:
+        ci, ci_what, spread = t_interval(per_seed), f"95% t over {len(per_seed)} seeds", float("nan")
+    else:
+        rows = sign * np.asarray(drift_rows[0], dtype=float)
+        idx = np.random.default_rng(0).integers(0, len(rows), (n_boot, len(rows)))
+        ci, ci_what = percentile_interval(rows[idx].mean(1)), "95% paired bootstrap over held-out windows"
+        g = np.asarray(list(seed_gaps), dtype=float)
+        spread = float(g.std(ddof=1)) if len(g) > 1 else float("nan")
+    what = f"held-out gap {label}, at the end − after {1 - frac:.0%} of the steps, same windows"
+    return horizon_rule(c, drift, ci, spread, 1.0 / frac, rejudge, what, ci_what)
+
+
 def note_lines(claims: list[Claim]) -> list[str]:
     """The head of a notebook's generated closing note: its title, then one line per claim with its verdict, our
     value and its interval (or the evidence where there is none)."""

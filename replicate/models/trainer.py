@@ -259,6 +259,30 @@ def gap_drift(paper_id: str, keys_a: dict, keys_b: dict, steps: int, frac: float
     return float(np.mean(drifts)) if drifts else None
 
 
+def late_step(steps: int, frac: float) -> int:
+    """The step after which a run is scored for :func:`heldout_drift`: ``1 − frac`` of ``steps`` (at least 1)."""
+    return max(1, min(steps - 1, round((1 - frac) * steps)))
+
+
+def position_losses(v) -> torch.Tensor:
+    """The (W, T) per-position losses of one evaluation record (a tensor, or a module's dict holding "loss")."""
+    return v["loss"] if isinstance(v, dict) else v
+
+
+def heldout_drift(run_a: dict, run_b: dict, step: int, eval_set: str = "heldout") -> np.ndarray | None:
+    """How the held-out gap a − b still moved at the end of training, per fixed evaluation window: the window's mean
+    loss gap at the end minus that after ``step`` (both runs scored on the same windows there: ``TrainSpec.
+    eval_steps``), float64 (W,); None where either run was not scored at ``step``. Held out, unlike
+    :func:`gap_drift`: the training-loss gap is in other units (a training gap is larger than the held-out one) and
+    confounded once windows repeat."""
+    at_a, at_b = (r.get("evals", {}).get(eval_set, {}).get(step) for r in (run_a, run_b))
+    if at_a is None or at_b is None:
+        return None
+    end = position_losses(run_a["final"][eval_set]) - position_losses(run_b["final"][eval_set])
+    mid = position_losses(at_a) - position_losses(at_b)
+    return (end - mid).double().mean(-1).numpy()
+
+
 def _worker_init(threads: int) -> None:
     """A prefetch worker: ``threads`` torch threads; on Linux it dies with its parent (a killed notebook leaves no
     orphan holding a run's lock)."""

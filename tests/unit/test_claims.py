@@ -217,3 +217,28 @@ def test_note_footer_states_the_cost_and_what_settles_each_open_claim():
     assert "peak memory of this process" in lines[1] and "GiB" in lines[1]
     assert lines[3] == "To settle what stayed open: C2: more for C2; C3: more for C3."
     assert len(note_footer("small", {}, cl[:1], str)) == 2  # nothing open: no settle line
+
+
+def test_heldout_converging_asks_whether_the_continued_gap_still_passes_its_rule():
+    """``heldout_converging``: seeds give the drift a t-interval; a decided claim turns inconclusive only when the drift
+    is distinguishable from 0 AND the gap continued over one more run length fails the claim's own rule (here the
+    t-interval of the shifted per-seed gaps); a drift that keeps the verdict, or one within the seeds' noise, keeps
+    it; one seed: a bootstrap over windows plus the seed-spread bar; no drift rows: not measured."""
+    gaps = [-0.050, -0.055, -0.060]
+    rejudge = lambda s: C.seed_gap_claim("X", "x", [g + s for g in gaps], metric="m").verdict  # noqa: E731
+    c = C.seed_gap_claim("X", "x", gaps, metric="m")
+    assert c.verdict == "not_reproduced"
+    closing = [np.full(50, 0.011), np.full(50, 0.012), np.full(50, 0.013)]  # +0.012 a stretch: +0.06 over 5
+    out = C.heldout_converging(c, rejudge, closing, gaps, 0.2, "a - b")
+    assert out.verdict == "inconclusive" and out.evidence.startswith("still converging")
+    assert "95% t over 3 seeds" in out.ours_ci and "held-out gap a - b, at the end − after 80% of the steps" in out.ours_ci
+    slow = [np.full(50, 0.002), np.full(50, 0.003), np.full(50, 0.004)]  # +0.015 over 5: still clearly below 0
+    assert C.heldout_converging(c, rejudge, slow, gaps, 0.2, "a - b").verdict == "not_reproduced"
+    noisy = [np.full(50, 0.05), np.full(50, -0.03), np.full(50, 0.02)]  # interval holds 0
+    kept = C.heldout_converging(c, rejudge, noisy, gaps, 0.2, "a - b")
+    assert kept.verdict == "not_reproduced" and "indistinguishable from 0" in kept.ours_ci
+    assert C.heldout_converging(c, rejudge, [-x for x in closing], gaps, 0.2, "b - a", sign=-1.0).verdict == "inconclusive"
+    one = C.heldout_converging(c, rejudge, [np.full(50, 0.012) + np.linspace(-1e-3, 1e-3, 50)], gaps, 0.2, "a - b")
+    assert one.verdict == "inconclusive" and "bootstrap over held-out windows" in one.ours_ci
+    none = C.heldout_converging(c, rejudge, None, gaps, 0.2, "a - b")
+    assert none.verdict == "not_reproduced" and none.ours_ci.endswith("gap trend: not measured")

@@ -39,7 +39,7 @@ from replicate.experiments import Plan
 from replicate.models.decoder import Decoder, LayerSpec
 from replicate.models.lm import CausalLM
 from replicate.models.probes import capture, module_inputs
-from replicate.models.trainer import TrainSpec, gap_drift, prefetch, run_keys, train
+from replicate.models.trainer import TrainSpec, heldout_drift, late_step, prefetch, train
 from replicate.moe import check_budgets, param_counts
 from replicate.papers.finedeep import PAPER_ID, FinedeepConfig
 from replicate.papers.finedeep.method import (
@@ -131,7 +131,8 @@ def train_variant(cfg: FinedeepConfig, data: Data, seed: int, M: int | None = No
     """One run: dense (M None) or Finedeep (M, K), initial weights paired with the dense run of ``seed``."""
     init = "" if M is None else f";init=dense_slices(seed={seed})"
     spec = TrainSpec(model_config(cfg, data.n_ids, M, K, score), cfg.optim(cfg.steps),
-                     data.description + init, cfg.batch_size, cfg.seq_len, seed, ckpt_every=max(10, cfg.steps // 4))
+                     data.description + init, cfg.batch_size, cfg.seq_len, seed,
+                     eval_steps=(late_step(cfg.steps, cfg.drift_frac),), ckpt_every=max(10, cfg.steps // 4))
     # the module is built by train() right after seeding (so its initial weights are the seed's); the final weights
     # are kept for the activation analysis, which can then change without retraining
     return train(PAPER_ID, spec, batches(cfg, data, seed), {"heldout": data.windows},
@@ -267,7 +268,8 @@ def _score_stats(cfg: FinedeepConfig, acts: dict) -> dict | None:
 
 @plan.step
 def activations(cfg: FinedeepConfig, data: Data, runs: Runs) -> Activations:
-    windows = data.windows[: cfg.analysis_windows]
+    W = len(data.windows)  # windows spread over every held-out play, not the first play's
+    windows = data.windows[torch.linspace(0, W - 1, min(cfg.analysis_windows, W)).round().long()]
     rows, scores = [], {}
     for r in runs.records:
         model = Decoder(model_config(cfg, data.n_ids, r["M"], r["K"], r["score"] if r["M"] else None))
@@ -340,13 +342,22 @@ def _losses(runs: Runs, variant: str) -> dict[int, torch.Tensor]:
     return {r["seed"]: final_loss(r["result"]) for r in runs.records if r["variant"] == variant}
 
 
+def _drift_rows(cfg: FinedeepConfig, runs: Runs, a: str, b: str) -> list | None:
+    """Per common seed, the per-window drift of the held-out gap a − b over the last ``drift_frac`` of the steps
+    (``trainer.heldout_drift``); None where a run was not scored there."""
+    ra = {r["seed"]: r["result"] for r in runs.records if r["variant"] == a}
+    rb = {r["seed"]: r["result"] for r in runs.records if r["variant"] == b}
+    rows = [heldout_drift(ra[s], rb[s], late_step(cfg.steps, cfg.drift_frac)) for s in sorted(set(ra) & set(rb))]
+    return None if not rows or any(r is None for r in rows) else rows
+
+
 @dataclass(frozen=True)
 class Comparisons:
     frame: pd.DataFrame  # one row per (a, b): gap (a − b, positive: b better), per-seed gaps, bootstrap interval
     boot: dict  # "a - b" -> bootstrap replicates of the gap (paired windows, common seeds)
     per_seed: dict  # "a - b" -> gap per common seed
     depth_width_boot: np.ndarray  # replicates of min(gap to each extreme) for the deciding (M, K)
-    drift: dict  # "a - b" -> change of the paired training-loss gap over the last stretch of training (None: no log)
+    drift: dict  # "a - b" -> per common seed, the per-window drift of the held-out gap over the last stretch (None)
 
 
 @plan.step
@@ -374,11 +385,10 @@ def comparisons(cfg: FinedeepConfig, data: Data, runs: Runs) -> Comparisons:
                      "gap_per_seed": " / ".join(f"{x:+.4f}" for x in per_seed[name])})
     ends = [variant_name(M, K, cfg.score) for M, K in (cfg.grid[0], cfg.grid[-1]) if (M, K) != cfg.deciding]
     dw = np.min(np.stack([reps_of[e] for e in ends]), 0) if ends else np.array([])
-    drift = {f"{a} - {dec}": gap_drift(PAPER_ID, run_keys(runs.records, a), run_keys(runs.records, dec), cfg.steps,
-                                      cfg.drift_frac)
-             for a in others}
+    drift = {f"{a} - {dec}": _drift_rows(cfg, runs, a, dec) for a in others}
     frame = pd.DataFrame(rows)
-    frame["train_gap_drift"] = [drift[n] for n in frame["comparison"]]
+    frame["heldout_gap_drift"] = [None if drift[n] is None else float(np.mean([d.mean() for d in drift[n]]))
+                                  for n in frame["comparison"]]
     return Comparisons(frame, boot, per_seed, dw, drift)
 
 

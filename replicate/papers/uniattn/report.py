@@ -458,31 +458,10 @@ def _converging(b: Bundle, c: C.Claim, name: str, sign: float = 1.0, label: str 
 
 
 def horizon_rule(c: C.Claim, drift: float | None, reps, spread: float, horizon: float, rejudge, what: str) -> C.Claim:
-    """The convergence horizon against the decision bar (post-audit M2): a decided claim becomes ``inconclusive``
-    ("still converging") when its held-out gap still moves -- the drift's 95% paired row bootstrap (``reps``, the
-    claim's sign) excludes 0, or the drift exceeds the deciding pair's seed ``spread`` -- AND the claim's own rule,
-    applied to the gap continued linearly for ``horizon`` more such stretches (``rejudge(horizon · drift)``: the gap and
-    its intervals shifted by that much), would give another verdict: the gap would fall inside the bar it had to clear
-    (δ plus the intervals' half-width, or the margin), not merely reach 0. A gap whose continuation keeps the verdict,
-    or a drift indistinguishable from 0, keeps it."""
-    if drift is None or c.ours_value is None:
-        return replace(c, ours_ci=f"{c.ours_ci}; gap trend: not measured")
-    ci = C.percentile_interval(reps) if reps is not None else None
-    moving = bool((ci is not None and (ci[0] > 0 or ci[1] < 0)) or (np.isfinite(spread) and abs(drift) > spread))
-    shift = horizon * drift
-    v_ext = rejudge(shift)
-    text = (f"{c.ours_ci}; gap trend ({what}): {drift:+.4f}"
-            + (f", 95% paired bootstrap [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci is not None else "")
-            + f", seed spread {spread:.4f}; continued for one more run length ({horizon:g} such stretches) the gap "
-            f"would be {c.ours_value + shift:+.4f}, where its rule gives {v_ext}")
-    decided = c.verdict in ("reproduced", "not_reproduced")
-    if decided and moving and v_ext != c.verdict:
-        return replace(c, ours_ci=text + f": still converging (the gap still moves and would no longer pass its rule "
-                       f"within the run's length again), so the {c.verdict} verdict at the end may not hold",
-                       verdict="inconclusive", evidence="still converging; " + c.evidence)
-    why = ("" if not decided else ": the verdict would hold there" if moving
-           else ": the drift is indistinguishable from 0 (its interval holds 0 and it is below the seed spread)")
-    return replace(c, ours_ci=text + why)
+    """``claims.horizon_rule`` with the drift's 95% paired row bootstrap (``reps``, the claim's sign) as its interval
+    (post-audit M2)."""
+    return C.horizon_rule(c, drift, C.percentile_interval(reps) if reps is not None else None, spread, horizon,
+                          rejudge, what)
 
 
 def still_closing(c: C.Claim, drift: float | None, reps, sign: float, frac: float) -> C.Claim:
