@@ -103,9 +103,11 @@ class MaskedRouter(TopKRouter):
     ``gate="full"``: the experts are chosen among the visible ones as above, but each slot's weight is the chosen
     expert's probability under the softmax over *all* experts (and the balance statistics use those
     probabilities), so a token with one visible expert keeps a learned gate below 1: routing frozen by the mask,
-    gates still trained (a StableMoE-like stage 2)."""
+    gates still trained (a StableMoE-like stage 2). ``gate="sigmoid"``: the same choice, each slot's weight the
+    sigmoid of the chosen expert's logit (StableMoE's stage-2 gate: independent of the other experts' logits, 0.5 at a
+    zero logit; the balance statistics use the softmax probabilities)."""
 
-    GATES = ("masked", "full")
+    GATES = ("masked", "full", "sigmoid")
 
     def __init__(self, d_model: int, n_experts: int, k: int = 1, mask_VE: torch.Tensor | None = None,
                  renormalize: bool | None = None, init_std=None, gate: str = "masked"):
@@ -127,7 +129,8 @@ class MaskedRouter(TopKRouter):
             return Routing(r.topk_idx_TK, r.topk_w_TK, r.counts_E, r.probs_TE, logits_TE)
         probs_TE = torch.softmax(logits_TE, -1)
         filled_TK = r.topk_idx_TK >= 0
-        w_TK = probs_TE.gather(1, r.topk_idx_TK.clamp(min=0)) * filled_TK
+        score_TE = torch.sigmoid(logits_TE) if self.gate == "sigmoid" else probs_TE
+        w_TK = score_TE.gather(1, r.topk_idx_TK.clamp(min=0)) * filled_TK
         return Routing(r.topk_idx_TK, w_TK, r.counts_E, probs_TE, logits_TE)
 
     def extra_repr(self) -> str:

@@ -413,5 +413,12 @@ def test_masked_router_full_gate_keeps_the_routing_and_learns_the_gate():
     assert torch.allclose(b.topk_w_TK[:, 0], p[torch.arange(30), ids % E])  # the chosen expert's full probability
     b.topk_w_TK.sum().backward()
     assert full.weight.grad.abs().sum() > 0  # the gate is learned although the routing is frozen
+    sig = MaskedRouter(D, E, 1, mask_VE=one, gate="sigmoid")
+    sig.weight.data.copy_(masked.weight.data)
+    c = sig(x, ids)
+    assert torch.equal(a.topk_idx_TK, c.topk_idx_TK)
+    logit = (x @ sig.weight.T)[torch.arange(30), ids % E]
+    assert torch.allclose(c.topk_w_TK[:, 0], torch.sigmoid(logit))  # StableMoE's gate: sigmoid of its own logit
+    assert not torch.allclose(c.topk_w_TK[:, 0], b.topk_w_TK[:, 0])
     with pytest.raises(ValueError, match="gate"):
         MaskedRouter(D, E, 1, mask_VE=one, gate="soft")

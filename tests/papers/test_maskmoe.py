@@ -264,10 +264,18 @@ def test_proxy_collapse_rule_is_relative_to_fixed_routing(monkeypatch):
         rows = [{"variant": v, "layer": 1, "load_cv": cv, "load_max": 0.2} for v, cv in cvs.items()]
         return lambda b: __import__("pandas").DataFrame(rows)
 
-    b = types.SimpleNamespace(cfg=types.SimpleNamespace(n_experts=8))
+    cfg = types.SimpleNamespace(n_experts=8, stable_max_moved=0.2, stable_freeze_frac=0.8, stable_assign="balanced",
+                                stable_slack=0.25, stable_gate="sigmoid")
+    proxy = lambda moved: {"variant": "stablemoe_proxy", "result": {"proxy_moved": moved}}  # noqa: E731
+    b = types.SimpleNamespace(cfg=cfg, runs=types.SimpleNamespace(records=[proxy([0.05, 0.12])]))
     monkeypatch.setattr(R, "load_summary", summary({"smoe": 0.20, "hash": 0.44, "stablemoe_proxy": 0.56}))
     assert R.proxy_validity(b).ok
     assert "first collapse rule (CV <= 1.5 x SMoE's alone) fails" in R.proxy_load_text(b)
+    assert "12.0% of the voted occurrences moved" in R.proxy_load_text(b)
+    # a balanced table that had to move more than stable_max_moved of the votes is no longer the router's routing
+    moved = types.SimpleNamespace(cfg=cfg, runs=types.SimpleNamespace(records=[proxy([0.05, 0.31])]))
+    v = R.proxy_validity(moved)
+    assert not v.ok and "moved 31.0%" in v.failures[0]
     monkeypatch.setattr(R, "load_summary", summary({"smoe": 0.20, "hash": 0.44, "stablemoe_proxy": 0.80}))
     v = R.proxy_validity(b)
     assert not v.ok and "SMoE's 0.20, Hash's 0.44" in v.failures[0]

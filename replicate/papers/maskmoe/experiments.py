@@ -36,12 +36,12 @@ from replicate.experiments import Plan
 from replicate.models.decoder import Decoder, LayerSpec
 from replicate.models.lm import LRMap
 from replicate.models.probes import capture
-from replicate.models.trainer import (CONVERSIONS, TrainSpec, continued, gap_drift, prefetch, register_conversion,
-                                      run_keys, train)
+from replicate.models.trainer import (CONVERSIONS, TrainSpec, continued, heldout_drift, late_step, prefetch,
+                                      register_conversion, train)
 from replicate.moe import check_budgets, hash_table, param_counts
 from replicate.moe.losses import load_balancing_loss
 from replicate.kernels import route
-from replicate.papers.maskmoe import DECIDING, PAPER_ID, VARIANTS, MaskMoEConfig
+from replicate.papers.maskmoe import DECIDING, DRIFT_FRAC, PAPER_ID, VARIANTS, MaskMoEConfig
 from replicate.papers.maskmoe.method import (
     RoutedLM,
     fluctuation as fluct,
@@ -159,6 +159,8 @@ def checkpoints(cfg: MaskMoEConfig) -> tuple[int, ...]:
 
 
 def _train(cfg, data, model, seed, tag, eval_steps=(), **kw) -> dict:
+    """One run; every run is also scored after ``late_step`` (the held-out drift of its comparisons)."""
+    eval_steps = tuple(sorted({*eval_steps, late_step(cfg.steps, DRIFT_FRAC)}))
     spec = TrainSpec(model, cfg.optim(cfg.steps), data.description + f";variant={tag};eval=routing", cfg.batch_size,
                      cfg.seq_len, seed, eval_steps=eval_steps, ckpt_every=max(10, cfg.steps // 4))
     return train(PAPER_ID, spec, batches(cfg, data.stream, seed), {"heldout": data.windows},
@@ -213,6 +215,9 @@ def stablemoe_proxy(cfg: MaskMoEConfig, data: Data, seed: int) -> tuple[dict, to
         tables = torch.stack([balanced_vote_table(votes[j], fallback, cfg.stable_slack) for j in range(L)])
     else:
         tables = torch.stack([vote_table(votes[j], fallback) for j in range(L)])
+    # the share of voted occurrences the table sends elsewhere than their majority expert, per layer
+    moved = [float((votes[j].max(-1).values - votes[j].gather(1, tables[j][:, None].long()).squeeze(1)).sum())
+             / max(1, int(votes[j].sum())) for j in range(L)]
     frozen = proxy_stage2_model(cfg, data, seed, tables)
     assign = "" if cfg.stable_assign == "vote" else f"assign=balanced;slack={cfg.stable_slack:g};"
     lr2 = LRMap(schedule, offset=s1)
@@ -222,12 +227,16 @@ def stablemoe_proxy(cfg: MaskMoEConfig, data: Data, seed: int) -> tuple[dict, to
                                 ckpt_every=max(10, (cfg.steps - s1) // 4)), p1, "maskmoe_freeze", lr_map=lr2)
     res = train(PAPER_ID, spec2, dataclasses.replace(b, offset=s1), {"heldout": data.windows}, parent=p1,
                 module=lambda: RoutedLM(spec2.model, spec2.optim, spec2.lr_map), **cfg.trainer_kwargs())
-    return res, tables
+    # one curve for the two stages: stage 1's final evaluation is the proxy's held-out point at step s1 (a new dict:
+    # the cached results stay as they are)
+    evals = {**res["evals"], "heldout": {s1: p1["final"]["heldout"], **res["evals"].get("heldout", {})}}
+    return {**res, "evals": evals, "proxy_moved": moved}, tables
 
 
 def proxy_stage2_model(cfg: MaskMoEConfig, data: Data, seed: int, tables: torch.Tensor):
     """The proxy's stage 2: routing frozen to the voted table (a one-expert mask per token id); the gate is the
-    frozen expert's probability under the full softmax (``stable_gate="full"``, still learned) or exactly 1
+    sigmoid of its router logit (``stable_gate="sigmoid"``, still learned), its probability under the full softmax
+    (``"full"``) or exactly 1
     (``"masked"``); no load balancing (the routing can no longer move)."""
     spec = [_moe(cfg, router="masked", routing_mask=tensor_ref(one_hot_mask(t, cfg.n_experts)),
                  mask_gate=cfg.stable_gate, balance_coef=0.0) for t in tables]
@@ -444,13 +453,23 @@ def bucket_labels(cfg: MaskMoEConfig) -> list[str]:
     return [f"[{a}, {b})" for a, b in zip(e[:-1], e[1:])] + [f">= {e[-1]}"]
 
 
+def _drift_rows(cfg: MaskMoEConfig, runs: Runs, a: str, b: str) -> list | None:
+    """Per common seed, the per-window drift of the held-out gap a − b (all positions) over the last ``DRIFT_FRAC``
+    of the steps (``trainer.heldout_drift``); None where a run was not scored there."""
+    ra = {r["seed"]: r["result"] for r in runs.records if r["variant"] == a}
+    rb = {r["seed"]: r["result"] for r in runs.records if r["variant"] == b}
+    rows = [heldout_drift(ra[s], rb[s], late_step(cfg.steps, DRIFT_FRAC)) for s in sorted(set(ra) & set(rb))]
+    return None if not rows or any(r is None for r in rows) else rows
+
+
 @dataclass(frozen=True)
 class Buckets:
     frame: pd.DataFrame  # one row per (variant, group): mean loss (seed mean), 95% bootstrap, positions, types
     gaps: pd.DataFrame  # one row per (comparison, group): paired gap, its bootstrap interval, per-seed gaps
     boot: dict  # (comparison, group) -> bootstrap replicates of the gap
     per_seed: dict  # (comparison, group) -> the gap of each common seed
-    drift: dict  # comparison -> change of its paired training-loss gap at the end of training (``trainer.gap_drift``)
+    drift: dict  # comparison -> per common seed, the per-window drift of its held-out gap (all positions) over the
+    # last DRIFT_FRAC of the steps (``trainer.heldout_drift``; None where a run was not scored there)
 
 
 @plan.step
@@ -503,9 +522,8 @@ def buckets(cfg: MaskMoEConfig, data: Data, runs: Runs) -> Buckets:
                          "ci_lo": np.quantile(reps, 0.025), "ci_hi": np.quantile(reps, 0.975),
                          "paired_seeds": len(per_seed), "gap_per_seed": " / ".join(f"{x:+.4f}" for x in per_seed),
                          "positions": int(n_w.sum())})
-    keys = {v: run_keys(runs.records, v) for v in VARIANTS}
     comps = sorted({c for c, _ in seed_gaps})
-    drift = {c: gap_drift(PAPER_ID, keys[c.split(" - ")[0]], keys[c.split(" - ")[1]], cfg.steps) for c in comps}
+    drift = {c: _drift_rows(cfg, runs, *c.split(" - ")) for c in comps}
     return Buckets(pd.DataFrame(rows), pd.DataFrame(gaps), boot, seed_gaps, drift)
 
 
@@ -521,7 +539,9 @@ def fluctuation(cfg: MaskMoEConfig, data: Data, runs: Runs) -> pd.DataFrame:
         if r["variant"] not in DECIDING:
             continue
         res = r["result"]
-        pts = sorted(res["evals"].get("heldout", {}).items()) + [(cfg.steps, res["final"]["heldout"])]
+        ck = set(checkpoints(cfg))  # the fluctuation checkpoints (not the drift's extra evaluation where it differs)
+        pts = sorted((k, v) for k, v in res["evals"].get("heldout", {}).items() if k in ck)
+        pts += [(cfg.steps, res["final"]["heldout"])]
         for (s0, e0), (s1, e1) in zip(pts[:-1], pts[1:]):
             for g, m in sel.items():
                 rows.append({"variant": r["variant"], "seed": r["seed"], "from_step": s0, "to_step": s1,
