@@ -338,6 +338,10 @@ def heldout_converging(c: Claim, rejudge, drift_rows, seed_gaps, frac: float, la
     return horizon_rule(c, drift, ci, spread, 1.0 / frac, rejudge, what, ci_what)
 
 
+CONVERGING_SETTLE = ("longer training: the held-out gap still moves at the end and, continued, would no longer pass "
+                     "its rule (its interval text); more seeds would not settle it")
+
+
 def note_lines(claims: list[Claim]) -> list[str]:
     """The head of a notebook's generated closing note: its title, then one line per claim with its verdict, our
     value and its interval (or the evidence where there is none)."""

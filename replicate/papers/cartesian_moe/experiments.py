@@ -37,7 +37,7 @@ from replicate.experiments import Plan
 from replicate.models.decoder import Decoder
 from replicate.models.ffn import SubLayerStack, build_ffn
 from replicate.models.probes import capture
-from replicate.models.trainer import TrainSpec, gap_drift, prefetch, run_keys, train
+from replicate.models.trainer import TrainSpec, heldout_drift, late_step, prefetch, train
 from replicate.moe import MoE, ParamCount, check_budgets, param_counts
 from replicate.papers.cartesian_moe import DECIDING, PAPER_ID, ROUTED, CartesianMoEConfig
 from replicate.papers.cartesian_moe.method import (
@@ -109,8 +109,9 @@ def heldout_set(data: Data) -> dict:
 
 
 def train_variant(cfg: CartesianMoEConfig, data: Data, variant: str, seed: int) -> dict:
-    """One run (or its cached result), final weights kept for the inference-only Table 4."""
-    ev = curve_steps(cfg) if variant in DECIDING else ()
+    """One run (or its cached result), final weights kept for the inference-only Table 4. Every run is also scored
+    after ``1 − drift_frac`` of its steps (the held-out drift of its comparisons)."""
+    ev = tuple(sorted({*(curve_steps(cfg) if variant in DECIDING else ()), late_step(cfg.steps, cfg.drift_frac)}))
     spec = TrainSpec(model_config(cfg, data.n_ids, variant, seed, data.counts_V), cfg.optim(cfg.steps),
                      data.description + f";variant={variant};eval=masked", cfg.batch_size, cfg.seq_len, seed,
                      eval_steps=ev, ckpt_every=max(10, cfg.steps // 4))
@@ -342,7 +343,8 @@ class Comparisons:
     frame: pd.DataFrame  # one row per (metric, a - b): gap, bootstrap interval, per-seed gaps
     boot: dict  # (metric, "a - b") -> bootstrap replicates of the gap (paired windows, common seeds)
     per_seed: dict  # (metric, "a - b") -> gap per common seed
-    drift: dict  # "a - b" (loss pairs) -> change of the paired training-loss gap at the end (``trainer.gap_drift``)
+    drift: dict  # "a - b" (loss pairs) -> per common seed, the per-window drift of the held-out loss gap over the
+    # last drift_frac of the steps (``trainer.heldout_drift``; None where a run was not scored there)
 
 
 def _per_position(cfg, runs: Runs, rob: Robustness, variant: str, metric: str) -> dict[int, torch.Tensor]:
@@ -402,12 +404,18 @@ def comparisons(cfg: CartesianMoEConfig, data: Data, runs: Runs, robustness: Rob
                      "ci_lo": float(np.quantile(reps, 0.025)), "ci_hi": float(np.quantile(reps, 0.975)),
                      "paired_seeds": len(common),
                      "gap_per_seed": " / ".join(f"{x:+.4f}" for x in per_seed[(metric, name)])})
-    keys = {v: run_keys(runs.records, v) for v, _ in arms(cfg)}
-    drift = {f"{a} - {b}": gap_drift(PAPER_ID, keys[a], keys[b], cfg.steps, cfg.drift_frac)
-             for metric, a, b in pairs(cfg) if metric == "loss"}
+    late = late_step(cfg.steps, cfg.drift_frac)
+    res = {(r["variant"], r["seed"]): r["result"] for r in runs.records}
+    drift = {}
+    for metric, a, b in pairs(cfg):
+        common = sorted({s for v, s in res if v == a} & {s for v, s in res if v == b})
+        rows_d = [heldout_drift(res[(a, s)], res[(b, s)], late) for s in common] if metric == "loss" else []
+        if rows_d:
+            drift[f"{a} - {b}"] = None if any(r is None for r in rows_d) else rows_d
     frame = pd.DataFrame(rows)
-    frame["train_gap_drift"] = [drift.get(n) if m == "loss" else None for m, n in zip(frame["metric"],
-                                                                                     frame["comparison"])]
+    frame["heldout_gap_drift"] = [
+        float(np.mean([d.mean() for d in drift[n]])) if m == "loss" and drift.get(n) is not None else None
+        for m, n in zip(frame["metric"], frame["comparison"])]
     return Comparisons(frame, boot, per_seed, drift)
 
 

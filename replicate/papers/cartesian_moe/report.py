@@ -290,16 +290,17 @@ def _seed_gaps(b: Bundle, metric: str, name: str) -> list[float]:
 
 
 def _single(b: Bundle, cid: str, text: str, metric: str, names: list[str], metric_text: str, evidence: str,
-            paper_value=None) -> C.Claim:
+            paper_value=None, shift: float = 0.0, converge: bool = True) -> C.Claim:
     """A claim against single-seed arms: the smallest gap over ``names`` (a − b), its bootstrap replicates the
     elementwise minimum over them (the claim holds only if it holds against every one), and the seed spread of the
-    deciding pair's gap on the same metric (``claims.single_seed_gap_claim``)."""
+    deciding pair's gap on the same metric (``claims.single_seed_gap_claim``). ``shift`` moves the gap and its
+    replicates (the horizon rule's continuation); ``converge``: a loss claim also gets the horizon rule."""
     have = [n for n in names if (metric, n) in b.comparisons.boot]
     if not have:
         return _not_run(cid, text, metric_text, "needs the baselines' runs (variants)", paper_value)
     fr = b.comparisons.frame.set_index(["metric", "comparison"])
-    point = min(float(fr.loc[(metric, n), "gap"]) for n in have)
-    reps = np.min(np.stack([b.comparisons.boot[(metric, n)] for n in have]), 0)
+    point = min(float(fr.loc[(metric, n), "gap"]) for n in have) + shift
+    reps = np.min(np.stack([b.comparisons.boot[(metric, n)] for n in have]), 0) + shift
     worst = min(have, key=lambda n: float(fr.loc[(metric, n), "gap"]))
     c = C.single_seed_gap_claim(cid, text, point, reps, _seed_gaps(b, metric, "fine_grained - cartesian"),
                                 metric=metric_text, what=f"95% paired bootstrap over {len(b.data.windows)} held-out "
@@ -307,13 +308,18 @@ def _single(b: Bundle, cid: str, text: str, metric: str, names: list[str], metri
                                 detail=f"smallest: {worst}; per pair: " + ", ".join(
                                     f"{n} {float(fr.loc[(metric, n), 'gap']):+.4f}" for n in have),
                                 paper_value=paper_value)
-    return _converging(b, c, worst) if metric == "loss" else c
+    if metric != "loss" or not converge:
+        return c
+    return _converging(b, c, worst, lambda s: _single(b, cid, text, metric, names, metric_text, evidence, paper_value,
+                                                      s, False).verdict)
 
 
-def _converging(b: Bundle, claim: C.Claim, comparison: str) -> C.Claim:
-    """``claims.converging_paired`` with the seed spread of the deciding pair's loss gap."""
-    return C.converging_paired(claim, b.comparisons.drift.get(comparison),
-                               _seed_gaps(b, "loss", "fine_grained - cartesian"), comparison, b.cfg.drift_frac)
+def _converging(b: Bundle, claim: C.Claim, comparison: str, rejudge) -> C.Claim:
+    """``claims.heldout_converging``: does the held-out gap ``comparison`` still move over the last ``drift_frac`` of
+    the steps, and would the claim's own rule (``rejudge``) still pass with it continued for one more run length?
+    The single-seed bar is the seed spread of the deciding pair's loss gap."""
+    return C.heldout_converging(claim, rejudge, b.comparisons.drift.get(comparison),
+                                _seed_gaps(b, "loss", "fine_grained - cartesian"), b.cfg.drift_frac, comparison)
 
 
 def _not_run(cid: str, text: str, metric: str, why: str, paper_value=None) -> C.Claim:
@@ -330,14 +336,16 @@ def claims(cfg, b: Bundle) -> list[C.Claim]:
     vs = [v for v, _ in arms(cfg)]
     dec = list(DECIDING)
     # C1: the headline, against the best baseline at MoE-Base, 3 paired seeds
-    out.append(C.judged(_converging(b, C.seed_gap_claim(
+    g1 = np.asarray(_seed_gaps(b, "loss", "fine_grained - cartesian"), dtype=float)
+    c1 = lambda s: C.seed_gap_claim(  # noqa: E731
         "C1", "At equal total and active FFN parameters, CartesianMoE reaches lower perplexity than Fine-grained "
-        "routing (the paper's best baseline at MoE-Base)", _seed_gaps(b, "loss", "fine_grained - cartesian"),
+        "routing (the paper's best baseline at MoE-Base)", list(g1 + s),
         metric="held-out loss (nats), Fine-grained − CartesianMoE (positive = CartesianMoE better), paired by seed",
         evidence="table1, fig4", need=True,
         paper_value=f"PPL Fine-grained {_ppl('fine_grained')} vs CartesianMoE {_ppl('cartesian')} (Base / Large): "
-                    f"{math.log(7.33 / 7.19):+.4f} / {math.log(6.16 / 6.08):+.4f} nats"), "fine_grained - cartesian"),
-        validity(b, dec)))
+                    f"{math.log(7.33 / 7.19):+.4f} / {math.log(6.16 / 6.08):+.4f} nats")
+    out.append(C.judged(_converging(b, c1(0.0), "fine_grained - cartesian", lambda s: c1(s).verdict),
+                        validity(b, dec)))
     # C2: against every other MoE baseline (single seeds)
     others = [v for v in ("smoe_share", "smoe_top3", "hash", "topp") if v in vs]
     if others:
@@ -437,6 +445,8 @@ def _to_settle(c: C.Claim) -> str:
                 "decides the verdict here, not more seeds")
     if c.verdict == "invalid":
         return "longer training (runs named in its evidence do not pass the validity checks)"
+    if "still converging" in c.evidence:
+        return C.CONVERGING_SETTLE
     return "more paired seeds (the count is in its interval text)"
 
 

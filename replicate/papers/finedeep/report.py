@@ -472,6 +472,8 @@ def _to_settle(c: C.Claim) -> str:
         longer = "Kneser-Ney bigram of their own training windows" in c.evidence
         return ("longer training (runs named in its evidence do not beat the bigram of their own training windows)"
                 if longer else "a configuration whose runs pass the validity checks")
+    if "still converging" in c.evidence:
+        return C.CONVERGING_SETTLE
     return "more paired seeds (the count is in its interval text)"
 
 

@@ -87,7 +87,10 @@ def describe(b: Bundle) -> str:
 
 def table1(b: Bundle) -> pd.DataFrame:
     """The main-table analogue (spec T1): held-out loss / perplexity and next-token accuracy (the stand-in for the
-    downstream suite, T2) of every variant, mean and spread over seeds; the paper's values were not recovered."""
+    downstream suite, T2) of every variant, mean and spread over seeds, the loss at the seed every variant shares
+    (like for like: the single-seed baselines beside the deciding pair's seed), and the mean top-1 gate weight over
+    the held-out positions and MoE layers (the experts' outputs are scaled by it); the paper's values were not
+    recovered."""
     f = _final(b)
     bud = b.budgets.set_index("variant")
     rows = []
@@ -95,9 +98,14 @@ def table1(b: Bundle) -> pd.DataFrame:
         g = f[f["variant"] == v]
         if g.empty:
             continue
+        s0 = g[g["seed"] == b.cfg.seed]["loss"]
+        gates = [float(r["result"]["final"]["heldout"]["gate"].mean()) for r in b.runs.records
+                 if r["variant"] == v and r["result"]["final"]["heldout"]["gate"].numel()]
         rows.append({"variant": LABELS[v], "seeds": len(g), "loss_mean": g["loss"].mean(),
-                     "loss_std": g["loss"].std(ddof=1) if len(g) > 1 else float("nan"), "ppl_mean": g["ppl"].mean(),
+                     "loss_std": g["loss"].std(ddof=1) if len(g) > 1 else float("nan"),
+                     f"loss_seed{b.cfg.seed}": float(s0.iloc[0]) if len(s0) else float("nan"), "ppl_mean": g["ppl"].mean(),
                      "ppl_per_seed": " / ".join(f"{x:.2f}" for x in g["ppl"]), "accuracy_mean": g["accuracy"].mean(),
+                     "mean_gate": float(np.mean(gates)) if gates else float("nan"),
                      "total_params": int(bud.loc[v, "total_params"]), "active_params": float(bud.loc[v, "active_params"])})
     return beside_paper(pd.DataFrame(rows), None)
 
