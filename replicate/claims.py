@@ -301,15 +301,17 @@ def horizon_rule(c: Claim, drift: float | None, ci, spread: float, horizon: floa
     v_ext = rejudge(shift)
     text = (f"{c.ours_ci}; gap trend ({what}): {drift:+.4f}"
             + (f", {ci_what} [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci is not None else "")
-            + f", seed spread {spread:.4f}; continued for one more run length ({horizon:g} such stretches) the gap "
+            + (f", seed spread {spread:.4f}" if np.isfinite(spread) else "")
+            + f"; continued for one more run length ({horizon:g} such stretches) the gap "
             f"would be {c.ours_value + shift:+.4f}, where its rule gives {v_ext}")
     decided = c.verdict in ("reproduced", "not_reproduced")
     if decided and moving and v_ext != c.verdict:
         return replace(c, ours_ci=text + f": still converging (the gap still moves and would no longer pass its rule "
                        f"within the run's length again), so the {c.verdict} verdict at the end may not hold",
                        verdict="inconclusive", evidence="still converging; " + c.evidence)
+    below = " and it is below the seed spread" if np.isfinite(spread) else ""
     why = ("" if not decided else ": the verdict would hold there" if moving
-           else ": the drift is indistinguishable from 0 (its interval holds 0 and it is below the seed spread)")
+           else f": the drift is indistinguishable from 0 (its interval holds 0{below})")
     return replace(c, ours_ci=text + why)
 
 
