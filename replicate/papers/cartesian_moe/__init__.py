@@ -55,8 +55,10 @@ class CartesianMoEConfig(LMConfig):
     corpus: str = param("shakespeare", help="shipped corpus", source="spec §6 (the project's corpus)", choices=CORPORA)
     doc_max_bytes: int = param(0, help="cut every document to its first N bytes (at a line end); 0 = whole",
                                source="ours (smoke only)", min=0, max=10**12)
-    heldout_fraction: float = param(0.05, help="fraction of the documents held out (whole documents)",
-                                    source="spec §6: 5%", min=0.01, max=0.5)
+    heldout_fraction: float = param(0.15, help="fraction of the documents held out (whole documents)",
+                                    source="ours (spec §6: 5%, two plays of Shakespeare: the referee audit found the "
+                                    "two plays' gaps disagreeing beyond their intervals; 15% = 6 plays, as MaskMoE "
+                                    "and Finedeep)", min=0.01, max=0.5)
     vocab_size: int = param(1024, help="byte-level BPE vocabulary", source="ours: scaled down for the 15-minute "
                             "budget (spec §6: 4096; Finedeep's 1024 beats the bigram bar in a few hundred steps)",
                             min=300, max=262_144)
@@ -68,8 +70,14 @@ class CartesianMoEConfig(LMConfig):
                                         increasing=True)
     n_experts: int = param(8, help="N: experts of width D per MoE layer (Fine-grained: 2N of D/2; Cartesian: N of "
                            "D/2 per sub-layer)", source="spec §6: N = 8 (paper: 16)", min=2, max=256)
-    lr: float = param(2e-3, help="peak learning rate (AdamW)", source="ours (spec §6: 1e-3 for ~500 steps at batch "
-                      "32; MaskMoE's routers were stable at 2e-3 with a 25% warm-up)", min=1e-6, max=1.0)
+    lr: float = param(4e-3, help="peak learning rate (AdamW), shared by every arm", source="ours, after the referee "
+                      "audit's per-arm sweep (400 steps, seed 0, 2 held-out plays; held-out nats at 1e-3 / 2e-3 / "
+                      "3e-3 / 4e-3): CartesianMoE 4.061 / 3.893 / 3.852 / 3.858, Fine-grained 4.043 / 3.892 / 3.868 "
+                      "/ 3.844, SMoE-Top3 4.014 / 3.878 / 3.859 / 3.877, SMoE-Share 4.029 / 3.871 / 3.870 / 3.828. "
+                      "The former 2e-3 was below every arm's best; 4e-3 has the smallest total shortfall from each "
+                      "arm's own best (0.024 nats, 3e-3: 0.066) and is within 0.006 of both deciding arms' bests. "
+                      "Chosen after seeing these results; every pairwise gap changes sign across the sweep",
+                      min=1e-6, max=1.0)
     batch_size: int = param(16, help="sequences per step", source="ours (spec §6: 32; halved for more updates in "
                             "the same tokens)", min=1, max=4096)
     warmup_frac: float = param(0.25, help="warm-up fraction of the steps", source="ours (spec §6: 50 steps; MaskMoE "
@@ -94,8 +102,9 @@ class CartesianMoEConfig(LMConfig):
                                 "sub-experts per sub-layer, top-3: equal total and active width), seed `seed`",
                                 source="spec §6: paper scale (on at smoke to test the path)")
     # --- training and evaluation ---
-    steps: int = param(400, help="optimizer steps per run (equal for every variant)",
-                       source="ours: sized to the 15-minute budget and the bigram bar. Measured at one thread on the 2 "
+    steps: int = param(370, help="optimizer steps per run (equal for every variant)",
+                       source="ours: sized to the 15-minute budget and the bigram bar (400 steps measured 924 s cold, "
+                       "over the budget; 370 after the referee audit). Measured at one thread on the 2 "
                        "shared cores (13:47 UTC, load ~3): 0.18 s/step dense, 0.30-0.37 s/step for the MoE variants "
                        "(batch 16 x 128), so 11 runs on two workers take ~1.7 s of makespan per step: 400 steps ~11 "
                        "min of training. Calibration at 400 steps, seed 0: held-out 3.896 (dense), 3.892 "
@@ -107,7 +116,7 @@ class CartesianMoEConfig(LMConfig):
                                    source="issue 15: 1 at small", min=1, max=100)
     eval_windows: int = param(128, help="fixed held-out windows (seq_len + 1 tokens): final PPL, accuracy, Table 4",
                               source="ours", min=2, max=1_000_000)
-    curve_points: int = param(8, help="held-out evaluations during training of the deciding pair (Fig. 4)",
+    curve_points: int = param(4, help="held-out evaluations during training of the deciding pair (Fig. 4)",
                               source="ours (spec §6: every 50 steps)", min=1, max=1000)
     learn_margin: float = param(0.05, help="'clearly below the unigram cross-entropy' means by this many nats",
                                 source="ours, pre-registered", min=0.0, max=10.0)

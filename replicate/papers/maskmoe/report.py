@@ -303,7 +303,11 @@ def fig_load(b: Bundle):
         ax.set_title(f"MoE layer {layer}")
         ax.set_xlabel("expert")
         ax.set_ylabel("share of positions")
-    return plotting.finish(fig)
+        ax.get_legend().remove()  # one legend below the panels: inside, it hid the tallest bars
+    handles, labels = axs[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(3, len(labels)), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.16, 1, 1))
+    return fig
 
 
 def fig_sweep(b: Bundle, sweep: str, xlabel: str):
