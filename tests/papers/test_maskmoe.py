@@ -168,6 +168,9 @@ def test_stablemoe_vote_table_and_conversion():
     assert M.vote_table(votes, fallback).tolist() == [1, 1, 1, 2]
     assert M.balanced_vote_table(votes, fallback, slack=0.5).tolist() == [1, 2, 0, 2]  # cap 1.5 x 13/3 = 6.5
     assert M.balanced_vote_table(votes, fallback, slack=100.0).tolist() == M.vote_table(votes, fallback).tolist()
+    # every occurrence of a moved id counts: id 1 (6 votes) left its majority expert, id 2 (1 vote) too: 7 of 13
+    assert M.moved_share(votes, M.balanced_vote_table(votes, fallback, slack=0.5)) == pytest.approx(7 / 13)
+    assert M.moved_share(votes, M.vote_table(votes, fallback)) == 0.0
     load = torch.zeros(3)
     big = torch.randint(0, 50, (200, 3), generator=torch.Generator().manual_seed(0)) * torch.tensor([5, 1, 1])
     tab = M.balanced_vote_table(big, torch.zeros(200, dtype=torch.long), slack=0.1)
@@ -267,13 +270,18 @@ def test_proxy_collapse_rule_is_relative_to_fixed_routing(monkeypatch):
     cfg = types.SimpleNamespace(n_experts=8, stable_max_moved=0.2, stable_freeze_frac=0.8, stable_assign="balanced",
                                 stable_slack=0.25, stable_gate="sigmoid")
     proxy = lambda moved: {"variant": "stablemoe_proxy", "result": {"proxy_moved": moved}}  # noqa: E731
-    b = types.SimpleNamespace(cfg=cfg, runs=types.SimpleNamespace(records=[proxy([0.05, 0.12])]))
+    import pandas as pd
+
+    frame = pd.DataFrame([{"variant": "smoe", "seed": 0, "final": True, "loss": 5.30},
+                          {"variant": "stablemoe_proxy", "seed": 0, "final": True, "loss": 5.33}])
+    b = types.SimpleNamespace(cfg=cfg, runs=types.SimpleNamespace(records=[proxy([0.05, 0.12])], frame=frame))
     monkeypatch.setattr(R, "load_summary", summary({"smoe": 0.20, "hash": 0.44, "stablemoe_proxy": 0.56}))
     assert R.proxy_validity(b).ok
     assert "first collapse rule (CV <= 1.5 x SMoE's alone) fails" in R.proxy_load_text(b)
-    assert "12.0% of the voted occurrences moved" in R.proxy_load_text(b)
+    assert "12.0% of the voted occurrences belong to ids moved" in R.proxy_load_text(b)
+    assert "the proxy ends +0.0300 nats from the SMoE run it was frozen from" in R.proxy_load_text(b)
     # a balanced table that had to move more than stable_max_moved of the votes is no longer the router's routing
-    moved = types.SimpleNamespace(cfg=cfg, runs=types.SimpleNamespace(records=[proxy([0.05, 0.31])]))
+    moved = types.SimpleNamespace(cfg=cfg, runs=types.SimpleNamespace(records=[proxy([0.05, 0.31])], frame=frame))
     v = R.proxy_validity(moved)
     assert not v.ok and "moved 31.0%" in v.failures[0]
     monkeypatch.setattr(R, "load_summary", summary({"smoe": 0.20, "hash": 0.44, "stablemoe_proxy": 0.80}))

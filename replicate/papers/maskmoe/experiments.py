@@ -53,6 +53,7 @@ from replicate.papers.maskmoe.method import (
     token_counts,
     visible_fraction,
     balanced_vote_table,
+    moved_share,
     vote_table,
 )
 from replicate.models.context import tensor_ref
@@ -215,9 +216,7 @@ def stablemoe_proxy(cfg: MaskMoEConfig, data: Data, seed: int) -> tuple[dict, to
         tables = torch.stack([balanced_vote_table(votes[j], fallback, cfg.stable_slack) for j in range(L)])
     else:
         tables = torch.stack([vote_table(votes[j], fallback) for j in range(L)])
-    # the share of voted occurrences the table sends elsewhere than their majority expert, per layer
-    moved = [float((votes[j].max(-1).values - votes[j].gather(1, tables[j][:, None].long()).squeeze(1)).sum())
-             / max(1, int(votes[j].sum())) for j in range(L)]
+    moved = [moved_share(votes[j], tables[j]) for j in range(L)]
     frozen = proxy_stage2_model(cfg, data, seed, tables)
     assign = "" if cfg.stable_assign == "vote" else f"assign=balanced;slack={cfg.stable_slack:g};"
     lr2 = LRMap(schedule, offset=s1)
@@ -458,6 +457,8 @@ def _drift_rows(cfg: MaskMoEConfig, runs: Runs, a: str, b: str) -> list | None:
     of the steps (``trainer.heldout_drift``); None where a run was not scored there."""
     ra = {r["seed"]: r["result"] for r in runs.records if r["variant"] == a}
     rb = {r["seed"]: r["result"] for r in runs.records if r["variant"] == b}
+    if "stablemoe_proxy" in (a, b) and cfg.stable_freeze_frac >= 1 - DRIFT_FRAC:
+        return None  # its point at late_step is stage 1's end: a drift across the freeze is not a trend
     rows = [heldout_drift(ra[s], rb[s], late_step(cfg.steps, DRIFT_FRAC)) for s in sorted(set(ra) & set(rb))]
     return None if not rows or any(r is None for r in rows) else rows
 

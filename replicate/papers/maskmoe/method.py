@@ -151,6 +151,15 @@ def balanced_vote_table(counts_VE: torch.Tensor, fallback_V: torch.Tensor, slack
     return table
 
 
+def moved_share(counts_VE: torch.Tensor, table_V: torch.Tensor) -> float:
+    """The share of the voted occurrences (``counts_VE``) whose token id ``table_V`` sends elsewhere than its
+    majority expert: every occurrence of a reassigned id counts (the table no longer routes that type as the voting
+    router did); 0 for :func:`vote_table`'s own table."""
+    occ_V = counts_VE.sum(-1)
+    moved = table_V.long() != counts_VE.argmax(-1)
+    return float(occ_V[moved].sum()) / max(1, int(occ_V.sum()))
+
+
 class RoutedLM(CausalLM):
     """``CausalLM`` whose evaluation also records the routing of every held-out position: ``evaluate(windows)``
     returns ``{"loss": (W, T) fp32, "correct": (W, T) bool (argmax = target), "expert": (L, W, T) int16,

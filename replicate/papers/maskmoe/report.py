@@ -170,8 +170,22 @@ def proxy_load_text(b: Bundle) -> str:
             f"{sm['load_max']:.2f}" + (f", Hash {h['load_cv']:.2f} / {h['load_max']:.2f}" if h is not None else "")
             + f", uniform share {1 / b.cfg.n_experts:.3f}); the first collapse rule (CV <= {PROXY_LOAD_CV_RATIO} x "
             f"SMoE's alone) {first}; frozen after {b.cfg.stable_freeze_frac:.0%} of the steps ({b.cfg.stable_assign} "
-            f"assignment, slack {b.cfg.stable_slack:g}: {_proxy_moved(b):.1%} of the voted occurrences moved off their "
-            f"majority expert, at most {b.cfg.stable_max_moved:.0%} allowed), gate {b.cfg.stable_gate}")
+            f"assignment, slack {b.cfg.stable_slack:g}: {_proxy_moved(b):.1%} of the voted occurrences belong to ids "
+            f"moved off their majority expert, at most {b.cfg.stable_max_moved:.0%} allowed), gate {b.cfg.stable_gate}"
+            + _freeze_cost(b))
+
+
+def _freeze_cost(b: Bundle) -> str:
+    """The proxy's final loss against the SMoE run of the same seed (the stage 1 it was frozen from, trained on)."""
+    f = _final(b)
+    p = f[(f["variant"] == "stablemoe_proxy")].set_index("seed")["loss"]
+    s = f[(f["variant"] == "smoe")].set_index("seed")["loss"]
+    common = sorted(set(p.index) & set(s.index))
+    if not common:
+        return ""
+    d = float(np.mean([p[k] - s[k] for k in common]))
+    return (f"; the proxy ends {d:+.4f} nats from the SMoE run it was frozen from (same seed, trained on instead): "
+            "the freeze and the gate switch cost it that much")
 
 
 def fluctuation_summary(b: Bundle) -> pd.DataFrame:
