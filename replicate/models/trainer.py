@@ -283,6 +283,16 @@ def heldout_drift(run_a: dict, run_b: dict, step: int, eval_set: str = "heldout"
     return (end - mid).double().mean(-1).numpy()
 
 
+def heldout_drift_rows(records: list, a: str, b: str, step: int, eval_set: str = "heldout") -> list | None:
+    """:func:`heldout_drift` of variant ``a`` against ``b`` for every seed both were trained on: ``records`` are
+    dicts with "variant", "seed" and "result" (a paper's runs); per common seed one (W,) array; None where none is
+    common or a run was not scored at ``step``."""
+    ra = {r["seed"]: r["result"] for r in records if r["variant"] == a}
+    rb = {r["seed"]: r["result"] for r in records if r["variant"] == b}
+    rows = [heldout_drift(ra[s], rb[s], step, eval_set) for s in sorted(set(ra) & set(rb))]
+    return None if not rows or any(r is None for r in rows) else rows
+
+
 def _worker_init(threads: int) -> None:
     """A prefetch worker: ``threads`` torch threads; on Linux it dies with its parent (a killed notebook leaves no
     orphan holding a run's lock)."""

@@ -37,7 +37,7 @@ from replicate.experiments import Plan
 from replicate.models.decoder import Decoder
 from replicate.models.ffn import SubLayerStack, build_ffn
 from replicate.models.probes import capture
-from replicate.models.trainer import TrainSpec, heldout_drift, late_step, prefetch, train
+from replicate.models.trainer import TrainSpec, heldout_drift_rows, late_step, prefetch, train
 from replicate.moe import MoE, ParamCount, check_budgets, param_counts
 from replicate.papers.cartesian_moe import DECIDING, PAPER_ID, ROUTED, CartesianMoEConfig
 from replicate.papers.cartesian_moe.method import (
@@ -405,13 +405,8 @@ def comparisons(cfg: CartesianMoEConfig, data: Data, runs: Runs, robustness: Rob
                      "paired_seeds": len(common),
                      "gap_per_seed": " / ".join(f"{x:+.4f}" for x in per_seed[(metric, name)])})
     late = late_step(cfg.steps, cfg.drift_frac)
-    res = {(r["variant"], r["seed"]): r["result"] for r in runs.records}
-    drift = {}
-    for metric, a, b in pairs(cfg):
-        common = sorted({s for v, s in res if v == a} & {s for v, s in res if v == b})
-        rows_d = [heldout_drift(res[(a, s)], res[(b, s)], late) for s in common] if metric == "loss" else []
-        if rows_d:
-            drift[f"{a} - {b}"] = None if any(r is None for r in rows_d) else rows_d
+    drift = {f"{a} - {b}": heldout_drift_rows(runs.records, a, b, late) for metric, a, b in pairs(cfg)
+             if metric == "loss"}
     frame = pd.DataFrame(rows)
     frame["heldout_gap_drift"] = [
         float(np.mean([d.mean() for d in drift[n]])) if m == "loss" and drift.get(n) is not None else None

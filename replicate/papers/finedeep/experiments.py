@@ -39,7 +39,7 @@ from replicate.experiments import Plan
 from replicate.models.decoder import Decoder, LayerSpec
 from replicate.models.lm import CausalLM
 from replicate.models.probes import capture, module_inputs
-from replicate.models.trainer import TrainSpec, heldout_drift, late_step, prefetch, train
+from replicate.models.trainer import TrainSpec, heldout_drift_rows, late_step, prefetch, train
 from replicate.moe import check_budgets, param_counts
 from replicate.papers.finedeep import PAPER_ID, FinedeepConfig
 from replicate.papers.finedeep.method import (
@@ -342,15 +342,6 @@ def _losses(runs: Runs, variant: str) -> dict[int, torch.Tensor]:
     return {r["seed"]: final_loss(r["result"]) for r in runs.records if r["variant"] == variant}
 
 
-def _drift_rows(cfg: FinedeepConfig, runs: Runs, a: str, b: str) -> list | None:
-    """Per common seed, the per-window drift of the held-out gap a − b over the last ``drift_frac`` of the steps
-    (``trainer.heldout_drift``); None where a run was not scored there."""
-    ra = {r["seed"]: r["result"] for r in runs.records if r["variant"] == a}
-    rb = {r["seed"]: r["result"] for r in runs.records if r["variant"] == b}
-    rows = [heldout_drift(ra[s], rb[s], late_step(cfg.steps, cfg.drift_frac)) for s in sorted(set(ra) & set(rb))]
-    return None if not rows or any(r is None for r in rows) else rows
-
-
 @dataclass(frozen=True)
 class Comparisons:
     frame: pd.DataFrame  # one row per (a, b): gap (a − b, positive: b better), per-seed gaps, bootstrap interval
@@ -385,7 +376,8 @@ def comparisons(cfg: FinedeepConfig, data: Data, runs: Runs) -> Comparisons:
                      "gap_per_seed": " / ".join(f"{x:+.4f}" for x in per_seed[name])})
     ends = [variant_name(M, K, cfg.score) for M, K in (cfg.grid[0], cfg.grid[-1]) if (M, K) != cfg.deciding]
     dw = np.min(np.stack([reps_of[e] for e in ends]), 0) if ends else np.array([])
-    drift = {f"{a} - {dec}": _drift_rows(cfg, runs, a, dec) for a in others}
+    late = late_step(cfg.steps, cfg.drift_frac)
+    drift = {f"{a} - {dec}": heldout_drift_rows(runs.records, a, dec, late) for a in others}
     frame = pd.DataFrame(rows)
     frame["heldout_gap_drift"] = [None if drift[n] is None else float(np.mean([d.mean() for d in drift[n]]))
                                   for n in frame["comparison"]]

@@ -36,7 +36,7 @@ from replicate.experiments import Plan
 from replicate.models.decoder import Decoder, LayerSpec
 from replicate.models.lm import LRMap
 from replicate.models.probes import capture
-from replicate.models.trainer import (CONVERSIONS, TrainSpec, continued, heldout_drift, late_step, prefetch,
+from replicate.models.trainer import (CONVERSIONS, TrainSpec, continued, heldout_drift_rows, late_step, prefetch,
                                       register_conversion, train)
 from replicate.moe import check_budgets, hash_table, param_counts
 from replicate.moe.losses import load_balancing_loss
@@ -455,12 +455,9 @@ def bucket_labels(cfg: MaskMoEConfig) -> list[str]:
 def _drift_rows(cfg: MaskMoEConfig, runs: Runs, a: str, b: str) -> list | None:
     """Per common seed, the per-window drift of the held-out gap a − b (all positions) over the last ``DRIFT_FRAC``
     of the steps (``trainer.heldout_drift``); None where a run was not scored there."""
-    ra = {r["seed"]: r["result"] for r in runs.records if r["variant"] == a}
-    rb = {r["seed"]: r["result"] for r in runs.records if r["variant"] == b}
     if "stablemoe_proxy" in (a, b) and cfg.stable_freeze_frac >= 1 - DRIFT_FRAC:
         return None  # its point at late_step is stage 1's end: a drift across the freeze is not a trend
-    rows = [heldout_drift(ra[s], rb[s], late_step(cfg.steps, DRIFT_FRAC)) for s in sorted(set(ra) & set(rb))]
-    return None if not rows or any(r is None for r in rows) else rows
+    return heldout_drift_rows(runs.records, a, b, late_step(cfg.steps, DRIFT_FRAC))
 
 
 @dataclass(frozen=True)
