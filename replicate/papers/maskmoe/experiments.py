@@ -226,10 +226,7 @@ def stablemoe_proxy(cfg: MaskMoEConfig, data: Data, seed: int) -> tuple[dict, to
                                 ckpt_every=max(10, (cfg.steps - s1) // 4)), p1, "maskmoe_freeze", lr_map=lr2)
     res = train(PAPER_ID, spec2, dataclasses.replace(b, offset=s1), {"heldout": data.windows}, parent=p1,
                 module=lambda: RoutedLM(spec2.model, spec2.optim, spec2.lr_map), **cfg.trainer_kwargs())
-    # one curve for the two stages: stage 1's final evaluation is the proxy's held-out point at step s1 (a new dict:
-    # the cached results stay as they are)
-    evals = {**res["evals"], "heldout": {s1: p1["final"]["heldout"], **res["evals"].get("heldout", {})}}
-    return {**res, "evals": evals, "proxy_moved": moved}, tables
+    return {**res, "proxy_moved": moved}, tables  # a new dict: the cached result stays as it is
 
 
 def proxy_stage2_model(cfg: MaskMoEConfig, data: Data, seed: int, tables: torch.Tensor):
@@ -452,14 +449,6 @@ def bucket_labels(cfg: MaskMoEConfig) -> list[str]:
     return [f"[{a}, {b})" for a, b in zip(e[:-1], e[1:])] + [f">= {e[-1]}"]
 
 
-def _drift_rows(cfg: MaskMoEConfig, runs: Runs, a: str, b: str) -> list | None:
-    """Per common seed, the per-window drift of the held-out gap a − b (all positions) over the last ``DRIFT_FRAC``
-    of the steps (``trainer.heldout_drift``); None where a run was not scored there."""
-    if "stablemoe_proxy" in (a, b) and cfg.stable_freeze_frac >= 1 - DRIFT_FRAC:
-        return None  # its point at late_step is stage 1's end: a drift across the freeze is not a trend
-    return heldout_drift_rows(runs.records, a, b, late_step(cfg.steps, DRIFT_FRAC))
-
-
 @dataclass(frozen=True)
 class Buckets:
     frame: pd.DataFrame  # one row per (variant, group): mean loss (seed mean), 95% bootstrap, positions, types
@@ -521,7 +510,10 @@ def buckets(cfg: MaskMoEConfig, data: Data, runs: Runs) -> Buckets:
                          "paired_seeds": len(per_seed), "gap_per_seed": " / ".join(f"{x:+.4f}" for x in per_seed),
                          "positions": int(n_w.sum())})
     comps = sorted({c for c, _ in seed_gaps})
-    drift = {c: _drift_rows(cfg, runs, *c.split(" - ")) for c in comps}
+    # None where a run was not scored at late_step: the proxy's stage 2 is not (a drift across its freeze would
+    # measure the freeze, not a trend)
+    late = late_step(cfg.steps, DRIFT_FRAC)
+    drift = {c: heldout_drift_rows(runs.records, *c.split(" - "), late) for c in comps}
     return Buckets(pd.DataFrame(rows), pd.DataFrame(gaps), boot, seed_gaps, drift)
 
 
@@ -533,11 +525,11 @@ def fluctuation(cfg: MaskMoEConfig, data: Data, runs: Runs) -> pd.DataFrame:
     ids = data.windows[:, :-1]
     sel = {"all": None, "frequent": data.frequent_V[ids], "rare": ~data.frequent_V[ids]}
     rows = []
+    ck = set(checkpoints(cfg))  # the fluctuation checkpoints (not the drift's extra evaluation where it differs)
     for r in runs.records:
         if r["variant"] not in DECIDING:
             continue
         res = r["result"]
-        ck = set(checkpoints(cfg))  # the fluctuation checkpoints (not the drift's extra evaluation where it differs)
         pts = sorted((k, v) for k, v in res["evals"].get("heldout", {}).items() if k in ck)
         pts += [(cfg.steps, res["final"]["heldout"])]
         for (s0, e0), (s1, e1) in zip(pts[:-1], pts[1:]):
